@@ -1,0 +1,62 @@
+"""The EZIGen adapter: one extra attention per transformer block whose keys/values are the
+block's own tokens followed by the subject's tokens.
+
+Per block k, with h1 the block state after self-attention:
+    u  = LN_a(h1)
+    s  = learnable_weights[k] * S_k                  (subject features of slot k)
+    O  = W_o MHA(q = W_q u, k = W_k [u; s], v = W_v [u; s]) + b_o
+    h1' = h1 + strength * (u + O)                    (the reference's double residual)
+Built from ComfyUI's cast-on-the-fly ops so weights stay in file dtype and any compute dtype works.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.ops
+
+from .slots import SLOT_COUNT
+
+
+class BlockAdapter(nn.Module):
+    def __init__(self, width: int, head_dim: int, dtype=None, device=None, operations=comfy.ops.manual_cast):
+        super().__init__()
+        self.heads = width // head_dim
+        self.norm = operations.LayerNorm(width, eps=1e-5, dtype=dtype, device=device)
+        self.to_q = operations.Linear(width, width, bias=False, dtype=dtype, device=device)
+        self.to_k = operations.Linear(width, width, bias=False, dtype=dtype, device=device)
+        self.to_v = operations.Linear(width, width, bias=False, dtype=dtype, device=device)
+        self.to_out = nn.ModuleList([operations.Linear(width, width, bias=True, dtype=dtype, device=device)])
+
+    def subject_kv(self, subject: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of the (already weighted) subject tokens: constant over a whole sampling run."""
+        return self.to_k(subject), self.to_v(subject)
+
+    def residual(self, h1: torch.Tensor, subject_k: torch.Tensor, subject_v: torch.Tensor,
+                 attn_precision=None) -> torch.Tensor:
+        """u + O for a batch h1 (B, HW, C); subject_k/v are (1 or B, M, C)."""
+        u = self.norm(h1)
+        batch = h1.shape[0]
+        k = torch.cat([self.to_k(u), subject_k.expand(batch, -1, -1)], dim=1)
+        v = torch.cat([self.to_v(u), subject_v.expand(batch, -1, -1)], dim=1)
+        out = comfy_attention.optimized_attention(self.to_q(u), k, v, self.heads, attn_precision=attn_precision)
+        return u + self.to_out[0](out)
+
+
+class AdapterSet(nn.Module):
+    """The 16 block adapters plus the per-slot subject feature weights."""
+
+    def __init__(self, widths: tuple[int, ...] | list[int], head_dim: int, dtype=None, device=None,
+                 operations=comfy.ops.manual_cast):
+        super().__init__()
+        if len(widths) != SLOT_COUNT:
+            raise ValueError(f"expected {SLOT_COUNT} block widths, got {len(widths)}")
+        self.widths = tuple(widths)
+        self.head_dim = head_dim
+        self.blocks = nn.ModuleList(BlockAdapter(w, head_dim, dtype, device, operations) for w in widths)
+        self.learnable_weights = nn.Parameter(torch.ones(SLOT_COUNT, dtype=dtype, device=device))
+
+    def subject_kv(self, slot: int, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = self.learnable_weights[slot].to(device=features.device, dtype=features.dtype)
+        return self.blocks[slot].subject_kv(features * weight)

@@ -1,0 +1,236 @@
+"""Reading and writing EZIGen adapter weights.
+
+Two on-disk forms are accepted:
+- the reference release: an accelerate checkpoint folder (``model.safetensors``, or
+  ``pytorch_model.bin`` from older accelerate) holding the whole main UNet plus the adapters,
+  keys possibly prefixed ``module.`` (multi-GPU training);
+- our adapter-only safetensors (written by ``python -m ezigen_lib.convert``), with metadata.
+
+Only the 16 x 7 adapter tensors and ``learnable_weights`` are kept. Pickled files are loaded with
+``weights_only=True``: a file that needs code execution is refused, never run.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .slots import SLOT_COUNT, SLOTS
+
+FORMAT_NAME = "ezigen-adapter"
+FORMAT_VERSION = "1"
+REFERENCE_BASE = "sd2.1-base"
+REFERENCE_HEAD_DIM = 64  # SD2.1-base attention heads are 64 wide; the adapter keeps that split
+REFERENCE_FILES = ("model.safetensors", "pytorch_model.bin")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+
+WHERE_FILES_GO = (
+    "Put the official EZIGen checkpoint (the checkpoint folder or its model.safetensors) or an adapter "
+    "file made by `python -m ezigen_lib.convert CHECKPOINT OUT.safetensors` into ComfyUI/models/ezigen/."
+)
+
+# reference tensor name inside a block -> our name inside blocks.{k}
+REFERENCE_TENSOR_NAMES = {
+    "adapter.to_q.weight": "to_q.weight",
+    "adapter.to_k.weight": "to_k.weight",
+    "adapter.to_v.weight": "to_v.weight",
+    "adapter.to_out.0.weight": "to_out.0.weight",
+    "adapter.to_out.0.bias": "to_out.0.bias",
+    "adapter_norm.weight": "norm.weight",
+    "adapter_norm.bias": "norm.bias",
+}
+LEARNABLE_WEIGHTS = "learnable_weights"
+
+
+class AdapterFileError(ValueError):
+    """A file that cannot serve as EZIGen adapter weights; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    widths: tuple[int, ...]
+    head_dim: int
+    base_model: str
+    source: str
+
+
+@dataclass
+class AdapterWeights:
+    state_dict: dict[str, torch.Tensor]
+    info: AdapterInfo
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def canonical_key(slot: int, reference_tensor: str) -> str:
+    return f"blocks.{slot}.{REFERENCE_TENSOR_NAMES[reference_tensor]}"
+
+
+def reference_key(slot: int, reference_tensor: str) -> str:
+    return f"{SLOTS[slot].diffusers_prefix}.transformer_blocks.0.{reference_tensor}"
+
+
+def _fail(path: Path, problem: str) -> AdapterFileError:
+    return AdapterFileError(f"EZIGen adapter file '{path}': {problem}. {WHERE_FILES_GO}")
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A folder means an accelerate checkpoint folder: pick its model file."""
+    path = Path(path)
+    if path.is_dir():
+        for name in REFERENCE_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise _fail(path, f"the folder holds neither {' nor '.join(REFERENCE_FILES)}")
+    if not path.is_file():
+        raise _fail(path, "no such file")
+    return path
+
+
+def _strip_module(key: str) -> str:
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+def _wanted_keys() -> dict[str, str]:
+    """Every accepted source key (canonical or reference) -> canonical key."""
+    wanted = {LEARNABLE_WEIGHTS: LEARNABLE_WEIGHTS}
+    for k in range(SLOT_COUNT):
+        for ref_name in REFERENCE_TENSOR_NAMES:
+            wanted[canonical_key(k, ref_name)] = canonical_key(k, ref_name)
+            wanted[reference_key(k, ref_name)] = canonical_key(k, ref_name)
+    return wanted
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
+    wanted = _wanted_keys()
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            all_keys = list(f.keys())
+            tensors = {}
+            for key in all_keys:
+                canonical = wanted.get(_strip_module(key))
+                if canonical is not None:
+                    tensors[canonical] = f.get_tensor(key)
+    except Exception as exc:  # safetensors raises its own error types for damaged headers/data
+        raise _fail(path, f"it is damaged or not a safetensors file ({type(exc).__name__}: {exc})") from exc
+    return tensors, all_keys, metadata
+
+
+def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
+    try:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _fail(path, "it is a pickle that holds more than plain tensors; it was refused without "
+                          "running it (EZIGen loads weights only)") from exc
+    except Exception as exc:
+        raise _fail(path, f"it is damaged or not a PyTorch weights file ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise _fail(path, f"expected a dict of tensors, found {type(obj).__name__}")
+    wanted = _wanted_keys()
+    tensors = {wanted[_strip_module(k)]: v for k, v in obj.items()
+               if isinstance(k, str) and _strip_module(k) in wanted and isinstance(v, torch.Tensor)}
+    return tensors, [k for k in obj if isinstance(k, str)], {}
+
+
+def _describe_foreign(path: Path, all_keys: list[str]) -> AdapterFileError:
+    stripped = [_strip_module(k) for k in all_keys]
+    adapter_keys = [k for k in stripped if ".adapter." in k or ".adapter_norm." in k]
+    if adapter_keys:
+        blocks = sorted({k.split(".adapter")[0] for k in adapter_keys})
+        return _fail(path, f"it holds adapters for {len(blocks)} transformer blocks in another layout (e.g. "
+                           f"'{blocks[0]}'), not the 16 blocks of an SD1.x/SD2.x UNet; SDXL-style or other "
+                           "EZIGen variants are not supported")
+    sample = ", ".join(stripped[:3]) if stripped else "no tensors at all"
+    return _fail(path, f"it is not an EZIGen checkpoint: none of its {len(stripped)} tensors are EZIGen "
+                       f"adapters (expected keys like '{reference_key(0, 'adapter.to_q.weight')}' or "
+                       f"'{canonical_key(0, 'adapter.to_q.weight')}'; found {sample})")
+
+
+def _validate(path: Path, tensors: dict[str, torch.Tensor], all_keys: list[str]) -> tuple[int, ...]:
+    expected = {LEARNABLE_WEIGHTS} | {canonical_key(k, n) for k in range(SLOT_COUNT) for n in REFERENCE_TENSOR_NAMES}
+    if not tensors:
+        raise _describe_foreign(path, all_keys)
+    missing = sorted(expected - set(tensors))
+    if missing:
+        lw = next((k for k in all_keys if _strip_module(k) == LEARNABLE_WEIGHTS), None)
+        if len(missing) > len(expected) // 2 or lw is None and len(missing) == len(expected):
+            raise _describe_foreign(path, all_keys)
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise _fail(path, f"{len(missing)} of the {len(expected)} adapter tensors are missing ({shown})")
+    lw = tensors[LEARNABLE_WEIGHTS]
+    if tuple(lw.shape) != (SLOT_COUNT,):
+        raise _fail(path, f"learnable_weights has shape {tuple(lw.shape)}, expected ({SLOT_COUNT},): this adapter "
+                          "was made for a UNet with another number of transformer blocks (e.g. SDXL)")
+    base = tensors[canonical_key(0, "adapter.to_q.weight")].shape[0]
+    widths = tuple(base * s.width_mult for s in SLOTS)
+    for k, width in enumerate(widths):
+        for ref_name in REFERENCE_TENSOR_NAMES:
+            key = canonical_key(k, ref_name)
+            t = tensors[key]
+            want = (width, width) if ref_name.endswith("weight") and "norm" not in ref_name else (width,)
+            if tuple(t.shape) != want:
+                raise _fail(path, f"tensor '{key}' has shape {tuple(t.shape)}, expected {want} (slot {k}, "
+                                  f"{SLOTS[k].diffusers_prefix}: SD-layout widths are {base}/{2 * base}/{4 * base})")
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            raise _fail(path, f"tensor '{key}' has dtype {t.dtype}, expected floating point")
+        if not bool(torch.isfinite(t).all()):
+            raise _fail(path, f"tensor '{key}' contains NaN or infinite values")
+    return widths
+
+
+def load_adapter(path: str | os.PathLike) -> AdapterWeights:
+    """Load and validate adapter weights from any accepted file or checkpoint folder."""
+    path = resolve_checkpoint_path(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        tensors, all_keys, metadata = _read_safetensors(path)
+    else:
+        tensors, all_keys, metadata = _read_pickle(path)
+    widths = _validate(path, tensors, all_keys)
+    ours = metadata.get("format") == FORMAT_NAME
+    if ours and metadata.get("format_version") != FORMAT_VERSION:
+        raise _fail(path, f"format version {metadata.get('format_version')} is not supported (expected "
+                          f"{FORMAT_VERSION}); update the node pack")
+    try:
+        head_dim = int(metadata.get("head_dim", REFERENCE_HEAD_DIM)) if ours else REFERENCE_HEAD_DIM
+    except ValueError as exc:
+        raise _fail(path, f"metadata head_dim={metadata.get('head_dim')!r} is not a number") from exc
+    bad = [w for w in widths if w % head_dim]
+    if bad:
+        raise _fail(path, f"head_dim {head_dim} does not divide the block widths {sorted(set(bad))}")
+    info = AdapterInfo(widths=widths, head_dim=head_dim,
+                       base_model=metadata.get("base_model", REFERENCE_BASE) if ours else REFERENCE_BASE,
+                       source=metadata.get("source", path.name) if ours else f"{path.parent.name}/{path.name}")
+    return AdapterWeights(state_dict=tensors, info=info, metadata=metadata)
+
+
+def save_adapter(weights: AdapterWeights, out_path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write an adapter-only safetensors with the metadata that `load_adapter` reads back."""
+    out_path = Path(out_path)
+    sd = {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in weights.state_dict.items()}
+    info = weights.info
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "base_model": info.base_model,
+        "head_dim": str(info.head_dim),
+        "widths": ",".join(map(str, info.widths)),
+        "source": info.source,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".partial")
+    save_file(sd, str(tmp), metadata=metadata)
+    os.replace(tmp, out_path)
+    return out_path

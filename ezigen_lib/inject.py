@@ -1,0 +1,105 @@
+"""Injection: a list-based ``middle_patch`` that adds the adapter's output right after each
+block's self-attention (before cross-attention), where the reference inserts it."""
+from __future__ import annotations
+
+import torch
+from comfy.patcher_extension import WrappersMP
+
+from .capture import SubjectFeatures
+from .layout import require_ezigen_layout
+from .slots import SLOT_COUNT
+
+KV_WRAPPER_KEY = "ezigen_subject_kv"
+
+
+class SubjectInjection:
+    """The patch object ComfyUI calls in every transformer block.
+
+    Shared, not copied, between model clones (``__deepcopy__``): it is immutable apart from the
+    per-run cache of subject keys/values, which the OUTER_SAMPLE wrapper drops after each run.
+    """
+
+    def __init__(self, adapter_patcher, subject: SubjectFeatures, strength: float,
+                 sigma_start: float, sigma_end: float):
+        self.adapter_patcher = adapter_patcher
+        self.subject = subject
+        self.strength = float(strength)
+        self.sigma_start = float(sigma_start)  # active while sigma_end <= sigma <= sigma_start
+        self.sigma_end = float(sigma_end)
+        self._kv_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ComfyUI patch-object protocol -------------------------------------------------------------
+    def to(self, device_or_dtype):
+        return self
+
+    def models(self):
+        return [self.adapter_patcher]
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def outer_sample_wrapper(self, executor, *args, **kwargs):
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.release_cache()
+
+    def release_cache(self) -> None:
+        self._kv_cache.clear()
+
+    # the patch ------------------------------------------------------------------------------------
+    def active_mask(self, sigmas: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Per-sample gate (None = all on); the UNet batch is the latent batch times the cond chunks."""
+        if sigmas is None:
+            return None
+        sigmas = sigmas.flatten().float()
+        on = (sigmas <= self.sigma_start) & (sigmas >= self.sigma_end)
+        if batch % on.numel() == 0:
+            return on.repeat(batch // on.numel())
+        return on.any().expand(batch)
+
+    def subject_kv(self, slot: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (slot, device, dtype)
+        cached = self._kv_cache.get(key)
+        if cached is None:
+            features = self.subject.features[slot].to(device=device, dtype=dtype)
+            cached = self.adapter_patcher.model.subject_kv(slot, features)
+            self._kv_cache[key] = cached
+        return cached
+
+    def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        if self.strength == 0.0:
+            return x
+        slot = extra_options.get("transformer_index")
+        if slot is None or not 0 <= slot < SLOT_COUNT:
+            return x
+        on = self.active_mask(extra_options.get("sigmas"), x.shape[0])
+        if on is not None and not bool(on.any()):
+            return x
+        subject_k, subject_v = self.subject_kv(slot, x.device, x.dtype)
+        delta = self.adapter_patcher.model.blocks[slot].residual(
+            x, subject_k, subject_v, attn_precision=extra_options.get("attn_precision"))
+        if on is not None and not bool(on.all()):
+            delta = delta * on.to(device=delta.device, dtype=delta.dtype)[:, None, None]
+        return x + self.strength * delta
+
+
+def percent_sigma_range(model_sampling, start_percent: float, end_percent: float) -> tuple[float, float]:
+    """IPAdapter-style sampling percents -> the sigma window in which the adapter runs."""
+    return model_sampling.percent_to_sigma(start_percent), model_sampling.percent_to_sigma(end_percent)
+
+
+def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
+                  start_percent: float, end_percent: float):
+    """A patched clone of `model`; the input MODEL is left untouched."""
+    require_ezigen_layout(model, encoder.info.widths, "model to patch")
+    for k, (feature, width) in enumerate(zip(subject.features, encoder.info.widths)):
+        if feature.shape[-1] != width:
+            raise ValueError(f"subject feature {k} is {feature.shape[-1]}-wide but the adapter expects {width}: "
+                             "encode the subject with the same EZIGen encoder")
+    sigma_start, sigma_end = percent_sigma_range(model.get_model_object("model_sampling"), start_percent, end_percent)
+    injection = SubjectInjection(encoder.adapter, subject, strength, sigma_start, sigma_end)
+    patched = model.clone()
+    patched.set_model_patch(injection, "middle_patch")
+    patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, injection.outer_sample_wrapper)
+    return patched

@@ -1,0 +1,9 @@
+"""ComfyUI node schemas: thin translations between ComfyUI types and ezigen_lib."""
+from .folders import register_model_folder
+from .loaders import EZIGenLoadEncoder
+from .patch import EZIGenPatchUNetAttention
+from .subject import EZIGenEncodeSubject
+
+NODE_LIST = [EZIGenLoadEncoder, EZIGenEncodeSubject, EZIGenPatchUNetAttention]
+
+__all__ = ["NODE_LIST", "register_model_folder"]

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..ezigen_lib.inject import apply_subject
+from .types import EZIGenEncoderType, EZIGenSubjectType
+
+
+class EZIGenPatchUNetAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EZIGenPatchUNetAttention",
+            display_name="Patch UNet Attention (EZIGen)",
+            category="EZIGen",
+            description="Returns a copy of the MODEL whose 16 transformer blocks attend to the subject after "
+                        "self-attention. Use it with any KSampler: EZIGen's default is the adapter off for the first "
+                        "60% of sampling (text sets the layout) and on for the rest (appearance).",
+            inputs=[
+                io.Model.Input("model", tooltip="SD1.x or SD2.x model to patch (the official adapter was trained "
+                                                "on SD2.1-base)."),
+                EZIGenEncoderType.Input("encoder", tooltip="From Load EZIGen Encoder."),
+                EZIGenSubjectType.Input("subject", tooltip="From Encode Subject."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,
+                               tooltip="Scales the adapter's contribution: 1 = as trained, 0 = no effect."),
+                io.Float.Input("start_percent", default=0.6, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress at which the subject starts to be injected "
+                                       "(0.6 = EZIGen's split ratio 0.4)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress at which injection stops."),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched copy of the model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, encoder, subject, strength: float, start_percent: float,
+                end_percent: float) -> io.NodeOutput:
+        return io.NodeOutput(apply_subject(model, encoder, subject, strength, start_percent, end_percent))

@@ -1,0 +1,8 @@
+"""In-process ComfyUI for unit tests: CPU, a throw-away base directory, tiny SD-layout models."""
+import tempfile
+from pathlib import Path
+
+from comfy_root import bootstrap_inprocess
+
+BASE_DIR = Path(tempfile.mkdtemp(prefix="ezigen-unit-"))
+bootstrap_inprocess(BASE_DIR)

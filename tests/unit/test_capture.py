@@ -1,0 +1,94 @@
+"""Subject encoding: 16 captures of norm1(x), in execution order, at timestep 1."""
+import pytest
+import torch
+
+from ezigen_lib.capture import FeatureRecorder, SUBJECT_TIMESTEP, encode_subject, prepare_subject_pixels
+from ezigen_lib.layout import UnsupportedModelError
+from ezigen_lib.slots import SLOTS
+
+from .tiny import random_context, tiny_encoder, tiny_vae
+
+IMAGES = torch.rand(2, 48, 40, 3, generator=torch.Generator().manual_seed(9))
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return tiny_encoder(), tiny_vae()
+
+
+def encode(parts, seed=0, images=IMAGES, mask=None, context=None, resolution=64):
+    encoder, vae = parts
+    with torch.inference_mode():
+        return encode_subject(encoder.model, vae, random_context() if context is None else context, images, mask,
+                              seed, resolution, encoder.info.widths)
+
+
+def test_sixteen_features_in_execution_order_with_token_concat(parts, monkeypatch):
+    calls = []
+    original = FeatureRecorder.__call__
+
+    def spy(self, n, c, v, extra):
+        calls.append((extra["transformer_index"], extra["block"], extra["block_index"]))
+        return original(self, n, c, v, extra)
+
+    monkeypatch.setattr(FeatureRecorder, "__call__", spy)
+    subject = encode(parts)
+    assert calls == [(k, SLOTS[k].comfy_block, 0) for k in range(16)]
+    grid = {1: 8 * 8, 2: 4 * 4, 4: 2 * 2}  # 64px -> 8x8 latent -> tokens per level; the middle is at 1x1
+    for k, f in enumerate(subject.features):
+        tokens = 1 if SLOTS[k].comfy_block[0] == "middle" else grid[SLOTS[k].width_mult]
+        assert f.shape == (1, 2 * tokens, parts[0].info.widths[k])  # both images in one row
+        assert f.dtype == torch.float16 and f.device.type == "cpu"
+    assert subject.image_count == 2
+
+
+def test_features_are_norm1_of_the_block_input_at_timestep_one(parts):
+    encoder, vae = parts
+    norm_outputs = {}
+    transformers = [m for m in encoder.model.model.diffusion_model.modules()
+                    if type(m).__name__ == "SpatialTransformer"]
+    hooks = [t.transformer_blocks[0].norm1.register_forward_hook(
+        lambda mod, inp, out, k=k: norm_outputs.__setitem__(k, out.detach().clone())) for k, t in enumerate(transformers)]
+    timesteps = []
+    hooks.append(encoder.model.model.diffusion_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: timesteps.append(args[1].clone()), with_kwargs=True))
+    try:
+        subject = encode(parts)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(norm_outputs) == 16
+    for k in range(16):
+        want = norm_outputs[k].reshape(1, -1, norm_outputs[k].shape[-1]).half()
+        torch.testing.assert_close(subject.features[k], want)
+    assert timesteps[0].tolist() == [float(SUBJECT_TIMESTEP)] * 2
+    sigma = encoder.model.get_model_object("model_sampling").sigma(torch.tensor(1.0))
+    assert abs(float(1 / (1 + sigma ** 2) ** 0.5) - 0.99915) < 1e-5  # sqrt(alpha_bar_1) from the method doc
+
+
+def test_seeded_and_leaves_encoder_unpatched(parts):
+    a, b, c = encode(parts, seed=1), encode(parts, seed=1), encode(parts, seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a.features, b.features))
+    assert not all(torch.equal(x, y) for x, y in zip(a.features, c.features))
+    assert "patches" not in parts[0].model.model_options["transformer_options"]
+
+
+def test_mask_paints_background_white_and_squashes_to_square():
+    images = torch.zeros(1, 20, 30, 3)
+    mask = torch.zeros(20, 30)
+    mask[5:15, 10:20] = 1
+    out = prepare_subject_pixels(images, mask, 16)
+    assert out.shape == (1, 16, 16, 3)
+    assert out[0, 0, 0].tolist() == pytest.approx([1.0] * 3) and out[0, 8, 8].tolist() == pytest.approx([0.0] * 3)
+    with pytest.raises(ValueError, match="mask batch 3"):
+        prepare_subject_pixels(torch.zeros(2, 8, 8, 3), torch.zeros(3, 8, 8), 8)
+
+
+def test_mask_changes_the_features(parts):
+    full, masked = encode(parts), encode(parts, mask=torch.zeros(48, 40))
+    assert not torch.equal(full.features[0], masked.features[0])
+
+
+def test_wrong_conditioning_width_is_a_clear_error(parts):
+    with pytest.raises(UnsupportedModelError, match="48-wide but the encoder .* expects 32-wide"):
+        encode(parts, context=random_context(width=48))

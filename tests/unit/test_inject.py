@@ -1,0 +1,144 @@
+"""Injection through the stock sampler: gating, batches, CFG, clones, stacking, per-run K/V."""
+import copy
+
+import pytest
+import torch
+
+from ezigen_lib.adapter import AdapterSet, BlockAdapter
+from ezigen_lib.capture import encode_subject
+from ezigen_lib.inject import SubjectInjection, apply_subject
+from ezigen_lib.layout import UnsupportedModelError
+
+from .tiny import random_context, sample, tiny_encoder, tiny_model, tiny_vae
+
+
+@pytest.fixture(scope="module")
+def setup():
+    encoder = tiny_encoder()
+    with torch.inference_mode():
+        subject = encode_subject(encoder.model, tiny_vae(), random_context(), torch.rand(1, 64, 64, 3), None, 0, 64,
+                                 encoder.info.widths)
+    model = tiny_model(seed=7)
+    return model, encoder, subject
+
+
+def patch(setup, strength=1.0, start=0.0, end=1.0, model=None):
+    base, encoder, subject = setup
+    return apply_subject(model or base, encoder, subject, strength, start, end)
+
+
+def test_strength_zero_is_identical_and_strength_one_differs(setup):
+    plain = sample(setup[0], seed=3)
+    assert torch.equal(sample(patch(setup, strength=0.0), seed=3), plain)
+    assert (sample(patch(setup), seed=3) - plain).abs().max() > 1e-3
+
+
+@pytest.fixture
+def adapter_calls(monkeypatch):
+    """Records, per adapter evaluation, the block's transformer index and the sampling sigma."""
+    calls = []
+    original = SubjectInjection.__call__
+
+    def spy(self, x, extra):
+        out = original(self, x, extra)
+        if not torch.equal(out, x):
+            calls.append((extra["transformer_index"], float(extra["sigmas"].max())))
+        return out
+
+    monkeypatch.setattr(SubjectInjection, "__call__", spy)
+    return calls
+
+
+def test_gate_follows_percent_on_ddim_uniform(setup, adapter_calls):
+    model = patch(setup, start=0.6, end=1.0)
+    sample(model, steps=10, cfg=1.0)
+    sigmas = model.get_model_object("model_sampling").sigmas
+    active_sigmas = sorted({s for _, s in adapter_calls}, reverse=True)
+    # ddim_uniform, 10 steps: t = 901, 801, ..., 1; EZIGen split 0.4 -> the last 4 steps (t <= 381 region)
+    assert active_sigmas == pytest.approx([float(sigmas[t]) for t in (301, 201, 101, 1)], rel=1e-5)
+    assert len(adapter_calls) == 4 * 16
+    assert [k for k, _ in adapter_calls[:16]] == list(range(16))
+
+
+def test_gate_window_end(setup, adapter_calls):
+    sample(patch(setup, start=0.0, end=0.5), steps=10, cfg=1.0)
+    assert len({s for _, s in adapter_calls}) == 5  # t = 901 ... 501
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_batches_and_cfg_match_single_samples(setup, batch, cfg):
+    model = patch(setup)
+    noise = torch.randn((batch, 4, 8, 8), generator=torch.Generator().manual_seed(batch))
+    together = sample(model, steps=4, cfg=cfg, noise=noise)
+    assert torch.isfinite(together).all()
+    for i in range(batch):
+        alone = sample(model, steps=4, cfg=cfg, noise=noise[i:i + 1])
+        torch.testing.assert_close(together[i:i + 1], alone, atol=1e-3, rtol=1e-3)
+    assert (together - sample(setup[0], steps=4, cfg=cfg, noise=noise)).abs().max() > 1e-3
+
+
+def test_mixed_sigmas_in_one_batch_gate_per_sample(setup):
+    base, encoder, subject = setup
+    injection = SubjectInjection(encoder.adapter, subject, 1.0, sigma_start=1.0, sigma_end=0.0)
+    x = torch.randn(4, 16, 64)  # 2 latents x (cond, uncond)
+    out = injection(x, {"transformer_index": 0, "sigmas": torch.tensor([5.0, 0.5]), "attn_precision": None})
+    changed = [(out[i] - x[i]).abs().max().item() > 0 for i in range(4)]
+    assert changed == [False, True, False, True]
+
+
+def test_input_model_untouched_and_clones_share_not_copy(setup):
+    base = setup[0]
+    before = copy.copy(base.model_options["transformer_options"])
+    patched = patch(setup)
+    assert base.model_options["transformer_options"] == before
+    injection = patched.model_options["transformer_options"]["patches"]["middle_patch"][0]
+    clone = patched.clone()
+    assert clone.model_options["transformer_options"]["patches"]["middle_patch"][0] is injection
+    assert copy.deepcopy(injection) is injection
+    assert injection.models() == [setup[1].adapter]
+
+
+def test_stacks_with_itself_and_with_other_attention_patches(setup):
+    base, encoder, subject = setup
+    seen = []
+
+    def other_patch(x, extra):
+        seen.append(extra["transformer_index"])
+        return x * 1.01
+
+    with_other = base.clone()
+    with_other.set_model_patch(other_patch, "middle_patch")
+    first = patch(setup, model=with_other)
+    second = apply_subject(first, encoder, subject, 0.5, 0.0, 1.0)
+    assert len(second.model_options["transformer_options"]["patches"]["middle_patch"]) == 3
+    out_two = sample(second, steps=2, cfg=1.0)
+    assert seen[:16] == list(range(16))
+    out_one = sample(first, steps=2, cfg=1.0)
+    assert (out_two - out_one).abs().max() > 1e-4
+    assert len(first.model_options["transformer_options"]["patches"]["middle_patch"]) == 2
+
+
+def test_subject_kv_computed_once_per_run_and_released(setup, monkeypatch):
+    counted = []
+    original = AdapterSet.subject_kv
+    monkeypatch.setattr(AdapterSet, "subject_kv", lambda self, slot, f: counted.append(slot) or original(self, slot, f))
+    residuals = []
+    original_residual = BlockAdapter.residual
+    monkeypatch.setattr(BlockAdapter, "residual", lambda self, *a, **k: residuals.append(1) or original_residual(self, *a, **k))
+    model = patch(setup)
+    sample(model, steps=5, cfg=4.0)
+    assert sorted(counted) == list(range(16))  # once per slot for the whole run
+    assert len(residuals) == 5 * 16
+    injection = model.model_options["transformer_options"]["patches"]["middle_patch"][0]
+    assert injection._kv_cache == {}  # dropped after the run
+    sample(model, steps=2, cfg=4.0, seed=1)
+    assert len(counted) == 32
+
+
+def test_unsupported_models_are_refused_before_patching(setup):
+    _, encoder, subject = setup
+    wide = tiny_model(model_channels=128)
+    with pytest.raises(UnsupportedModelError, match="widths"):
+        apply_subject(wide, encoder, subject, 1.0, 0.0, 1.0)
+    assert "patches" not in wide.model_options["transformer_options"]

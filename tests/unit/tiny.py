@@ -1,0 +1,132 @@
+"""Tiny models with the SD1.x/SD2.x block layout, built from ComfyUI's own classes.
+
+Same 16 depth-1 transformers in the same places as SD2.1-base, but 32/64/128 channels, so a
+forward pass takes milliseconds on a CPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+
+from conftest import REPO
+
+TINY_CHANNELS = 64
+TINY_HEAD_DIM = 32
+TINY_CONTEXT = 32
+
+
+def _unet_config(context_dim: int, model_channels: int) -> dict:
+    return {
+        "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": model_channels,
+        "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        "context_dim": context_dim, "use_linear_in_transformer": True, "use_spatial_transformer": True,
+        "legacy": False, "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
+        "dtype": torch.float32,
+    }
+
+
+class TinySD(comfy.supported_models_base.BASE):
+    unet_config = {}
+    unet_extra_config = {"num_heads": -1, "num_head_channels": TINY_HEAD_DIM}
+    latent_format = comfy.latent_formats.SD15
+    memory_usage_factor = 1.0
+
+
+def init_random(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
+    """ComfyUI layers skip initialisation: give every tensor seeded values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+            elif p.ndim == 1:
+                p.copy_(1.0 + torch.randn(p.shape, generator=g) * 0.05)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def tiny_model(seed: int = 0, context_dim: int = TINY_CONTEXT, model_channels: int = TINY_CHANNELS):
+    config = TinySD(_unet_config(context_dim, model_channels))
+    base = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EPS, device="cpu")
+    init_random(base.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def random_adapter_state(seed: int = 1, model_channels: int = TINY_CHANNELS) -> dict[str, torch.Tensor]:
+    """Canonical adapter tensors for the tiny layout."""
+    from ezigen_lib.slots import slot_widths
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, w in enumerate(slot_widths(model_channels)):
+        for name in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"):
+            sd[f"blocks.{k}.{name}"] = torch.randn(w, w, generator=g) * 0.1
+        sd[f"blocks.{k}.to_out.0.bias"] = torch.randn(w, generator=g) * 0.01
+        sd[f"blocks.{k}.norm.weight"] = 1.0 + torch.randn(w, generator=g) * 0.05
+        sd[f"blocks.{k}.norm.bias"] = torch.randn(w, generator=g) * 0.01
+    sd["learnable_weights"] = 1.0 + torch.randn(16, generator=g) * 0.1
+    return sd
+
+
+def load_pack():
+    """Import the repository as the ComfyUI package it is (its nodes use relative imports)."""
+    name = "comfyui_ezigen_under_test"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_vae(seed: int = 2):
+    """A real ComfyUI VAE object around a randomly initialised TAESD (4-channel latents, /8)."""
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    module = comfy.taesd.taesd.TAESD(latent_channels=4)
+    init_random(module, seed, std=0.02)
+    return comfy.sd.VAE(sd=module.state_dict())
+
+
+def tiny_encoder(adapter_seed: int = 1, model_seed: int = 0):
+    """An EZIGEN_ENCODER over a tiny model, built the way the loader node builds it."""
+    from ezigen_lib.checkpoint import AdapterInfo
+    from ezigen_lib.encoder import EZIGenEncoder, adapter_patcher
+    from ezigen_lib.slots import slot_widths
+
+    info = AdapterInfo(widths=tuple(slot_widths(TINY_CHANNELS)), head_dim=TINY_HEAD_DIM, base_model="tiny",
+                       source="test")
+    model = tiny_model(model_seed)
+    return EZIGenEncoder(model=model, adapter=adapter_patcher(random_adapter_state(adapter_seed), info), info=info)
+
+
+def random_context(seed: int = 0, batch: int = 1, tokens: int = 7, width: int = TINY_CONTEXT) -> torch.Tensor:
+    return torch.randn(batch, tokens, width, generator=torch.Generator().manual_seed(seed))
+
+
+def sample(model, seed: int = 0, steps: int = 10, cfg: float = 5.0, batch: int = 1, size: int = 8,
+           sampler: str = "euler", scheduler: str = "ddim_uniform", noise: torch.Tensor | None = None):
+    """A stock ComfyUI sampling run (the KSampler code path) with random text conditioning."""
+    import comfy.sample
+
+    if noise is None:
+        noise = torch.randn((batch, 4, size, size), generator=torch.Generator().manual_seed(seed))
+    positive = [[random_context(100), {}]]
+    negative = [[random_context(101), {}]]
+    with torch.inference_mode():
+        return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative,
+                                   torch.zeros_like(noise), disable_pbar=True, seed=seed)
