@@ -10,6 +10,8 @@ from .layout import require_ezigen_layout
 from .slots import SLOT_COUNT
 
 KV_WRAPPER_KEY = "ezigen_subject_kv"
+# transformer_options key through which the EZIGen Sampler overrides every patch's sigma window
+SIGMA_WINDOW_OPTION = "ezigen_sigma_window"
 
 
 class SubjectInjection:
@@ -48,12 +50,14 @@ class SubjectInjection:
         self._kv_cache.clear()
 
     # the patch ------------------------------------------------------------------------------------
-    def active_mask(self, sigmas: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    def active_mask(self, sigmas: torch.Tensor | None, batch: int,
+                    window: tuple[float, float] | None = None) -> torch.Tensor | None:
         """Per-sample gate (None = all on); the UNet batch is the latent batch times the cond chunks."""
         if sigmas is None:
             return None
+        sigma_start, sigma_end = window if window is not None else (self.sigma_start, self.sigma_end)
         sigmas = sigmas.flatten().float()
-        on = (sigmas <= self.sigma_start) & (sigmas >= self.sigma_end)
+        on = (sigmas <= sigma_start) & (sigmas >= sigma_end)
         if batch % on.numel() == 0:
             return on.repeat(batch // on.numel())
         return on.any().expand(batch)
@@ -73,7 +77,7 @@ class SubjectInjection:
         slot = extra_options.get("transformer_index")
         if slot is None or not 0 <= slot < SLOT_COUNT:
             return x
-        on = self.active_mask(extra_options.get("sigmas"), x.shape[0])
+        on = self.active_mask(extra_options.get("sigmas"), x.shape[0], extra_options.get(SIGMA_WINDOW_OPTION))
         if on is not None and not bool(on.any()):
             return x
         subject_k, subject_v = self.subject_kv(slot, x.device, x.dtype)
@@ -103,3 +107,8 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
     patched.set_model_patch(injection, "middle_patch")
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, injection.outer_sample_wrapper)
     return patched
+
+
+def subject_injections(model) -> list[SubjectInjection]:
+    patches = model.model_options.get("transformer_options", {}).get("patches", {}).get("middle_patch", [])
+    return [p for p in patches if isinstance(p, SubjectInjection)]

@@ -2,8 +2,9 @@
 from .folders import register_model_folder
 from .loaders import EZIGenLoadEncoder
 from .patch import EZIGenPatchUNetAttention
+from .sampler import EZIGenSampler
 from .subject import EZIGenEncodeSubject
 
-NODE_LIST = [EZIGenLoadEncoder, EZIGenEncodeSubject, EZIGenPatchUNetAttention]
+NODE_LIST = [EZIGenLoadEncoder, EZIGenEncodeSubject, EZIGenPatchUNetAttention, EZIGenSampler]
 
 __all__ = ["NODE_LIST", "register_model_folder"]

@@ -1,0 +1,188 @@
+"""EZIGen generation: the decoupled pass, then re-noise-and-refine loops until the rounds agree.
+
+Cost is N + L * n_l UNet evaluations (+1 encoder pass): the reference's two diagnostic passes
+("simple" and "pure text" images) are not computed, since the decoupled pass already contains the
+text-only layout steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+from comfy.patcher_extension import WrappersMP
+
+from .autostop import LoopPolicy
+from .inject import SIGMA_WINDOW_OPTION, subject_injections
+from .schedule import appearance_start_index, loop_start_index, reference_unet_calls, renoise_coefficients
+from .similarity import clip_embeddings, cosine
+
+log = logging.getLogger("EZIGen")
+ALWAYS_ON = (float("inf"), 0.0)
+NEVER_ON = (-1.0, -1.0)
+COUNTER_KEY = "ezigen_unet_call_counter"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    seed: int
+    steps: int = 50
+    cfg: float = 7.5
+    sampler_name: str = "ddpm"
+    scheduler: str = "ddim_uniform"
+    split_ratio: float = 0.4
+    policy: LoopPolicy = field(default_factory=LoopPolicy)
+    faithful: bool = True
+
+    def __post_init__(self):
+        if not 0.0 <= self.split_ratio <= 1.0:
+            raise ValueError(f"split_ratio must be in [0, 1], got {self.split_ratio}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class GenerationResult:
+    latent: torch.Tensor  # raw VAE space, like any LATENT
+    image: torch.Tensor
+    round_images: torch.Tensor  # every round's image, round-major along the batch
+    report: dict
+
+    def report_text(self) -> str:
+        return json.dumps(self.report, indent=2)
+
+
+class _CallCounter:
+    """PREDICT_NOISE wrapper: one call = one (CFG-batched) UNet evaluation of the sampler."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, executor, *args, **kwargs):
+        self.calls += 1
+        return executor(*args, **kwargs)
+
+
+class _Progress:
+    """One progress bar and live previews across all rounds (the total assumes the most loops)."""
+
+    def __init__(self, model, total: int):
+        self.total = total
+        self.done = 0
+        self.bar = comfy.utils.ProgressBar(total)
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def callback(self, step, x0, x, total_steps):
+        preview = self.previewer.decode_latent_to_preview_image("JPEG", x0) if self.previewer else None
+        self.bar.update_absolute(min(self.done + step + 1, self.total), self.total, preview)
+
+    def finish_round(self, steps: int):
+        self.done += steps
+
+    def finish(self):
+        self.bar.update_absolute(self.total, self.total)
+
+
+def _with_window(model, window: tuple[float, float], counter: _CallCounter):
+    m = model.clone()
+    m.model_options["transformer_options"][SIGMA_WINDOW_OPTION] = window
+    m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, COUNTER_KEY, counter)
+    return m
+
+
+def run_generation(model, positive, negative, latent: dict, vae, settings: GenerationSettings,
+                   loop_negative=None, clip_vision=None) -> GenerationResult:
+    started = time.perf_counter()
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    channels = model.get_model_object("latent_format").latent_channels
+    if samples.ndim != 4 or samples.shape[1] != channels:
+        raise ValueError(f"The LATENT has shape {tuple(samples.shape)} but this model works on {channels}-channel "
+                         "latents: make it with EmptyLatentImage or VAEEncode and the SD checkpoint's VAE (a FLUX or "
+                         "SDXL-family latent cannot be used; decode it to an IMAGE first).")
+    warnings = []
+    if not subject_injections(model):
+        warnings.append("The MODEL carries no EZIGen patch (connect Patch UNet Attention): sampling without a subject.")
+        log.warning("EZIGen Sampler: %s", warnings[-1])
+
+    s, policy = settings.split_ratio, settings.policy
+    model_sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler, settings.steps).cpu()
+    n = len(sigmas) - 1  # some schedulers (ddim_uniform when 1000 % steps is large) give one step more
+    i0 = appearance_start_index(n, s)
+    k = loop_start_index(n, s)
+    loop_sigmas = sigmas[k:]
+    loop_steps = n - k
+    if loop_steps == 0 and policy.most_loops > 0:
+        warnings.append(f"split_ratio {s} leaves no steps to refine: no loops run.")
+    sampler = comfy.samplers.sampler_object(settings.sampler_name)
+    counter = _CallCounter()
+    decoupled_window = (float(sigmas[i0]), 0.0) if i0 < n else NEVER_ON
+    decoupled_model = _with_window(model, decoupled_window, counter)
+    loop_model = _with_window(model, ALWAYS_ON, counter)
+    loop_negative = negative if loop_negative is None else loop_negative
+    progress = _Progress(model, n + policy.most_loops * loop_steps)
+    timings = {}
+
+    batch_inds = latent.get("batch_index")
+    noise = comfy.sample.prepare_noise(samples, settings.seed, batch_inds)
+    t = time.perf_counter()
+    x = comfy.sample.sample_custom(decoupled_model, noise, settings.cfg, sampler, sigmas, positive, negative,
+                                   samples, callback=progress.callback, disable_pbar=True, seed=settings.seed)
+    progress.finish_round(n)
+    image = vae.decode(x)
+    timings["decoupled_s"] = round(time.perf_counter() - t, 3)
+    rounds = [image]
+    previous_embedding = _embed(clip_vision, image, x)
+    similarities: list[float] = []
+    done, reason = 0, "no loops requested"
+    loop_times = []
+    while loop_steps > 0:
+        go_on, why = policy.next_step(done, similarities[-1] if similarities else None)
+        if not go_on:
+            reason = why
+            break
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        t = time.perf_counter()
+        round_seed = settings.seed + done + 1
+        z = vae.encode(image[..., :3]) if settings.faithful else x
+        a, b = renoise_coefficients(model_sampling, s, float(loop_sigmas[0]), settings.faithful)
+        eps = comfy.sample.prepare_noise(z, round_seed, batch_inds)
+        x = comfy.sample.sample_custom(loop_model, eps * (b / float(loop_sigmas[0])), settings.cfg, sampler,
+                                       loop_sigmas, positive, loop_negative, z * a, callback=progress.callback,
+                                       disable_pbar=True, seed=round_seed)
+        progress.finish_round(loop_steps)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        image = vae.decode(x)
+        rounds.append(image)
+        embedding = _embed(clip_vision, image, x)
+        similarities.append(float(cosine(previous_embedding, embedding).min()))
+        previous_embedding = embedding
+        done += 1
+        loop_times.append(round(time.perf_counter() - t, 3))
+    progress.finish()
+
+    report = {
+        "loops": done,
+        "similarities": [round(v, 5) for v in similarities],
+        "similarity_metric": "clip_vision_cosine" if clip_vision is not None else "latent_cosine (no CLIP vision)",
+        "stop_reason": reason,
+        "unet_evaluations": counter.calls,
+        "reference_unet_evaluations": reference_unet_calls(n, s, done),
+        "steps": settings.steps, "schedule_steps": n, "split_ratio": s, "appearance_start_step": i0, "loop_start_step": k, "loop_steps": loop_steps,
+        "mode": "faithful" if settings.faithful else "clean",
+        "seconds": {**timings, "loops_s": loop_times, "total_s": round(time.perf_counter() - started, 3)},
+        "warnings": warnings,
+    }
+    return GenerationResult(latent=x, image=image, round_images=torch.cat(rounds, dim=0), report=report)
+
+
+def _embed(clip_vision, image: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    return clip_embeddings(clip_vision, image) if clip_vision is not None else latent.float()
