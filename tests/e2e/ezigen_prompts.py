@@ -1,0 +1,47 @@
+"""Shipped workflows turned into small, fast API prompts for the random-weight stand-ins."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from comfy_host import ComfyServer, set_inputs, ui_to_api
+from demo_inputs import write_subject_image as _write_subject
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / "workflows"
+SD21 = "sd21base_random.safetensors"
+SD15 = "sd15_random.safetensors"
+ADAPTER = "checkpoint-200000/model.safetensors"
+
+
+def load_workflow(name: str) -> dict[str, Any]:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+def write_subject_image(server: ComfyServer) -> None:
+    _write_subject(server.base_dir / "input")
+
+
+def small(prompt: dict[str, Any], seed: int, size: int = 64) -> dict[str, Any]:
+    """Stand-in names, a 64x64 latent, 64px subject encoding, a unique seed."""
+    p = copy.deepcopy(prompt)
+    for nid, node in p.items():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = SD21
+    set_inputs(p, "EZIGenLoadEncoder", adapter_name=ADAPTER)
+    set_inputs(p, "EZIGenEncodeSubject", resolution=64, seed=seed)
+    set_inputs(p, "EmptyLatentImage", width=size, height=size)
+    return p
+
+
+def images_of(server: ComfyServer, history: dict[str, Any]) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p).convert("RGB")) for p in server.output_images(history)]
+
+
+def api_prompt(server: ComfyServer, workflow_name: str) -> dict[str, Any]:
+    return ui_to_api(load_workflow(workflow_name), server.object_info())
