@@ -1,10 +1,11 @@
 """ComfyUI node schemas: thin translations between ComfyUI types and ezigen_lib."""
 from .folders import register_model_folder
-from .loaders import EZIGenLoadEncoder
+from .loaders import EZIGenLoadCLIPVision, EZIGenLoadEncoder
 from .patch import EZIGenPatchUNetAttention
 from .sampler import EZIGenSampler
 from .subject import EZIGenEncodeSubject
 
-NODE_LIST = [EZIGenLoadEncoder, EZIGenEncodeSubject, EZIGenPatchUNetAttention, EZIGenSampler]
+NODE_LIST = [EZIGenLoadEncoder, EZIGenEncodeSubject, EZIGenPatchUNetAttention, EZIGenSampler,
+             EZIGenLoadCLIPVision]
 
 __all__ = ["NODE_LIST", "register_model_folder"]

@@ -4,6 +4,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..ezigen_lib.encoder import load_encoder
+from ..ezigen_lib.similarity import load_clip_vision
 from .folders import EZIGEN_FOLDER
 from .types import EZIGenEncoderType
 
@@ -34,3 +35,23 @@ class EZIGenLoadEncoder(io.ComfyNode):
     def execute(cls, adapter_name: str, encoder_model) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(EZIGEN_FOLDER, adapter_name)
         return io.NodeOutput(load_encoder(path, encoder_model))
+
+
+class EZIGenLoadCLIPVision(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EZIGenLoadCLIPVision",
+            display_name="Load CLIP Vision for Autostop (EZIGen)",
+            category="EZIGen",
+            description="Loads an image encoder from models/clip_vision for the EZIGen Sampler's autostop. Unlike the "
+                        "core loader it also reads OpenAI CLIP ViT-B/32, the model the reference's 0.99 threshold "
+                        "was tuned on; other CLIP vision models (e.g. ViT-H) work with a threshold of their own.",
+            inputs=[io.Combo.Input("clip_name", options=folder_paths.get_filename_list("clip_vision"),
+                                   tooltip="A file in models/clip_vision (ViT-B/32 as safetensors, or ViT-H/L/G).")],
+            outputs=[io.ClipVision.Output(tooltip="For the EZIGen Sampler's clip_vision input.")],
+        )
+
+    @classmethod
+    def execute(cls, clip_name: str) -> io.NodeOutput:
+        return io.NodeOutput(load_clip_vision(folder_paths.get_full_path_or_raise("clip_vision", clip_name)))

@@ -637,10 +637,35 @@ def verify_sd_checkpoint(path: Path, *, sample: bool = True, seed: int = 0) -> d
 
 
 # --------------------------------------------------------------------------------------------
+# CLIP ViT-B/32 vision tower (the reference's autostop model)
+# --------------------------------------------------------------------------------------------
+
+CLIP_B32_FILE_NAME = "clip_vit_b32_random.safetensors"
+
+
+def make_clip_vit_b32(path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+    """A random-weight OpenAI CLIP ViT-B/32 vision tower in the transformers layout ComfyUI reads."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        return path
+    bootstrap_inprocess()
+    import comfy.clip_model  # noqa: PLC0415
+    import comfy.ops  # noqa: PLC0415
+
+    config = json.loads((REPO_ROOT / "ezigen_lib" / "clip_vision_vit_b32.json").read_text())
+    with torch.device("meta"):
+        model = comfy.clip_model.CLIPVisionModelProjection(config, torch.float16, "meta", comfy.ops.manual_cast)
+    _materialize(model, "clip_vit_b32", seed, torch.float16)
+    metadata = {"ezigen_random_weights": "true", "kind": "clip_vit_b32", "seed": str(seed)}
+    write_safetensors(path, {k: TensorSource.of(v) for k, v in model.state_dict().items()}, metadata)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
 
-ALL_KINDS = ("sd21base", "sd15", "ezigen")
+ALL_KINDS = ("sd21base", "sd15", "ezigen", "clip_b32")
 
 
 def make_all(out: Path = DEFAULT_OUT, only: Sequence[str] = ALL_KINDS, *, overwrite: bool = False) -> dict[str, Path]:
@@ -657,6 +682,8 @@ def make_all(out: Path = DEFAULT_OUT, only: Sequence[str] = ALL_KINDS, *, overwr
         made["ezigen"] = make_ezigen_official_folder(
             out / EZIGEN_FOLDER, sd21_checkpoint=sd21 if sd21.exists() else None, overwrite=overwrite
         )
+    if "clip_b32" in only:
+        made["clip_b32"] = make_clip_vit_b32(out / CLIP_B32_FILE_NAME, overwrite=overwrite)
     return made
 
 

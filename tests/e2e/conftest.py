@@ -64,7 +64,7 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory, stand_in_models: dict
         base,
         custom_nodes={PACK_NAME: REPO},
         models={"checkpoints": [stand_in_models["sd15"], stand_in_models["sd21base"]],
-                "ezigen": [stand_in_models["ezigen"]]},
+                "ezigen": [stand_in_models["ezigen"]], "clip_vision": [stand_in_models["clip_b32"]]},
     )
     with server:
         yield server

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from comfy_host import ComfyServer, set_inputs, ui_to_api
+from comfy_host import ComfyServer, node_id, set_inputs, ui_to_api
 from demo_inputs import write_subject_image as _write_subject
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,6 +17,7 @@ WORKFLOWS = REPO / "workflows"
 SD21 = "sd21base_random.safetensors"
 SD15 = "sd15_random.safetensors"
 ADAPTER = "checkpoint-200000/model.safetensors"
+CLIP_B32 = "clip_vit_b32_random.safetensors"
 
 
 def load_workflow(name: str) -> dict[str, Any]:
@@ -36,6 +37,30 @@ def small(prompt: dict[str, Any], seed: int, size: int = 64) -> dict[str, Any]:
     set_inputs(p, "EZIGenLoadEncoder", adapter_name=ADAPTER)
     set_inputs(p, "EZIGenEncodeSubject", resolution=64, seed=seed)
     set_inputs(p, "EmptyLatentImage", width=size, height=size)
+    if any(n["class_type"] == "EZIGenLoadCLIPVision" for n in p.values()):
+        set_inputs(p, "EZIGenLoadCLIPVision", clip_name=CLIP_B32)
+    return p
+
+
+def use_sd15_main_model(prompt: dict[str, Any]) -> None:
+    """SD1.5 generates (its MODEL, CLIP for the prompts, VAE); the SD2.1 encoder keeps its own CLIP/VAE."""
+    prompt["900"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}}
+    subject_text = prompt[node_id(prompt, "EZIGenEncodeSubject")]["inputs"]["subject_prompt"][0]
+    for nid, node in prompt.items():
+        inputs = node["inputs"]
+        if node["class_type"] == "CLIPTextEncode" and nid != subject_text:
+            inputs["clip"] = ["900", 1]
+        if node["class_type"] in ("VAEDecode", "EZIGenSampler"):
+            inputs["vae"] = ["900", 2]
+    set_inputs(prompt, "EZIGenPatchUNetAttention", model=["900", 0])
+
+
+def without_patch(prompt: dict[str, Any], sampler: str) -> dict[str, Any]:
+    """The same graph with Patch UNet Attention bypassed."""
+    p = copy.deepcopy(prompt)
+    patch = node_id(p, "EZIGenPatchUNetAttention")
+    set_inputs(p, sampler, model=p[patch]["inputs"]["model"])
+    del p[patch]
     return p
 
 

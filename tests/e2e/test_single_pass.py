@@ -6,7 +6,8 @@ import pytest
 
 from comfy_host import PromptFailed, node_id, set_inputs, ui_workflow_errors
 
-from ezigen_prompts import SD15, api_prompt, images_of, load_workflow, small, write_subject_image
+from ezigen_prompts import (SD15, api_prompt, images_of, load_workflow, small, use_sd15_main_model, without_patch,
+                            write_subject_image)
 
 WORKFLOW = "ezigen_single_pass.json"
 
@@ -22,9 +23,7 @@ def run_single_pass(server, seed, strength=1.0, bypass_patch=False, steps=4):
     set_inputs(prompt, "KSampler", seed=seed, steps=steps)
     set_inputs(prompt, "EZIGenPatchUNetAttention", strength=strength)
     if bypass_patch:
-        patch = node_id(prompt, "EZIGenPatchUNetAttention")
-        set_inputs(prompt, "KSampler", model=prompt[patch]["inputs"]["model"])
-        del prompt[patch]
+        prompt = without_patch(prompt, "KSampler")
     set_inputs(prompt, "SaveImage", filename_prefix=f"single_{seed}_{strength}_{bypass_patch}")
     (image,) = images_of(server, server.run(prompt))
     return image
@@ -49,21 +48,13 @@ def test_patch_changes_the_image_and_strength_zero_does_not(server, seed):
 
 def test_sd15_model_with_the_sd21_encoder(server, seed):
     prompt = small(api_prompt(server, WORKFLOW), seed)
-    prompt["900"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}}
-    for cls in ("CLIPTextEncode",):
-        for nid, node in prompt.items():
-            if node["class_type"] == cls and nid != prompt[node_id(prompt, "EZIGenEncodeSubject")]["inputs"]["subject_prompt"][0]:
-                node["inputs"]["clip"] = ["900", 1]
-    set_inputs(prompt, "EZIGenPatchUNetAttention", model=["900", 0])
-    set_inputs(prompt, "VAEDecode", vae=["900", 2])
+    use_sd15_main_model(prompt)
     set_inputs(prompt, "KSampler", seed=seed, steps=3)
     set_inputs(prompt, "SaveImage", filename_prefix=f"sd15_{seed}")
     (patched,) = images_of(server, server.run(prompt))
-    patch = node_id(prompt, "EZIGenPatchUNetAttention")
-    set_inputs(prompt, "KSampler", model=["900", 0])
-    del prompt[patch]
-    set_inputs(prompt, "SaveImage", filename_prefix=f"sd15_plain_{seed}")
-    (plain,) = images_of(server, server.run(prompt))
+    plain_prompt = without_patch(prompt, "KSampler")
+    set_inputs(plain_prompt, "SaveImage", filename_prefix=f"sd15_plain_{seed}")
+    (plain,) = images_of(server, server.run(plain_prompt))
     assert np.abs(patched.astype(int) - plain.astype(int)).max() > 0
 
 

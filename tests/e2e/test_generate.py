@@ -1,0 +1,60 @@
+"""workflows/ezigen_generate.json on the real server: the EZIGen Sampler with loops and autostop."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from comfy_host import set_inputs, ui_workflow_errors
+
+from ezigen_prompts import api_prompt, images_of, load_workflow, small, use_sd15_main_model, write_subject_image
+
+WORKFLOW = "ezigen_generate.json"
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    write_subject_image(comfy_server)
+    return comfy_server
+
+
+def report_of(history) -> dict:
+    texts = [t for out in history["outputs"].values() for t in out.get("text", [])]
+    assert len(texts) == 1
+    return json.loads(texts[0])
+
+
+def run_generate(server, prompt, seed, **sampler):
+    set_inputs(prompt, "EZIGenSampler", seed=seed, **sampler)
+    for nid, node in prompt.items():
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = f"gen_{seed}_{nid}"
+    history = server.run(prompt)
+    return history, report_of(history)
+
+
+def test_workflow_is_valid_against_the_server(server):
+    assert ui_workflow_errors(load_workflow(WORKFLOW), server.object_info()) == []
+
+
+def test_generate_sd21_with_fixed_loops(server, seed):
+    prompt = small(api_prompt(server, WORKFLOW), seed)
+    history, report = run_generate(server, prompt, seed, steps=5, loops=2)
+    assert report["loops"] == 2 and report["unet_evaluations"] == 5 + 2 * 2
+    assert report["reference_unet_evaluations"] == 3 * 5 + 2 * 2
+    assert report["similarity_metric"] == "clip_vision_cosine" and len(report["similarities"]) == 2
+    images = images_of(server, history)
+    assert len(images) == 1 + 3  # the result, then the first pass and two loops
+    assert all(im.shape == (64, 64, 3) for im in images)
+
+
+def test_generate_sd15_with_autostop(server, seed):
+    prompt = small(api_prompt(server, WORKFLOW), seed)
+    use_sd15_main_model(prompt)
+    history, report = run_generate(server, prompt, seed, steps=5, min_loops=1, max_loops=2, sim_threshold=0.0)
+    assert report["loops"] == 1 and report["stop_reason"].startswith("similarity")
+    assert report["unet_evaluations"] == 5 + 2
+    assert report["warnings"] == []
+    result = images_of(server, history)[0]
+    assert np.isfinite(result).all()
