@@ -26,12 +26,11 @@ MODEL_CACHE = REPO / ".cache" / "models"
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Make ComfyUI importable in this process before the first test is set up.
+    """Make ComfyUI importable in this process (the stand-in makers use its classes).
 
-    The repo root is itself the pack (it has __init__.py), so pytest imports it as a package
-    before running any test below it, and that import needs ComfyUI. This runs after collection so
-    that, in a whole-suite run, the unit tests' conftest has already chosen the in-process base
-    directory (ComfyUI allows one per process); alone, we use a scratch one, never the ComfyUI tree.
+    Runs after collection so that, in a whole-suite run, the unit tests' conftest has already chosen
+    the in-process base directory (ComfyUI allows one per process); alone, a scratch one is used,
+    never the ComfyUI tree.
     """
     if "folder_paths" in sys.modules:
         bootstrap_inprocess()
