@@ -16,19 +16,14 @@ import torch
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
-import comfy.utils
-import latent_preview
-from comfy.patcher_extension import WrappersMP
 
 from .autostop import LoopPolicy
-from .inject import SIGMA_WINDOW_OPTION, subject_injections
+from .inject import subject_injections
+from .sampling import ALWAYS_ON, NEVER_ON, CallCounter, Progress, round_embedding, with_window
 from .schedule import appearance_start_index, loop_start_index, reference_unet_calls, renoise_coefficients
-from .similarity import clip_embeddings, cosine
+from .similarity import cosine
 
 log = logging.getLogger("EZIGen")
-ALWAYS_ON = (float("inf"), 0.0)
-NEVER_ON = (-1.0, -1.0)
-COUNTER_KEY = "ezigen_unet_call_counter"
 
 
 @dataclass(frozen=True)
@@ -60,44 +55,6 @@ class GenerationResult:
         return json.dumps(self.report, indent=2)
 
 
-class _CallCounter:
-    """PREDICT_NOISE wrapper: one call = one (CFG-batched) UNet evaluation of the sampler."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, executor, *args, **kwargs):
-        self.calls += 1
-        return executor(*args, **kwargs)
-
-
-class _Progress:
-    """One progress bar and live previews across all rounds (the total assumes the most loops)."""
-
-    def __init__(self, model, total: int):
-        self.total = total
-        self.done = 0
-        self.bar = comfy.utils.ProgressBar(total)
-        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
-
-    def callback(self, step, x0, x, total_steps):
-        preview = self.previewer.decode_latent_to_preview_image("JPEG", x0) if self.previewer else None
-        self.bar.update_absolute(min(self.done + step + 1, self.total), self.total, preview)
-
-    def finish_round(self, steps: int):
-        self.done += steps
-
-    def finish(self):
-        self.bar.update_absolute(self.total, self.total)
-
-
-def _with_window(model, window: tuple[float, float], counter: _CallCounter):
-    m = model.clone()
-    m.model_options["transformer_options"][SIGMA_WINDOW_OPTION] = window
-    m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, COUNTER_KEY, counter)
-    return m
-
-
 def run_generation(model, positive, negative, latent: dict, vae, settings: GenerationSettings,
                    loop_negative=None, clip_vision=None) -> GenerationResult:
     started = time.perf_counter()
@@ -123,12 +80,12 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
     if loop_steps == 0 and policy.most_loops > 0:
         warnings.append(f"split_ratio {s} leaves no steps to refine: no loops run.")
     sampler = comfy.samplers.sampler_object(settings.sampler_name)
-    counter = _CallCounter()
+    counter = CallCounter()
     decoupled_window = (float(sigmas[i0]), 0.0) if i0 < n else NEVER_ON
-    decoupled_model = _with_window(model, decoupled_window, counter)
-    loop_model = _with_window(model, ALWAYS_ON, counter)
+    decoupled_model = with_window(model, decoupled_window, counter)
+    loop_model = with_window(model, ALWAYS_ON, counter)
     loop_negative = negative if loop_negative is None else loop_negative
-    progress = _Progress(model, n + policy.most_loops * loop_steps)
+    progress = Progress(model, n + policy.most_loops * loop_steps)
     timings = {}
 
     batch_inds = latent.get("batch_index")
@@ -140,7 +97,7 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
     image = vae.decode(x)
     timings["decoupled_s"] = round(time.perf_counter() - t, 3)
     rounds = [image]
-    previous_embedding = _embed(clip_vision, image, x)
+    previous_embedding = round_embedding(clip_vision, image, x)
     similarities: list[float] = []
     done, reason = 0, "no loops requested"
     loop_times = []
@@ -162,7 +119,7 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
         comfy.model_management.throw_exception_if_processing_interrupted()
         image = vae.decode(x)
         rounds.append(image)
-        embedding = _embed(clip_vision, image, x)
+        embedding = round_embedding(clip_vision, image, x)
         similarities.append(float(cosine(previous_embedding, embedding).min()))
         previous_embedding = embedding
         done += 1
@@ -182,7 +139,3 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
         "warnings": warnings,
     }
     return GenerationResult(latent=x, image=image, round_images=torch.cat(rounds, dim=0), report=report)
-
-
-def _embed(clip_vision, image: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-    return clip_embeddings(clip_vision, image) if clip_vision is not None else latent.float()

@@ -1,4 +1,5 @@
 """ComfyUI node schemas: thin translations between ComfyUI types and ezigen_lib."""
+from .edit import EZIGenEdit
 from .folders import register_model_folder
 from .loaders import EZIGenLoadCLIPVision, EZIGenLoadEncoder
 from .patch import EZIGenPatchUNetAttention
@@ -6,6 +7,6 @@ from .sampler import EZIGenSampler
 from .subject import EZIGenEncodeSubject
 
 NODE_LIST = [EZIGenLoadEncoder, EZIGenEncodeSubject, EZIGenPatchUNetAttention, EZIGenSampler,
-             EZIGenLoadCLIPVision]
+             EZIGenLoadCLIPVision, EZIGenEdit]
 
 __all__ = ["NODE_LIST", "register_model_folder"]

@@ -19,3 +19,20 @@ def write_subject_image(input_dir: Path, name: str = SUBJECT_IMAGE, size: int = 
     path = input_dir / name
     Image.fromarray(img).save(path)
     return path
+
+SOURCE_IMAGE = "ezigen_source.png"  # the edit workflow's source: its transparent hole is the edit mask
+
+
+def write_source_image(input_dir: Path, name: str = SOURCE_IMAGE, height: int = 80, width: int = 112) -> Path:
+    """A striped scene with a transparent rectangle: LoadImage turns the transparency into the MASK."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgba = np.zeros((height, width, 4), np.uint8)
+    rgba[..., 0] = (xx * 255 // width).astype(np.uint8)
+    rgba[..., 1] = np.where((yy // 10) % 2 == 0, 180, 60)
+    rgba[..., 2] = 120
+    rgba[..., 3] = 255
+    rgba[height // 4: 3 * height // 4, width // 3: 2 * width // 3, 3] = 0
+    input_dir.mkdir(parents=True, exist_ok=True)
+    path = input_dir / name
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path

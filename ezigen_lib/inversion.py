@@ -1,0 +1,105 @@
+"""Partial inversion of a source latent with the unpatched base model, keeping the whole trajectory.
+
+The reference inverts with DPM-Solver++(2M) run backwards (noise level rising), no CFG, and an
+"exceptional" text: every token id 7788 with no position embeddings. Its timesteps come from the
+inverse scheduler's leading spacing, 1, 20, 39, ..., 381 for 50 steps, so the inversion ends at
+t = 381 after ceil(s * N) steps. Euler (= deterministic DDIM) inversion is the simpler option.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+import comfy.model_management
+import comfy.samplers
+
+EXCEPTIONAL_TOKEN_ID = 7788
+SOLVERS = ("dpmpp_2m", "euler")
+
+
+def exceptional_prompt(clip) -> torch.Tensor:
+    """(1, 77, D) text context: token 7788 everywhere, positions cancelled, through the text encoder.
+
+    ComfyUI's text model adds position embeddings to given embeddings, so we give
+    E_tok[7788] - E_pos and the sum is the bare token embedding, as in the reference.
+    """
+    clip.load_model()
+    wrapper = clip.cond_stage_model
+    encoder = getattr(wrapper, wrapper.clip)
+    embeddings = encoder.transformer.text_model.embeddings
+    device = embeddings.token_embedding.weight.device
+    token = embeddings.token_embedding.weight[EXCEPTIONAL_TOKEN_ID].float()
+    positions = embeddings.position_embedding.weight.float()
+    embeds = (token[None] - positions)[None].to(device)
+    hidden = encoder.layer == "hidden"
+    outputs = encoder.transformer(None, None, embeds=embeds, num_tokens=None,
+                                  intermediate_output=encoder.layer_idx if hidden else None,
+                                  final_layer_norm_intermediate=encoder.layer_norm_hidden_state, dtype=torch.float32)
+    context = outputs[1] if hidden else outputs[0]
+    return context.float().to(comfy.model_management.intermediate_device())
+
+
+def reference_inversion_timesteps(steps: int, split: float) -> list[int]:
+    """The reference's inverse-scheduler timesteps actually visited: 1, 1 + r, ..., ceil(s N) steps."""
+    ratio = 1000 // (steps + 1)
+    return [j * ratio + 1 for j in range(math.ceil(split * steps) + 1)]
+
+
+def _dpmpp_2m_inverse(model, x, sigmas, extra_args=None, callback=None, disable=None, trajectory=None):
+    """DPM-Solver++(2M) (data prediction, midpoint form) stepping to rising sigmas; first step first order."""
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    trajectory.append(x)
+    old_denoised, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        h = sigmas[i].log() - sigmas[i + 1].log()  # step in lambda = -log(sigma); negative when inverting
+        estimate = denoised
+        if old_denoised is not None:
+            r = h_last / h
+            estimate = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+        x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * estimate
+        old_denoised, h_last = denoised, h
+        trajectory.append(x)
+    return x
+
+
+def _euler_inverse(model, x, sigmas, extra_args=None, callback=None, disable=None, trajectory=None):
+    """Euler in sigma space on an epsilon model: deterministic DDIM, run to rising sigmas."""
+    extra_args = extra_args or {}
+    s_in = x.new_ones([x.shape[0]])
+    trajectory.append(x)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        x = x + (sigmas[i + 1] - sigmas[i]) * (x - denoised) / sigmas[i]
+        trajectory.append(x)
+    return x
+
+
+_SOLVER_FUNCTIONS = {"dpmpp_2m": _dpmpp_2m_inverse, "euler": _euler_inverse}
+
+
+def invert(model, context: torch.Tensor, latent: torch.Tensor, sigmas: torch.Tensor, solver: str = "dpmpp_2m"
+           ) -> list[torch.Tensor]:
+    """Trajectory [x at sigmas[0], ..., x at sigmas[-1]] (ComfyUI's sigma-scaled latent space) of the
+    raw VAE `latent`, placed at sigmas[0] as the reference treats the clean latent, with no CFG.
+
+    `model` must not inject a subject (the caller passes a gated-off clone).
+    """
+    if solver not in _SOLVER_FUNCTIONS:
+        raise ValueError(f"inversion solver must be one of {SOLVERS}, got {solver!r}")
+    trajectory: list[torch.Tensor] = []
+    sampler = comfy.samplers.KSAMPLER(functools.partial(_SOLVER_FUNCTIONS[solver], trajectory=trajectory))
+    guider = comfy.samplers.CFGGuider(model)
+    conditioning = [[context, {}]]
+    guider.set_conds(conditioning, conditioning)
+    guider.set_cfg(1.0)
+    start = latent * math.sqrt(1.0 + float(sigmas[0]) ** 2)  # x_vp = z at the first level, as x_ve
+    guider.sample(torch.zeros_like(start), start, sampler, sigmas, disable_pbar=True, seed=0)
+    return [x.to(comfy.model_management.intermediate_device()) for x in trajectory]

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD, LoopPolicy
+from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, run_edit
+from ..ezigen_lib.inversion import SOLVERS, exceptional_prompt
+
+MODES = ["faithful", "clean"]
+MASK_MODES = ["soft", "hard"]
+
+
+class EZIGenEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EZIGenEdit",
+            display_name="EZIGen Edit",
+            category="EZIGen",
+            description="Puts the subject into the masked region of any image (a photo, a FLUX output...) and keeps "
+                        "the rest: inverts the image with the unpatched model, regenerates the last split_ratio of "
+                        "the steps with the subject while restoring the background after every step, and repeats "
+                        "until two rounds look alike.",
+            inputs=[
+                io.Model.Input("model", tooltip="A MODEL from Patch UNet Attention (SD2.1-base for the official "
+                                                "weights); inversion uses it with the patch switched off."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the reference's inversion prompt "
+                                              "(token 7788 everywhere, no positions)."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE."),
+                io.Image.Input("image", tooltip="The source image (one image; alpha is ignored). Any size."),
+                io.Mask.Input("mask", tooltip="Where to put the subject (1 = regenerate), same size as the image: a "
+                                              "painted mask, LoadImage's alpha mask, or a segmentation."),
+                io.Conditioning.Input("positive", tooltip="What the edited region shows, e.g. 'a dog on the sofa'."),
+                io.Conditioning.Input("negative", tooltip="The reference uses an empty prompt here."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the sampler noise; round k uses seed + k."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Steps of the full schedule (N)."),
+                io.Float.Input("cfg", default=2.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Guidance while editing (the reference uses 2)."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSAMPLER_NAMES, default="ddpm",
+                               tooltip="Stepped one interval at a time (multistep samplers act first order)."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform"),
+                io.Float.Input("split_ratio", default=0.4, min=0.05, max=1.0, step=0.05,
+                               tooltip="How deep to invert: the last split_ratio of the steps are regenerated. "
+                                       "Larger = more change in the masked region."),
+                io.Int.Input("loops", default=-1, min=-1, max=100,
+                             tooltip="-1 = autostop between min_loops and max_loops; n = exactly n rounds (at least 1)."),
+                io.Int.Input("min_loops", default=DEFAULT_MIN_LOOPS, min=1, max=100),
+                io.Int.Input("max_loops", default=DEFAULT_MAX_LOOPS, min=1, max=100),
+                io.Float.Input("sim_threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.001,
+                               tooltip="Stop once consecutive rounds are at least this similar."),
+                io.Combo.Input("mode", options=MODES, default="faithful",
+                               tooltip="faithful: the reference's inversion steps (t = 1, 20, ..., 381), its "
+                                       "one-step-late background and VAE round trips. clean: invert along the exact "
+                                       "levels the editing steps visit and restore the background at the level "
+                                       "just reached."),
+                io.Combo.Input("inversion", options=list(SOLVERS), default="dpmpp_2m",
+                               tooltip="dpmpp_2m: the reference's DPM-Solver++ inverse. euler: DDIM inversion."),
+                io.Combo.Input("mask_mode", options=MASK_MODES, default="soft",
+                               tooltip="soft: use the mask as painted. hard: only fully painted pixels count "
+                                       "(the reference's == 255 threshold)."),
+                io.Int.Input("short_side", default=512, min=64, max=2048, step=8,
+                             tooltip="Work resolution of the short side (512 as trained)."),
+                io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="source",
+                               tooltip="source: the result at the source's size, pixels outside the mask taken "
+                                       "from the source. reference: what the reference returns (the work-size "
+                                       "image)."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Image encoder for the autostop (OpenAI ViT-B/32 as the reference)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The edited image."),
+                io.Image.Output(display_name="rounds", tooltip="The source then every round, at the work size."),
+                io.String.Output(display_name="report", tooltip="Rounds, similarities, stop reason, UNet evaluations."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, image, mask, positive, negative, seed: int, steps: int, cfg: float,
+                sampler_name: str, scheduler: str, split_ratio: float, loops: int, min_loops: int, max_loops: int,
+                sim_threshold: float, mode: str, inversion: str, mask_mode: str, short_side: int, output_size: str,
+                clip_vision=None) -> io.NodeOutput:
+        settings = EditSettings(
+            seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, split_ratio=split_ratio,
+            policy=LoopPolicy(loops=loops, min_loops=min_loops, max_loops=max_loops, threshold=sim_threshold),
+            faithful=mode == "faithful", solver=inversion, hard_mask=mask_mode == "hard", short_side=short_side,
+            output_size=output_size)
+        result = run_edit(model, exceptional_prompt(clip), vae, image, mask, positive, negative, settings, clip_vision)
+        return io.NodeOutput(result.image, result.round_images, json.dumps(result.report, indent=2))

@@ -1,0 +1,120 @@
+"""Editing: inversion trajectory, background preservation, masks, sizes and bad inputs."""
+import math
+
+import pytest
+import torch
+
+from ezigen_lib.autostop import LoopPolicy
+from ezigen_lib.capture import encode_subject
+from ezigen_lib.edit import EditInputError, EditSettings, processing_size, run_edit
+from ezigen_lib.inject import apply_subject
+from ezigen_lib.inversion import invert, reference_inversion_timesteps
+from ezigen_lib.sampling import NEVER_ON, CallCounter, with_window
+
+from .tiny import random_context, tiny_encoder, tiny_model, tiny_vae
+
+POSITIVE = [[random_context(100), {}]]
+NEGATIVE = [[random_context(101), {}]]
+CONTEXT = random_context(5)
+SOURCE = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(4))
+MASK = torch.zeros(50, 70)
+MASK[10:30, 20:50] = 1
+
+
+@pytest.fixture(scope="module")
+def parts():
+    encoder, vae = tiny_encoder(), tiny_vae()
+    with torch.inference_mode():
+        subject = encode_subject(encoder.model, vae, random_context(), torch.rand(1, 64, 64, 3), None, 0, 64,
+                                 encoder.info.widths)
+    return apply_subject(tiny_model(7), encoder, subject, 1.0, 0.0, 1.0), vae
+
+
+def edit(parts, image=SOURCE, mask=MASK, **kw):
+    model, vae = parts
+    kw.setdefault("policy", LoopPolicy(loops=1))
+    settings = EditSettings(seed=1, steps=10, short_side=64, sampler_name=kw.pop("sampler_name", "euler"), **kw)
+    with torch.inference_mode():
+        return run_edit(model, CONTEXT, vae, image, mask, POSITIVE, NEGATIVE, settings)
+
+
+def test_reference_inversion_timesteps():
+    steps = reference_inversion_timesteps(50, 0.4)
+    assert steps[:3] == [1, 20, 39] and steps[-1] == 381 and len(steps) == 21  # ceil(0.4 * 50) = 20 steps
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "euler"])
+def test_inversion_trajectory_length_and_levels(parts, solver):
+    model, vae = parts
+    sigmas = model.get_model_object("model_sampling").sigma(torch.tensor([1.0, 101.0, 201.0, 301.0]))
+    counter = CallCounter()
+    with torch.inference_mode():
+        latent = vae.encode(SOURCE)
+        trajectory = invert(with_window(model, NEVER_ON, counter), CONTEXT, latent, sigmas, solver)
+    assert len(trajectory) == 4 and counter.calls == 3  # no CFG: one evaluation per step
+    start_scale = math.sqrt(1 + float(sigmas[0]) ** 2)
+    torch.testing.assert_close(trajectory[0], model.model.process_latent_in(latent) * start_scale)
+    clean = trajectory[0] / start_scale
+    deviation = [float((x / math.sqrt(1 + float(s) ** 2) - clean).std()) for x, s in zip(trajectory, sigmas)]
+    assert deviation[0] == 0 and deviation[1] < deviation[2] < deviation[3]  # the latent drifts towards noise
+
+
+def test_background_outside_the_mask_is_kept_exactly(parts):
+    model, vae = parts
+    result = edit(parts, faithful=False)
+    outside = MASK == 0
+    assert torch.equal(result.image[0][outside], SOURCE[0][outside])  # pixels: taken from the source
+    assert (result.image[0][~outside] - SOURCE[0][~outside]).abs().mean() > 0.01
+    size = processing_size(50, 70, 64)
+    with torch.inference_mode():
+        work = torch.nn.functional.interpolate(SOURCE.movedim(-1, 1), size=size, mode="bicubic", antialias=True,
+                                               align_corners=False).clamp(0, 1).movedim(1, -1)
+        encoded = vae.encode(work)
+    latent_mask = torch.nn.functional.interpolate(
+        torch.nn.functional.interpolate(MASK[None, None], size=size, mode="bilinear", align_corners=False),
+        size=(size[0] // 8, size[1] // 8), mode="bilinear", align_corners=False)[0, 0]
+    keep = latent_mask == 0  # latents: the clean mode ends on the source's own latent
+    torch.testing.assert_close(result.latent[0][:, keep], encoded[0][:, keep], atol=1e-4, rtol=1e-4)
+    assert result.report["unet_evaluations"] == 4 and result.report["inversion_evaluations"] == 4
+
+
+def test_faithful_counts_and_sizes(parts):
+    result = edit(parts, policy=LoopPolicy(loops=2))
+    assert result.report["unet_evaluations"] == 2 * 4
+    assert result.report["inversion_evaluations"] == 2 * math.ceil(0.4 * 10)
+    assert result.report["processing_size"] == [64, 88] and result.image.shape == (1, 50, 70, 3)
+    assert result.round_images.shape == (3, 64, 88, 3)  # the source, then two rounds
+    reference = edit(parts, output_size="reference")
+    assert reference.image.shape == (1, 64, 88, 3)
+
+
+def test_empty_and_full_masks(parts):
+    empty = edit(parts, mask=torch.zeros(50, 70))
+    assert torch.equal(empty.image, SOURCE) and empty.report["unet_evaluations"] == 0
+    full = edit(parts, mask=torch.ones(50, 70))
+    assert (full.image - SOURCE).abs().mean() > 0.01
+
+
+def test_soft_and_hard_masks(parts):
+    soft_mask = MASK * 0.5
+    soft = edit(parts, mask=soft_mask, faithful=False)
+    hard = edit(parts, mask=soft_mask, faithful=False, hard_mask=True)
+    assert torch.equal(hard.image, SOURCE)  # no pixel fully painted: nothing to change
+    assert not torch.equal(soft.image, SOURCE)
+
+
+def test_alpha_and_odd_sizes(parts):
+    rgba = torch.cat([SOURCE[:, :49, :67], torch.zeros(1, 49, 67, 1)], dim=-1)
+    result = edit(parts, image=rgba, mask=MASK[:49, :67])
+    assert result.image.shape == (1, 49, 67, 3)
+
+
+@pytest.mark.parametrize("image,mask,message", [
+    (torch.rand(2, 50, 70, 3), MASK, "one source image at a time"),
+    (SOURCE, torch.zeros(40, 70), "differs from the source size"),
+    (SOURCE, torch.zeros(2, 50, 70), "one mask per edit"),
+    (SOURCE, torch.zeros(1, 50, 70, 3), "single-channel MASK"),
+])
+def test_bad_inputs(parts, image, mask, message):
+    with pytest.raises(EditInputError, match=message):
+        edit(parts, image=image, mask=mask)
