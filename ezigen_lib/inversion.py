@@ -34,7 +34,7 @@ def exceptional_prompt(clip) -> torch.Tensor:
     positions = embeddings.position_embedding.weight.float()
     embeds = (token[None] - positions)[None].to(device)
     hidden = encoder.layer == "hidden"
-    outputs = encoder.transformer(None, None, embeds=embeds, num_tokens=None,
+    outputs = encoder.transformer(None, None, embeds=embeds, num_tokens=[embeds.shape[1]],
                                   intermediate_output=encoder.layer_idx if hidden else None,
                                   final_layer_norm_intermediate=encoder.layer_norm_hidden_state, dtype=torch.float32)
     context = outputs[1] if hidden else outputs[0]

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from comfy_host import ComfyServer, node_id, set_inputs, ui_to_api
-from demo_inputs import write_subject_image as _write_subject
+from demo_inputs import write_source_image, write_subject_image as _write_subject
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -25,7 +25,9 @@ def load_workflow(name: str) -> dict[str, Any]:
 
 
 def write_subject_image(server: ComfyServer) -> None:
+    """The demo subject and the demo edit source (its transparent hole is the edit mask)."""
     _write_subject(server.base_dir / "input")
+    write_source_image(server.base_dir / "input")
 
 
 def small(prompt: dict[str, Any], seed: int, size: int = 64) -> dict[str, Any]:
@@ -36,7 +38,8 @@ def small(prompt: dict[str, Any], seed: int, size: int = 64) -> dict[str, Any]:
             node["inputs"]["ckpt_name"] = SD21
     set_inputs(p, "EZIGenLoadEncoder", adapter_name=ADAPTER)
     set_inputs(p, "EZIGenEncodeSubject", resolution=64, seed=seed)
-    set_inputs(p, "EmptyLatentImage", width=size, height=size)
+    if any(n["class_type"] == "EmptyLatentImage" for n in p.values()):
+        set_inputs(p, "EmptyLatentImage", width=size, height=size)
     if any(n["class_type"] == "EZIGenLoadCLIPVision" for n in p.values()):
         set_inputs(p, "EZIGenLoadCLIPVision", clip_name=CLIP_B32)
     return p
@@ -64,8 +67,19 @@ def without_patch(prompt: dict[str, Any], sampler: str) -> dict[str, Any]:
     return p
 
 
-def images_of(server: ComfyServer, history: dict[str, Any]) -> list[np.ndarray]:
+def images_of(server: ComfyServer, history: dict[str, Any], saved_by: str | None = None) -> list[np.ndarray]:
+    """Images in the run's outputs, optionally only those of the SaveImage node with id `saved_by`."""
+    if saved_by is not None:
+        history = {**history, "outputs": {saved_by: history["outputs"][saved_by]}}
     return [np.asarray(Image.open(p).convert("RGB")) for p in server.output_images(history)]
+
+
+def saver_of(prompt: dict[str, Any], class_type: str, output: int) -> str:
+    """The id of the SaveImage node fed by output `output` of the one `class_type` node."""
+    source = node_id(prompt, class_type)
+    (saver,) = [k for k, v in prompt.items()
+                if v["class_type"] == "SaveImage" and v["inputs"]["images"] == [source, output]]
+    return saver
 
 
 def api_prompt(server: ComfyServer, workflow_name: str) -> dict[str, Any]:

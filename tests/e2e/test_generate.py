@@ -8,7 +8,8 @@ import pytest
 
 from comfy_host import set_inputs, ui_workflow_errors
 
-from ezigen_prompts import api_prompt, images_of, load_workflow, small, use_sd15_main_model, write_subject_image
+from ezigen_prompts import (api_prompt, images_of, load_workflow, saver_of, small, use_sd15_main_model,
+                            write_subject_image)
 
 WORKFLOW = "ezigen_generate.json"
 
@@ -44,9 +45,10 @@ def test_generate_sd21_with_fixed_loops(server, seed):
     assert report["loops"] == 2 and report["unet_evaluations"] == 5 + 2 * 2
     assert report["reference_unet_evaluations"] == 3 * 5 + 2 * 2
     assert report["similarity_metric"] == "clip_vision_cosine" and len(report["similarities"]) == 2
-    images = images_of(server, history)
-    assert len(images) == 1 + 3  # the result, then the first pass and two loops
-    assert all(im.shape == (64, 64, 3) for im in images)
+    (result,) = images_of(server, history, saver_of(prompt, "EZIGenSampler", 1))
+    rounds = images_of(server, history, saver_of(prompt, "EZIGenSampler", 2))
+    assert len(rounds) == 3  # the first pass and two loops
+    assert result.shape == (64, 64, 3) and np.array_equal(result, rounds[-1])
 
 
 def test_generate_sd15_with_autostop(server, seed):
@@ -56,5 +58,5 @@ def test_generate_sd15_with_autostop(server, seed):
     assert report["loops"] == 1 and report["stop_reason"].startswith("similarity")
     assert report["unet_evaluations"] == 5 + 2
     assert report["warnings"] == []
-    result = images_of(server, history)[0]
+    (result,) = images_of(server, history, saver_of(prompt, "EZIGenSampler", 1))
     assert np.isfinite(result).all()

@@ -1,0 +1,126 @@
+"""workflows/ezigen_edit.json and ezigen_flux_to_edit.json on the real server."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_host import PromptFailed, node_id, set_inputs, ui_workflow_errors
+
+from ezigen_prompts import api_prompt, images_of, load_workflow, saver_of, small, write_subject_image
+
+FLUX_ONLY = {"UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance", "EmptySD3LatentImage", "KSampler", "VAEDecode"}
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    write_subject_image(comfy_server)
+    return comfy_server
+
+
+def fast(prompt, seed, **edit):
+    set_inputs(prompt, "EZIGenEdit", seed=seed, steps=5, short_side=64, **{"loops": 1, **edit})
+    for nid, node in prompt.items():
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = f"edit_{seed}_{nid}"
+    return prompt
+
+
+def report_of(history) -> dict:
+    (text,) = [t for out in history["outputs"].values() for t in out.get("text", [])]
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("workflow", ["ezigen_edit.json", "ezigen_flux_to_edit.json"])
+def test_workflows_are_valid_against_the_server(server, workflow):
+    assert ui_workflow_errors(load_workflow(workflow), server.object_info()) == []
+
+
+def test_edit_keeps_everything_outside_the_mask(server, seed):
+    prompt = fast(small(api_prompt(server, "ezigen_edit.json"), seed), seed)
+    history = server.run(prompt)
+    (result,) = images_of(server, history, saver_of(prompt, "EZIGenEdit", 0))
+    rounds = images_of(server, history, saver_of(prompt, "EZIGenEdit", 1))
+    assert len(rounds) == 2 and rounds[0].shape == (64, 88, 3)  # the source, then the one round, at work size
+    source = Image.open(server.base_dir / "input" / "ezigen_source.png")
+    rgb, alpha = np.asarray(source.convert("RGB")), np.asarray(source)[..., 3]
+    assert result.shape == rgb.shape  # back at the source's size (80 x 112), not the work size
+    outside = alpha == 255
+    assert np.array_equal(result[outside], rgb[outside])
+    assert np.abs(result[~outside].astype(int) - rgb[~outside].astype(int)).mean() > 1
+    report = report_of(history)
+    assert report["unet_evaluations"] == 2 and report["inversion_evaluations"] == 2  # 5 steps, split 0.4
+    assert report["reference_unet_evaluations"] == 5 + 2 and report["processing_size"] == [64, 88]
+
+
+def test_flux_to_edit_hand_off_runs_its_ezigen_part(server, seed):
+    """The FLUX part needs FLUX weights; its IMAGE hand-off is replaced by a picture of the same role."""
+    prompt = api_prompt(server, "ezigen_flux_to_edit.json")
+    edit = node_id(prompt, "EZIGenEdit")
+    flux_decode = prompt[edit]["inputs"]["image"][0]
+    assert prompt[flux_decode]["class_type"] == "VAEDecode"
+    for nid in [n for n, node in prompt.items() if node["class_type"] in FLUX_ONLY or n == flux_decode]:
+        if prompt[nid]["class_type"] != "CLIPTextEncode":
+            del prompt[nid]
+    for nid in [n for n, node in prompt.items()
+                if node["class_type"] == "CLIPTextEncode" and node["inputs"]["clip"][0] not in prompt]:
+        del prompt[nid]
+    Image.fromarray(np.full((96, 96, 3), 90, np.uint8)).save(server.base_dir / "input" / "flux_output.png")
+    prompt["950"] = {"class_type": "LoadImage", "inputs": {"image": "flux_output.png"}}
+    prompt[edit]["inputs"]["image"] = ["950", 0]
+    canvas, box = [n for n, node in prompt.items() if node["class_type"] == "SolidMask"]
+    prompt[canvas]["inputs"].update(width=96, height=96)
+    prompt[box]["inputs"].update(width=32, height=32)
+    set_inputs(prompt, "MaskComposite", x=30, y=40)
+    prompt = fast(small(prompt, seed), seed)
+    (result,) = images_of(server, server.run(prompt), saver_of(prompt, "EZIGenEdit", 0))
+    assert result.shape == (96, 96, 3)
+    changed = np.abs(result.astype(int) - 90).max(axis=-1) > 0
+    assert changed[40:72, 30:62].any() and not changed[:40].any() and not changed[:, :30].any()
+
+
+def test_mask_of_another_size_is_a_clear_error(server, seed):
+    prompt = fast(small(api_prompt(server, "ezigen_edit.json"), seed), seed)
+    prompt["960"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}}
+    set_inputs(prompt, "EZIGenEdit", mask=["960", 0])
+    with pytest.raises(PromptFailed) as info:
+        server.run(prompt)
+    assert "mask size (64, 64) differs from the source size (80, 112)" in info.value.exception_message
+
+
+def test_exceptional_prompt_construction(stand_in_models):
+    """Token 7788 at every position with no position embeddings, through the SD2 text encoder."""
+    import comfy.ldm.modules.attention
+    import comfy.sd
+    import torch
+
+    from ezigen_lib.inversion import EXCEPTIONAL_TOKEN_ID, exceptional_prompt
+
+    _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(stand_in_models["sd21base"]), output_vae=False,
+                                                          output_model=False)
+    encoder = clip.cond_stage_model.clip_h
+    text_model = encoder.transformer.text_model
+    seen = {}
+    def record_input(module, args):  # returns None: a returned value would replace the input
+        seen.setdefault("x", args[0].clone())
+
+    hook = text_model.encoder.register_forward_pre_hook(record_input)
+    try:
+        with torch.inference_mode():
+            context = exceptional_prompt(clip)
+            layers = text_model.encoder.layers
+            token = text_model.embeddings.token_embedding.weight[EXCEPTIONAL_TOKEN_ID].float()
+            x = token.expand(1, 77, -1).clone()
+            mask = torch.full((77, 77), float("-inf")).triu(1)
+            attention = comfy.ldm.modules.attention.optimized_attention_for_device(x.device, mask=True,
+                                                                                   small_input=True)
+            for layer in layers[:-1]:  # penultimate layer, then the final LayerNorm: SD2's text context
+                x = layer(x, mask, attention)
+            want = text_model.final_layer_norm(x)
+    finally:
+        hook.remove()
+    assert context.shape == (1, 77, 1024)
+    torch.testing.assert_close(seen["x"][0], token.expand(77, -1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(context, want.float(), atol=1e-4, rtol=1e-4)
