@@ -9,7 +9,7 @@ from ezigen_lib.capture import encode_subject
 from ezigen_lib.inject import SubjectInjection, apply_subject
 from ezigen_lib.layout import UnsupportedModelError
 
-from .tiny import random_context, sample, tiny_encoder, tiny_model, tiny_vae
+from .tiny import random_context, sample, tiny_encoder, tiny_flux, tiny_model, tiny_sdxl_like, tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +136,28 @@ def test_subject_kv_computed_once_per_run_and_released(setup, monkeypatch):
     assert len(counted) == 32
 
 
-def test_unsupported_models_are_refused_before_patching(setup):
+@pytest.mark.parametrize("make,message", [
+    (lambda: tiny_model(model_channels=128), "has transformer widths \\[128, 256, 512\\] but the EZIGen adapter"),
+    (tiny_sdxl_like, "TinySD model with 11 transformer blocks of depths \\[2\\].*SDXL and other layouts"),
+    (tiny_flux, "Flux model, which has no SD-style UNet"),
+])
+def test_unsupported_models_are_refused_before_patching(setup, make, message):
     _, encoder, subject = setup
-    wide = tiny_model(model_channels=128)
-    with pytest.raises(UnsupportedModelError, match="widths"):
-        apply_subject(wide, encoder, subject, 1.0, 0.0, 1.0)
-    assert "patches" not in wide.model_options["transformer_options"]
+    model = make()
+    with pytest.raises(UnsupportedModelError, match=message):
+        apply_subject(model, encoder, subject, 1.0, 0.0, 1.0)
+    assert "patches" not in model.model_options["transformer_options"]
+
+
+def test_attention_precision_reaches_the_adapter_attention(setup, monkeypatch):
+    import comfy.ldm.modules.attention as attention
+
+    seen = []
+    original = attention.optimized_attention
+    monkeypatch.setattr(attention, "optimized_attention",
+                        lambda *a, **k: seen.append(k.get("attn_precision")) or original(*a, **k))
+    _, encoder, subject = setup
+    injection = SubjectInjection(encoder.adapter, subject, 1.0, sigma_start=1.0, sigma_end=0.0)
+    injection(torch.randn(1, 16, 64), {"transformer_index": 0, "sigmas": torch.tensor([0.5]),
+                                       "attn_precision": torch.float32})
+    assert seen == [torch.float32]

@@ -130,3 +130,26 @@ def sample(model, seed: int = 0, steps: int = 10, cfg: float = 5.0, batch: int =
     with torch.inference_mode():
         return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative,
                                    torch.zeros_like(noise), disable_pbar=True, seed=seed)
+
+
+def tiny_sdxl_like():
+    """SDXL's shape of UNet in miniature: no attention at the first level, deeper transformers below."""
+    config = _unet_config(TINY_CONTEXT, TINY_CHANNELS)
+    config.update(transformer_depth=[0, 0, 2, 2, 2, 2], transformer_depth_output=[0, 0, 0, 2, 2, 2, 2, 2, 2],
+                  channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2], transformer_depth_middle=2)
+    base = comfy.model_base.BaseModel(TinySD(config), model_type=comfy.model_base.ModelType.EPS, device="cpu")
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def tiny_flux():
+    """A miniature FLUX (a DiT, no UNet blocks), built from ComfyUI's Flux classes."""
+    import comfy.supported_models
+
+    config = comfy.supported_models.Flux({
+        "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
+        "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+        "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "patch_size": 2})
+    base = comfy.model_base.Flux(config, device="cpu")
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
