@@ -398,6 +398,15 @@ class ComfyServer:
                 raise TimeoutError(f"prompt {prompt_id} still not finished after {timeout:.0f} s\n" + self.log_tail())
             time.sleep(poll_s)
 
+    def is_running(self, prompt_id: str) -> bool:
+        """Whether `prompt_id` is the prompt being executed now (GET /queue)."""
+        queue = self._http.get(f"{self.url}/queue", timeout=30).json()
+        return any(item[1] == prompt_id for item in queue.get("queue_running", []))
+
+    def interrupt(self) -> None:
+        """Ask the server to stop the prompt that is running (the editor's Cancel button)."""
+        self._http.post(f"{self.url}/interrupt", timeout=30).raise_for_status()
+
     def run(self, prompt: Mapping[str, Any], timeout: float = 600.0) -> JSON:
         """Queue an API-format prompt and wait for its history entry."""
         return self.wait(self.queue(prompt), timeout)
