@@ -30,8 +30,9 @@ REFERENCE_FILES = ("model.safetensors", "pytorch_model.bin")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 
 WHERE_FILES_GO = (
-    "Put the official EZIGen checkpoint (the checkpoint folder or its model.safetensors) or an adapter "
-    "file made by `python -m ezigen_lib.convert CHECKPOINT OUT.safetensors` into ComfyUI/models/ezigen/."
+    "Put the official EZIGen checkpoint (the checkpoint-200000 folder of the EZIGen release, linked from "
+    "github.com/ZichengDuan/EZIGen, or its model.safetensors) or an adapter file made by "
+    "`python -m ezigen_lib.convert CHECKPOINT OUT.safetensors` into ComfyUI/models/ezigen/."
 )
 
 # reference tensor name inside a block -> our name inside blocks.{k}

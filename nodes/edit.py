@@ -6,6 +6,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD, LoopPolicy
+from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, run_edit
 from ..ezigen_lib.inversion import SOLVERS, exceptional_prompt
 
@@ -42,14 +43,17 @@ class EZIGenEdit(io.ComfyNode):
                                tooltip="Guidance while editing (the reference uses 2)."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSAMPLER_NAMES, default="ddpm",
                                tooltip="Stepped one interval at a time (multistep samplers act first order)."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform"),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform",
+                               tooltip="ddim_uniform gives the reference's timesteps 981, 961, ..., 1 for 50 steps."),
                 io.Float.Input("split_ratio", default=0.4, min=0.05, max=1.0, step=0.05,
                                tooltip="How deep to invert: the last split_ratio of the steps are regenerated. "
                                        "Larger = more change in the masked region."),
                 io.Int.Input("loops", default=-1, min=-1, max=100,
                              tooltip="-1 = autostop between min_loops and max_loops; n = exactly n rounds (at least 1)."),
-                io.Int.Input("min_loops", default=DEFAULT_MIN_LOOPS, min=1, max=100),
-                io.Int.Input("max_loops", default=DEFAULT_MAX_LOOPS, min=1, max=100),
+                io.Int.Input("min_loops", default=DEFAULT_MIN_LOOPS, min=1, max=100,
+                             tooltip="Autostop: rounds that always run (reference: 3)."),
+                io.Int.Input("max_loops", default=DEFAULT_MAX_LOOPS, min=1, max=100,
+                             tooltip="Autostop: most rounds (reference: 9). Must be >= min_loops."),
                 io.Float.Input("sim_threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.001,
                                tooltip="Stop once consecutive rounds are at least this similar."),
                 io.Combo.Input("mode", options=MODES, default="faithful",
@@ -75,6 +79,8 @@ class EZIGenEdit(io.ComfyNode):
                 io.Image.Output(display_name="image", tooltip="The edited image."),
                 io.Image.Output(display_name="rounds", tooltip="The source then every round, at the work size."),
                 io.String.Output(display_name="report", tooltip="Rounds, similarities, stop reason, UNet evaluations."),
+                io.Image.Output(display_name="similarity_chart",
+                                tooltip="Similarity of each round to the one before, against the threshold."),
             ],
         )
 
@@ -89,4 +95,5 @@ class EZIGenEdit(io.ComfyNode):
             faithful=mode == "faithful", solver=inversion, hard_mask=mask_mode == "hard", short_side=short_side,
             output_size=output_size)
         result = run_edit(model, exceptional_prompt(clip), vae, image, mask, positive, negative, settings, clip_vision)
-        return io.NodeOutput(result.image, result.round_images, json.dumps(result.report, indent=2))
+        chart = similarity_chart(result.report.get("similarities", []), sim_threshold, result.report["stop_reason"])
+        return io.NodeOutput(result.image, result.round_images, json.dumps(result.report, indent=2), chart)

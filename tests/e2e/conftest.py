@@ -57,13 +57,19 @@ def sd15_checkpoint(stand_in_models: dict[str, Path]) -> Path:
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory: pytest.TempPathFactory, stand_in_models: dict[str, Path]) -> Iterator[ComfyServer]:
     """A running ComfyUI (CPU) with this pack installed by symlink, both stand-in checkpoints and the
-    EZIGen checkpoint folder in models/ezigen (listed as checkpoint-200000/model.safetensors)."""
+    EZIGen checkpoint folder in models/ezigen (listed as checkpoint-200000/model.safetensors); the
+    SD2.1, adapter and CLIP stand-ins also appear under the shipped workflows' default file names."""
     base = tmp_path_factory.mktemp("comfy-base")
     server = ComfyServer(
         base,
         custom_nodes={PACK_NAME: REPO},
-        models={"checkpoints": [stand_in_models["sd15"], stand_in_models["sd21base"]],
-                "ezigen": [stand_in_models["ezigen"]], "clip_vision": [stand_in_models["clip_b32"]]},
+        models={
+            "checkpoints": [stand_in_models["sd15"], stand_in_models["sd21base"],
+                            (stand_in_models["sd21base"], "v2-1_512-ema-pruned.safetensors")],
+            "ezigen": [stand_in_models["ezigen"],
+                       (stand_in_models["ezigen"] / "model.safetensors", "ezigen_sd21base.safetensors")],
+            "clip_vision": [stand_in_models["clip_b32"], (stand_in_models["clip_b32"], "clip_vit_b32.safetensors")],
+        },
     )
     with server:
         yield server

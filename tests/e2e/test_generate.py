@@ -50,6 +50,8 @@ def test_generate_sd21_with_fixed_loops(server, seed):
     rounds = images_of(server, history, saver_of(prompt, "EZIGenSampler", 2))
     assert len(rounds) == 3  # the first pass and two loops
     assert result.shape == (64, 64, 3) and np.array_equal(result, rounds[-1])
+    (chart,) = images_of(server, history, saver_of(prompt, "EZIGenSampler", 4))
+    assert chart.shape == (288, 512, 3) and (chart < 128).any()  # drawn, not blank
 
 
 def test_generate_sd15_with_autostop(server, seed):

@@ -1,0 +1,266 @@
+"""Writes the shipped UI-format workflows in workflows/ (run after changing a node's inputs or outputs).
+
+    python scripts/build_workflows.py
+
+The JSON files are the product: they are what users drag into ComfyUI. This script keeps their links
+and slot indices consistent; the browser and server tests check them against the real ComfyUI.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+
+
+class WF:
+    """A UI-format graph under construction: nodes get consecutive ids, links are type-checked."""
+
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def node(self, type_, pos, widgets=None, inputs=(), outputs=(), size=(315, 100), title=None, props=None, mode=0):
+        nid = len(self.nodes) + 1
+        n = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
+             "mode": mode, "inputs": [{"name": name, "type": t, "link": None} for name, t in inputs],
+             "outputs": [{"name": name, "type": t, "links": [], "slot_index": i} for i, (name, t) in enumerate(outputs)],
+             "properties": {"Node name for S&R": type_, **(props or {})}, "widgets_values": list(widgets or [])}
+        if title:
+            n["title"] = title
+        self.nodes.append(n)
+        return nid
+
+    def link_any(self, src: int, src_slot: int, dst: int, dst_slot: int) -> None:
+        """A link into a '*' input (e.g. PreviewAny), typed by its source."""
+        lid = len(self.links) + 1
+        t = self.nodes[src - 1]["outputs"][src_slot]["type"]
+        self.nodes[dst - 1]["inputs"][dst_slot]["link"] = lid
+        self.nodes[src - 1]["outputs"][src_slot]["links"].append(lid)
+        self.links.append([lid, src, src_slot, dst, dst_slot, t])
+
+    def link(self, src, src_slot, dst, dst_name):
+        lid = len(self.links) + 1
+        s, d = self.nodes[src - 1], self.nodes[dst - 1]
+        t = s["outputs"][src_slot]["type"]
+        slot = [i["name"] for i in d["inputs"]].index(dst_name)
+        assert d["inputs"][slot]["type"] == t, (s["type"], d["type"], dst_name)
+        d["inputs"][slot]["link"] = lid
+        s["outputs"][src_slot]["links"].append(lid)
+        self.links.append([lid, src, src_slot, dst, slot, t])
+
+    def dump(self, path: Path) -> None:
+        wf = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+              "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+              "version": 0.4}
+        path.write_text(json.dumps(wf, indent=1) + "\n")
+
+
+def ezigen_edit_part(w, ckpt, source_image_src, mask_src, x0=840):
+    """SD2.1-base + EZIGen nodes editing an IMAGE with a MASK; returns the edit node id."""
+    subj_img = w.node("LoadImage", (x0 - 460, 700), ["ezigen_subject.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                      size=(315, 320), title="Subject image")
+    subj_txt = w.node("CLIPTextEncode", (x0, 0), ["a dog"], inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                      size=(400, 90), title="Subject prompt (its class)")
+    pos = w.node("CLIPTextEncode", (x0, 130), ["a dog sitting in the scene"], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 110), title="Prompt for the edited region")
+    neg = w.node("CLIPTextEncode", (x0, 280), [""], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90), title="Negative (empty, as the reference)")
+    enc = w.node("EZIGenLoadEncoder", (x0 + 460, 0), ["ezigen_sd21base.safetensors"], inputs=[("encoder_model", "MODEL")],
+                 outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
+    es = w.node("EZIGenEncodeSubject", (x0 + 460, 130), [0, "fixed", 512],
+                inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
+                        ("mask", "MASK")], outputs=[("subject", "EZIGEN_SUBJECT")], size=(340, 170))
+    pt = w.node("EZIGenPatchUNetAttention", (x0 + 460, 350), [1.0, 0.6, 1.0],
+                inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
+                outputs=[("MODEL", "MODEL")], size=(340, 150))
+    clipv = w.node("EZIGenLoadCLIPVision", (x0 + 460, 560), ["clip_vit_b32.safetensors"], outputs=[("CLIP_VISION", "CLIP_VISION")],
+                   size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)")
+    ed = w.node("EZIGenEdit", (x0 + 860, 0),
+                [0, "fixed", 50, 2.0, "ddpm", "ddim_uniform", 0.4, -1, 3, 9, 0.99, "faithful", "dpmpp_2m", "soft", 512, "source"],
+                inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE"), ("mask", "MASK"),
+                        ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("clip_vision", "CLIP_VISION")],
+                outputs=[("image", "IMAGE"), ("rounds", "IMAGE"), ("report", "STRING"), ("similarity_chart", "IMAGE")],
+                size=(340, 540))
+    save = w.node("SaveImage", (x0 + 1240, 0), ["EZIGen_edit"], inputs=[("images", "IMAGE")], size=(400, 450), title="Result")
+    saver = w.node("SaveImage", (x0 + 1680, 0), ["EZIGen_edit_rounds"], inputs=[("images", "IMAGE")], size=(400, 450),
+                   title="Source, then every round")
+    rep = w.node("PreviewAny", (x0 + 1240, 500), [], inputs=[("source", "*")], size=(400, 300), title="Report")
+    chart = w.node("SaveImage", (x0 + 1680, 500), ["EZIGen_edit_similarity"], inputs=[("images", "IMAGE")],
+                   size=(400, 320), title="Autostop: similarity per round")
+    for t in (subj_txt, pos, neg):
+        w.link(ckpt, 1, t, "clip")
+    w.link(ckpt, 0, enc, "encoder_model")
+    w.link(enc, 0, es, "encoder"); w.link(ckpt, 2, es, "vae"); w.link(subj_txt, 0, es, "subject_prompt"); w.link(subj_img, 0, es, "image")
+    w.link(ckpt, 0, pt, "model"); w.link(enc, 0, pt, "encoder"); w.link(es, 0, pt, "subject")
+    w.link(pt, 0, ed, "model"); w.link(ckpt, 1, ed, "clip"); w.link(ckpt, 2, ed, "vae")
+    w.link(source_image_src[0], source_image_src[1], ed, "image"); w.link(mask_src[0], mask_src[1], ed, "mask")
+    w.link(pos, 0, ed, "positive"); w.link(neg, 0, ed, "negative"); w.link(clipv, 0, ed, "clip_vision")
+    w.link(ed, 0, save, "images"); w.link(ed, 1, saver, "images"); w.link(ed, 3, chart, "images")
+    return ed, rep
+
+NOTE = ("Split 0.4: the source is inverted over the last 40% of the schedule and that part is regenerated with the subject; "
+        "after every step the area outside the mask is put back from the source's inversion. Loops re-invert the result "
+        "and repeat until two rounds have CLIP similarity >= 0.99 (3..9 rounds). Guidance 2 and an empty negative are "
+        "the reference's. The result comes back at the source's size with every pixel outside the mask taken from the "
+        "source. Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 in "
+        "models/clip_vision (or bypass its loader).")
+
+def finish(w, ed, rep, path):
+    w.link_any(ed, 2, rep, 0)
+    w.dump(path)
+
+
+def single_pass() -> None:
+    w = WF()
+    ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
+                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint")
+    img = w.node("LoadImage", (0, 330), ["ezigen_subject.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                 size=(315, 320), title="Subject image")
+    subj_txt = w.node("CLIPTextEncode", (380, 0), ["a dog"], inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                      size=(400, 90), title="Subject prompt (its class)")
+    pos = w.node("CLIPTextEncode", (380, 140), ["a dog wearing a red scarf, on the beach"], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Prompt")
+    neg = w.node("CLIPTextEncode", (380, 310), ["dark, blur, defoucus, lack of content, dizzy."], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Negative prompt (the reference's)")
+    enc = w.node("EZIGenLoadEncoder", (840, 0), ["ezigen_sd21base.safetensors"], inputs=[("encoder_model", "MODEL")],
+                 outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
+    es = w.node("EZIGenEncodeSubject", (840, 130), [0, "fixed", 512],
+                inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
+                        ("mask", "MASK")], outputs=[("subject", "EZIGEN_SUBJECT")], size=(340, 170))
+    pt = w.node("EZIGenPatchUNetAttention", (840, 350), [1.0, 0.6, 1.0],
+                inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
+                outputs=[("MODEL", "MODEL")], size=(340, 150))
+    lat = w.node("EmptyLatentImage", (840, 560), [512, 512, 1], outputs=[("LATENT", "LATENT")], size=(340, 110))
+    ks = w.node("KSampler", (1240, 0), [3154, "fixed", 50, 7.5, "ddpm", "ddim_uniform", 1.0],
+                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+                outputs=[("LATENT", "LATENT")], size=(315, 262))
+    dec = w.node("VAEDecode", (1240, 320), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], size=(210, 50))
+    save = w.node("SaveImage", (1600, 0), ["EZIGen_single_pass"], inputs=[("images", "IMAGE")], size=(400, 450))
+    note = w.node("Note", (0, 700), ["EZIGen, single pass with the stock KSampler.\n\n"
+        "Put the EZIGen adapter (the official checkpoint's model.safetensors, or the file made by "
+        "`python -m ezigen_lib.convert`) in models/ezigen and the SD2.1-base checkpoint in models/checkpoints.\n\n"
+        "strength: 1 = as trained, 0 = off.\nstart_percent 0.6 = EZIGen's split ratio 0.4: the first 60% of the "
+        "steps use only the text (layout), the last 40% also attend to the subject (appearance).\n"
+        "ddpm + ddim_uniform, 50 steps, cfg 7.5 reproduce the reference's first pass. The EZIGen Sampler adds the "
+        "refinement loops with autostop.\nSubject mask (optional): connect a MASK where 1 = subject; the rest is "
+        "painted white, as in training."], size=(780, 220), title="How this works")
+    w.link(ckpt, 1, subj_txt, "clip"); w.link(ckpt, 1, pos, "clip"); w.link(ckpt, 1, neg, "clip")
+    w.link(ckpt, 0, enc, "encoder_model")
+    w.link(enc, 0, es, "encoder"); w.link(ckpt, 2, es, "vae"); w.link(subj_txt, 0, es, "subject_prompt"); w.link(img, 0, es, "image")
+    w.link(ckpt, 0, pt, "model"); w.link(enc, 0, pt, "encoder"); w.link(es, 0, pt, "subject")
+    w.link(pt, 0, ks, "model"); w.link(pos, 0, ks, "positive"); w.link(neg, 0, ks, "negative"); w.link(lat, 0, ks, "latent_image")
+    w.link(ks, 0, dec, "samples"); w.link(ckpt, 2, dec, "vae"); w.link(dec, 0, save, "images")
+    w.dump(WORKFLOWS / "ezigen_single_pass.json")
+
+
+def generate() -> None:
+    w = WF()
+    ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
+                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint")
+    img = w.node("LoadImage", (0, 330), ["ezigen_subject.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                 size=(315, 320), title="Subject image")
+    subj_txt = w.node("CLIPTextEncode", (380, 0), ["a dog"], inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                      size=(400, 90), title="Subject prompt (its class)")
+    pos = w.node("CLIPTextEncode", (380, 140), ["a dog wearing a red scarf, on the beach"], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Prompt")
+    neg = w.node("CLIPTextEncode", (380, 310), ["dark, blur, defoucus, lack of content, dizzy."], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Negative prompt (the reference's)")
+    loopneg = w.node("CLIPTextEncode", (380, 480), [""], inputs=[("clip", "CLIP")],
+                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90), title="Loop negative (empty, as the reference)")
+    enc = w.node("EZIGenLoadEncoder", (840, 0), ["ezigen_sd21base.safetensors"], inputs=[("encoder_model", "MODEL")],
+                 outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
+    es = w.node("EZIGenEncodeSubject", (840, 130), [0, "fixed", 512],
+                inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
+                        ("mask", "MASK")], outputs=[("subject", "EZIGEN_SUBJECT")], size=(340, 170))
+    pt = w.node("EZIGenPatchUNetAttention", (840, 350), [1.0, 0.6, 1.0],
+                inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
+                outputs=[("MODEL", "MODEL")], size=(340, 150))
+    lat = w.node("EmptyLatentImage", (840, 560), [512, 512, 1], outputs=[("LATENT", "LATENT")], size=(340, 110))
+    clipv = w.node("EZIGenLoadCLIPVision", (840, 720), ["clip_vit_b32.safetensors"], outputs=[("CLIP_VISION", "CLIP_VISION")],
+                   size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)")
+    sm = w.node("EZIGenSampler", (1240, 0), [3154, "fixed", 50, 7.5, "ddpm", "ddim_uniform", 0.4, -1, 3, 9, 0.99, "faithful"],
+                inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
+                        ("vae", "VAE"), ("loop_negative", "CONDITIONING"), ("clip_vision", "CLIP_VISION")],
+                outputs=[("latent", "LATENT"), ("image", "IMAGE"), ("rounds", "IMAGE"), ("report", "STRING"),
+                         ("similarity_chart", "IMAGE")], size=(340, 440))
+    save = w.node("SaveImage", (1640, 0), ["EZIGen"], inputs=[("images", "IMAGE")], size=(400, 450), title="Result")
+    saver = w.node("SaveImage", (2080, 0), ["EZIGen_rounds"], inputs=[("images", "IMAGE")], size=(400, 450),
+                   title="Every round (first pass first)")
+    rep = w.node("PreviewAny", (1640, 500), [], inputs=[("source", "*")], size=(400, 300), title="Report")
+    chart = w.node("SaveImage", (2080, 500), ["EZIGen_similarity"], inputs=[("images", "IMAGE")], size=(400, 320),
+                   title="Autostop: similarity per loop")
+    note = w.node("Note", (0, 700), ["EZIGen generation: decoupled pass + refinement loops with autostop.\n\n"
+        "Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 (vision, "
+        "safetensors) in models/clip_vision. No ViT-B/32? Bypass its loader (Ctrl+B): the sampler then compares "
+        "latents, or set loops to a fixed count.\n\n"
+        "split_ratio 0.4: the first 60% of the steps use only the text (layout), the last 40% also attend to the "
+        "subject (appearance); each loop re-noises the result and redoes those last 40%.\n"
+        "loops -1 = autostop: at least min_loops (3), at most max_loops (9), stop when two consecutive rounds have "
+        "CLIP similarity >= sim_threshold (0.99, tuned for ViT-B/32). loops n = exactly n.\n"
+        "strength (Patch UNet Attention): 1 = as trained. Its start/end are ignored by the EZIGen Sampler, which "
+        "sets the gate from split_ratio.\n"
+        "mode faithful = the reference's loop; clean = exact re-noise of the latent."], size=(780, 260), title="How this works")
+    w.link(ckpt, 1, subj_txt, "clip"); w.link(ckpt, 1, pos, "clip"); w.link(ckpt, 1, neg, "clip"); w.link(ckpt, 1, loopneg, "clip")
+    w.link(ckpt, 0, enc, "encoder_model")
+    w.link(enc, 0, es, "encoder"); w.link(ckpt, 2, es, "vae"); w.link(subj_txt, 0, es, "subject_prompt"); w.link(img, 0, es, "image")
+    w.link(ckpt, 0, pt, "model"); w.link(enc, 0, pt, "encoder"); w.link(es, 0, pt, "subject")
+    w.link(pt, 0, sm, "model"); w.link(pos, 0, sm, "positive"); w.link(neg, 0, sm, "negative"); w.link(lat, 0, sm, "latent_image")
+    w.link(ckpt, 2, sm, "vae"); w.link(loopneg, 0, sm, "loop_negative"); w.link(clipv, 0, sm, "clip_vision")
+    w.link(sm, 1, save, "images"); w.link(sm, 2, saver, "images"); w.link(sm, 4, chart, "images")
+    w.link_any(sm, 3, rep, 0)
+    w.dump(WORKFLOWS / "ezigen_generate.json")
+
+
+def edit() -> None:
+    w = WF()
+    ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
+                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint")
+    src = w.node("LoadImage", (0, 150), ["ezigen_source.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                 size=(315, 400), title="Source image (right-click > Open in MaskEditor to paint where the subject goes)")
+    ed, rep = ezigen_edit_part(w, ckpt, (src, 0), (src, 1))
+    w.node("Note", (0, 1080), ["EZIGen editing.\n\nPaint the region to replace on the source (MaskEditor), or load a PNG whose "
+           "transparent area is the region, or connect any MASK of the source's size. " + NOTE], size=(780, 200), title="How this works")
+    finish(w, ed, rep, WORKFLOWS / "ezigen_edit.json")
+
+
+
+def flux_to_edit() -> None:
+    w = WF()
+    unet = w.node("UNETLoader", (-1400, 0), ["flux1-dev.safetensors", "default"], outputs=[("MODEL", "MODEL")], size=(315, 82), title="FLUX model")
+    dual = w.node("DualCLIPLoader", (-1400, 130), ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
+                  outputs=[("CLIP", "CLIP")], size=(315, 130), title="FLUX text encoders")
+    fvae = w.node("VAELoader", (-1400, 300), ["ae.safetensors"], outputs=[("VAE", "VAE")], size=(315, 60), title="FLUX VAE")
+    ftxt = w.node("CLIPTextEncode", (-1040, 0), ["a cosy living room with a green sofa, morning light"], inputs=[("clip", "CLIP")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="FLUX prompt")
+    fneg = w.node("CLIPTextEncode", (-1040, 160), [""], inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                  size=(400, 90), title="FLUX negative (unused at cfg 1)")
+    fg = w.node("FluxGuidance", (-600, 0), [3.5], inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")],
+                size=(315, 60))
+    flat = w.node("EmptySD3LatentImage", (-600, 110), [1024, 1024, 1], outputs=[("LATENT", "LATENT")], size=(315, 110))
+    fks = w.node("KSampler", (-600, 260), [42, "fixed", 20, 1.0, "euler", "simple", 1.0],
+                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+                 outputs=[("LATENT", "LATENT")], size=(315, 262), title="FLUX sampler")
+    fdec = w.node("VAEDecode", (-250, 260), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], size=(210, 50),
+                  title="FLUX image (the hand-off)")
+    bg = w.node("SolidMask", (-250, 400), [0.0, 1024, 1024], outputs=[("MASK", "MASK")], size=(315, 106), title="Mask canvas (image size)")
+    box = w.node("SolidMask", (-250, 540), [1.0, 384, 384], outputs=[("MASK", "MASK")], size=(315, 106), title="Edit region size")
+    comp = w.node("MaskComposite", (100, 400), [320, 480, "add"], inputs=[("destination", "MASK"), ("source", "MASK")],
+                  outputs=[("MASK", "MASK")], size=(315, 130), title="Edit region (x, y)")
+    ckpt = w.node("CheckpointLoaderSimple", (100, 0), ["v2-1_512-ema-pruned.safetensors"],
+                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint (for EZIGen)")
+    w.link(unet, 0, fks, "model"); w.link(dual, 0, ftxt, "clip"); w.link(dual, 0, fneg, "clip"); w.link(ftxt, 0, fg, "conditioning")
+    w.link(fg, 0, fks, "positive"); w.link(fneg, 0, fks, "negative"); w.link(flat, 0, fks, "latent_image")
+    w.link(fks, 0, fdec, "samples"); w.link(fvae, 0, fdec, "vae")
+    w.link(bg, 0, comp, "destination"); w.link(box, 0, comp, "source")
+    ed, rep = ezigen_edit_part(w, ckpt, (fdec, 0), (comp, 0))
+    w.node("Note", (-1400, 700), ["FLUX text-to-image, then EZIGen puts the subject into a region of the FLUX picture.\n\n"
+           "Only the IMAGE crosses over: EZIGen re-encodes it with the SD2.1 VAE (a FLUX LATENT cannot be used by SD models). "
+           "The region here is a rectangle (SolidMask + MaskComposite); any MASK of the image's size works, e.g. from a "
+           "segmentation node. " + NOTE], size=(780, 220), title="How this works")
+    finish(w, ed, rep, WORKFLOWS / "ezigen_flux_to_edit.json")
+
+
+if __name__ == "__main__":
+    for build in (single_pass, generate, edit, flux_to_edit):
+        build()
+    print("wrote", ", ".join(sorted(p.name for p in WORKFLOWS.glob("*.json"))))

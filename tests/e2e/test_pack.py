@@ -1,0 +1,89 @@
+"""The pack as users meet it: installed like ComfyUI-Manager does, registry metadata, self-describing nodes."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from comfy_host import ComfyServer, PromptRejected
+
+REPO = Path(__file__).resolve().parents[2]
+OUR_NODES = {"EZIGenLoadEncoder", "EZIGenEncodeSubject", "EZIGenPatchUNetAttention", "EZIGenSampler",
+             "EZIGenLoadCLIPVision", "EZIGenEdit"}
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line]
+
+
+def test_installs_like_comfyui_manager_into_a_clean_host(tmp_path):
+    """A plain copy of the tracked files in custom_nodes/, `pip install -r requirements.txt`, start."""
+    pack = tmp_path / "base" / "custom_nodes" / "ComfyUI-EZIGen"
+    for name in tracked_files():
+        target = pack / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((REPO / name).read_bytes())
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(pack / "requirements.txt")],
+                         capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    with ComfyServer(tmp_path / "base") as server:
+        info = server.object_info()
+        log = server.log_text()
+    assert OUR_NODES <= set(info), sorted(OUR_NODES - set(info))
+    assert "IMPORT FAILED" not in log and "ComfyUI-EZIGen" in log
+
+
+def test_pyproject_meets_the_registry_rules():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    name = project["name"]
+    assert name == name.lower() and "comfyui" not in name and len(name) < 100 and re.fullmatch(r"[a-z0-9_-]+", name)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert project["description"] and project["license"] == {"file": "LICENSE"} and (REPO / "LICENSE").is_file()
+    assert project["urls"]["Repository"].startswith("https://")
+    for key in ("PublisherId", "DisplayName", "Icon", "requires-comfyui"):
+        assert key in comfy
+    assert re.fullmatch(r">=\s*0\.3\.75", comfy["requires-comfyui"])
+    requirements = [r.strip() for r in (REPO / "requirements.txt").read_text().splitlines() if r.strip()]
+    for deps in (project["dependencies"], requirements):
+        assert not [d for d in deps if re.match(r"(torch|torchvision|torchaudio)\b", d)]
+    assert sorted(project["dependencies"]) == sorted(requirements)
+
+
+def test_every_node_explains_itself(comfy_server):
+    info = comfy_server.object_info()
+    problems = []
+    for node_id in OUR_NODES:
+        node = info[node_id]
+        if node["category"] != "EZIGen" or len(node.get("description", "")) < 40:
+            problems.append(f"{node_id}: category {node['category']!r} / short description")
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 else {}
+                if not options.get("tooltip"):
+                    problems.append(f"{node_id}.{name}: no tooltip")
+        tooltips = node.get("output_tooltips") or []
+        if len(tooltips) != len(node["output"]) or not all(tooltips):
+            problems.append(f"{node_id}: outputs without tooltips")
+    assert problems == []
+
+
+@pytest.mark.parametrize("node,widget,folder,expected", [
+    ("EZIGenLoadEncoder", "adapter_name", "ezigen", "ezigen_lib.convert"),
+    ("EZIGenLoadCLIPVision", "clip_name", "clip_vision", "clip-vit-base-patch32"),
+])
+def test_missing_model_file_names_the_folder_and_the_file_expected(comfy_server, node, widget, folder, expected):
+    prompt = {"1": {"class_type": node, "inputs": {widget: "missing.safetensors"}},
+              "9": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    if node == "EZIGenLoadEncoder":
+        prompt["2"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd21base_random.safetensors"}}
+        prompt["1"]["inputs"]["encoder_model"] = ["2", 0]
+    with pytest.raises(PromptRejected) as info:
+        comfy_server.queue(prompt)
+    text = str(info.value.node_errors)
+    assert f"'missing.safetensors' is not in models/{folder}" in text and expected in text
