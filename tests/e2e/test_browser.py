@@ -120,6 +120,7 @@ def test_the_checks_see_missing_nodes_and_bad_values(page):
     problems = widget_problems(load(page, workflow=workflow))
     assert any("missing node type NoSuchNodeType" in p for p in problems)
     assert any("strength: 7.5 outside" in p for p in problems)
+    page.keyboard.press("Escape")  # the frontend's own "missing nodes" dialog agrees; close it
 
 
 def test_single_pass_queued_from_the_page_shows_its_image(page, comfy_server):

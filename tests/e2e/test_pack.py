@@ -35,7 +35,11 @@ def test_installs_like_comfyui_manager_into_a_clean_host(tmp_path):
         info = server.object_info()
         log = server.log_text()
     assert OUR_NODES <= set(info), sorted(OUR_NODES - set(info))
-    assert "IMPORT FAILED" not in log and "ComfyUI-EZIGen" in log
+    pack_lines = [line for line in log.splitlines() if "custom_nodes/ComfyUI-EZIGen" in line]
+    assert pack_lines and not [line for line in pack_lines if "IMPORT FAILED" in line], pack_lines
+    # core's own audio nodes fail without torchaudio (not installed here); nothing else may fail
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line]
+    assert all("nodes_audio" in line for line in failed), failed
 
 
 def test_pyproject_meets_the_registry_rules():
