@@ -9,6 +9,7 @@ is scaled back to the source size and pasted into the source outside the mask.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,9 +24,8 @@ import comfy.samplers
 from .autostop import LoopPolicy
 from .inject import subject_injections
 from .inversion import invert, reference_inversion_timesteps
-from .sampling import ALWAYS_ON, NEVER_ON, CallCounter, Progress, round_embedding, with_window
+from .sampling import ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, with_window
 from .schedule import loop_start_index
-from .similarity import cosine
 
 OUTPUT_SIZES = ("source", "reference")
 
@@ -65,6 +65,9 @@ class EditResult:
     latent: torch.Tensor | None
     round_images: torch.Tensor
     report: dict
+
+    def report_text(self) -> str:
+        return json.dumps(self.report, indent=2)
 
 
 def check_edit_inputs(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,28 +186,20 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     if not settings.faithful:
         background[-1] = vp[0]
 
-    rounds, similarities, loop_times = [work_image], [], []
-    previous = round_embedding(clip_vision, work_image, latent)  # the first round is compared with the source
-    start, done, reason = first[-1], 0, ""
+    rounds = RoundLog(clip_vision, work_image, latent)  # the first round is compared with the source
+    start = first[-1]
     while True:  # at least one round: editing has no first pass of its own
         comfy.model_management.throw_exception_if_processing_interrupted()
         t = time.perf_counter()
-        round_seed = settings.seed + done
+        round_seed = settings.seed + rounds.loops
         sampler = _blend_sampler(step_sampler, background, latent_mask, round_seed)
         raw_start = _to_raw(model, start)
         x = comfy.sample.sample_custom(edit_model, torch.zeros_like(raw_start), settings.cfg, sampler, loop_sigmas,
                                        positive, negative, raw_start, callback=progress.callback,
                                        disable_pbar=True, seed=round_seed)
         progress.finish_round(loop_steps)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        image_now = vae.decode(x)
-        rounds.append(image_now)
-        embedding = round_embedding(clip_vision, image_now, x)
-        similarities.append(float(cosine(previous, embedding).min()))
-        previous = embedding
-        done += 1
-        loop_times.append(round(time.perf_counter() - t, 3))
-        go_on, reason = policy.next_step(done, similarities[-1])
+        image_now = rounds.add(vae, x, t)
+        go_on, reason = policy.next_step(rounds.loops, rounds.last_similarity)
         if not go_on:
             break
         start = inverted(vae.encode(image_now[..., :3]) if settings.faithful else x)[-1]
@@ -216,21 +211,19 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
         full_mask = mask[..., None]
         result_image = source * (1 - full_mask) + result_image * full_mask
     report = {
-        "loops": done,
-        "similarities": [round(v, 5) for v in similarities],
-        "similarity_metric": "clip_vision_cosine" if clip_vision is not None else "latent_cosine (no CLIP vision)",
+        **rounds.report(),
         "stop_reason": reason,
         "unet_evaluations": edit_counter.calls,
         "inversion_evaluations": inversion_counter.calls,
-        "reference_unet_evaluations": n + done * loop_steps,
-        "reference_inversion_evaluations": done * math.ceil(settings.split_ratio * n),
+        "reference_unet_evaluations": n + rounds.loops * loop_steps,
+        "reference_inversion_evaluations": rounds.loops * math.ceil(settings.split_ratio * n),
         "processing_size": list(size), "output_size": list(result_image.shape[1:3]),
         "inversion": f"{settings.solver} over {len(inversion_sigmas) - 1} steps",
         "mode": "faithful" if settings.faithful else "clean",
-        "seconds": {"loops_s": loop_times, "total_s": round(time.perf_counter() - started, 3)},
+        "seconds": {"loops_s": rounds.seconds, "total_s": round(time.perf_counter() - started, 3)},
         "warnings": warnings,
     }
-    return EditResult(image=result_image, latent=x, round_images=torch.cat([r[..., :3] for r in rounds]), report=report)
+    return EditResult(image=result_image, latent=x, round_images=rounds.all_images(), report=report)
 
 
 def _to_raw(model, x_model_space: torch.Tensor) -> torch.Tensor:

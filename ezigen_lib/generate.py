@@ -19,9 +19,8 @@ import comfy.samplers
 
 from .autostop import LoopPolicy
 from .inject import subject_injections
-from .sampling import ALWAYS_ON, NEVER_ON, CallCounter, Progress, round_embedding, with_window
+from .sampling import ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, with_window
 from .schedule import appearance_start_index, loop_start_index, reference_unet_calls, renoise_coefficients
-from .similarity import cosine
 
 log = logging.getLogger("EZIGen")
 
@@ -96,19 +95,15 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
     progress.finish_round(n)
     image = vae.decode(x)
     timings["decoupled_s"] = round(time.perf_counter() - t, 3)
-    rounds = [image]
-    previous_embedding = round_embedding(clip_vision, image, x)
-    similarities: list[float] = []
-    done, reason = 0, "no loops requested"
-    loop_times = []
+    rounds = RoundLog(clip_vision, image, x)
+    reason = "no loops requested" if loop_steps else "no steps to refine"
     while loop_steps > 0:
-        go_on, why = policy.next_step(done, similarities[-1] if similarities else None)
+        go_on, reason = policy.next_step(rounds.loops, rounds.last_similarity)
         if not go_on:
-            reason = why
             break
         comfy.model_management.throw_exception_if_processing_interrupted()
         t = time.perf_counter()
-        round_seed = settings.seed + done + 1
+        round_seed = settings.seed + rounds.loops + 1
         z = vae.encode(image[..., :3]) if settings.faithful else x
         a, b = renoise_coefficients(model_sampling, s, float(loop_sigmas[0]), settings.faithful)
         eps = comfy.sample.prepare_noise(z, round_seed, batch_inds)
@@ -116,26 +111,18 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
                                        loop_sigmas, positive, loop_negative, z * a, callback=progress.callback,
                                        disable_pbar=True, seed=round_seed)
         progress.finish_round(loop_steps)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        image = vae.decode(x)
-        rounds.append(image)
-        embedding = round_embedding(clip_vision, image, x)
-        similarities.append(float(cosine(previous_embedding, embedding).min()))
-        previous_embedding = embedding
-        done += 1
-        loop_times.append(round(time.perf_counter() - t, 3))
+        image = rounds.add(vae, x, t)
     progress.finish()
 
     report = {
-        "loops": done,
-        "similarities": [round(v, 5) for v in similarities],
-        "similarity_metric": "clip_vision_cosine" if clip_vision is not None else "latent_cosine (no CLIP vision)",
+        **rounds.report(),
         "stop_reason": reason,
         "unet_evaluations": counter.calls,
-        "reference_unet_evaluations": reference_unet_calls(n, s, done),
-        "steps": settings.steps, "schedule_steps": n, "split_ratio": s, "appearance_start_step": i0, "loop_start_step": k, "loop_steps": loop_steps,
+        "reference_unet_evaluations": reference_unet_calls(n, s, rounds.loops),
+        "steps": settings.steps, "schedule_steps": n, "split_ratio": s, "appearance_start_step": i0,
+        "loop_start_step": k, "loop_steps": loop_steps,
         "mode": "faithful" if settings.faithful else "clean",
-        "seconds": {**timings, "loops_s": loop_times, "total_s": round(time.perf_counter() - started, 3)},
+        "seconds": {**timings, "loops_s": rounds.seconds, "total_s": round(time.perf_counter() - started, 3)},
         "warnings": warnings,
     }
-    return GenerationResult(latent=x, image=image, round_images=torch.cat(rounds, dim=0), report=report)
+    return GenerationResult(latent=x, image=image, round_images=rounds.all_images(), report=report)

@@ -2,14 +2,17 @@
 bar across rounds, and the per-round embedding for the autostop."""
 from __future__ import annotations
 
+import time
+
 import torch
 
+import comfy.model_management
 import comfy.utils
 import latent_preview
 from comfy.patcher_extension import WrappersMP
 
 from .inject import SIGMA_WINDOW_OPTION
-from .similarity import clip_embeddings
+from .similarity import clip_embeddings, cosine
 
 ALWAYS_ON = (float("inf"), 0.0)
 NEVER_ON = (-1.0, -1.0)
@@ -56,3 +59,45 @@ def with_window(model, window: tuple[float, float], counter: CallCounter):
 
 def round_embedding(clip_vision, image: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
     return clip_embeddings(clip_vision, image) if clip_vision is not None else latent.float()
+
+
+class RoundLog:
+    """Every round's image, each round's similarity to the one before (the autostop's input), and
+    the seconds each loop took. The first round is the reference point, not a loop."""
+
+    def __init__(self, clip_vision, first_image: torch.Tensor, first_latent: torch.Tensor):
+        self.clip_vision = clip_vision
+        self.images = [first_image]
+        self.similarities: list[float] = []
+        self.seconds: list[float] = []
+        self._previous = round_embedding(clip_vision, first_image, first_latent)
+
+    @property
+    def loops(self) -> int:
+        return len(self.similarities)
+
+    @property
+    def last_similarity(self) -> float | None:
+        return self.similarities[-1] if self.similarities else None
+
+    def add(self, vae, latent: torch.Tensor, started: float) -> torch.Tensor:
+        """Decode a finished loop, compare it with the round before; returns its image."""
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        image = vae.decode(latent)
+        embedding = round_embedding(self.clip_vision, image, latent)
+        self.similarities.append(float(cosine(self._previous, embedding).min()))  # all of a batch must agree
+        self._previous = embedding
+        self.images.append(image)
+        self.seconds.append(round(time.perf_counter() - started, 3))
+        return image
+
+    def report(self) -> dict:
+        return {
+            "loops": self.loops,
+            "similarities": [round(v, 5) for v in self.similarities],
+            "similarity_metric": "clip_vision_cosine" if self.clip_vision is not None
+            else "latent_cosine (no CLIP vision)",
+        }
+
+    def all_images(self) -> torch.Tensor:
+        return torch.cat([image[..., :3] for image in self.images], dim=0)

@@ -1,16 +1,14 @@
 from __future__ import annotations
 
-import json
-
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD, LoopPolicy
+from ..ezigen_lib.autostop import LoopPolicy
 from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, run_edit
 from ..ezigen_lib.inversion import SOLVERS, exceptional_prompt
+from .common import MODES, autostop_inputs, similarity_chart_output
 
-MODES = ["faithful", "clean"]
 MASK_MODES = ["soft", "hard"]
 
 
@@ -48,14 +46,7 @@ class EZIGenEdit(io.ComfyNode):
                 io.Float.Input("split_ratio", default=0.4, min=0.05, max=1.0, step=0.05,
                                tooltip="How deep to invert: the last split_ratio of the steps are regenerated. "
                                        "Larger = more change in the masked region."),
-                io.Int.Input("loops", default=-1, min=-1, max=100,
-                             tooltip="-1 = autostop between min_loops and max_loops; n = exactly n rounds (at least 1)."),
-                io.Int.Input("min_loops", default=DEFAULT_MIN_LOOPS, min=1, max=100,
-                             tooltip="Autostop: rounds that always run (reference: 3)."),
-                io.Int.Input("max_loops", default=DEFAULT_MAX_LOOPS, min=1, max=100,
-                             tooltip="Autostop: most rounds (reference: 9). Must be >= min_loops."),
-                io.Float.Input("sim_threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.001,
-                               tooltip="Stop once consecutive rounds are at least this similar."),
+                *autostop_inputs("rounds", fewest=1),
                 io.Combo.Input("mode", options=MODES, default="faithful",
                                tooltip="faithful: the reference's inversion steps (t = 1, 20, ..., 381), its "
                                        "one-step-late background and VAE round trips. clean: invert along the exact "
@@ -79,8 +70,7 @@ class EZIGenEdit(io.ComfyNode):
                 io.Image.Output(display_name="image", tooltip="The edited image."),
                 io.Image.Output(display_name="rounds", tooltip="The source then every round, at the work size."),
                 io.String.Output(display_name="report", tooltip="Rounds, similarities, stop reason, UNet evaluations."),
-                io.Image.Output(display_name="similarity_chart",
-                                tooltip="Similarity of each round to the one before, against the threshold."),
+                similarity_chart_output("rounds"),
             ],
         )
 
@@ -96,4 +86,4 @@ class EZIGenEdit(io.ComfyNode):
             output_size=output_size)
         result = run_edit(model, exceptional_prompt(clip), vae, image, mask, positive, negative, settings, clip_vision)
         chart = similarity_chart(result.report.get("similarities", []), sim_threshold, result.report["stop_reason"])
-        return io.NodeOutput(result.image, result.round_images, json.dumps(result.report, indent=2), chart)
+        return io.NodeOutput(result.image, result.round_images, result.report_text(), chart)

@@ -3,11 +3,10 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD, LoopPolicy
+from ..ezigen_lib.autostop import LoopPolicy
 from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.generate import GenerationSettings, run_generation
-
-MODES = ["faithful", "clean"]
+from .common import MODES, autostop_inputs, similarity_chart_output
 
 
 class EZIGenSampler(io.ComfyNode):
@@ -40,16 +39,7 @@ class EZIGenSampler(io.ComfyNode):
                 io.Float.Input("split_ratio", default=0.4, min=0.0, max=1.0, step=0.05,
                                tooltip="Share of the steps that transfer the subject's appearance (the rest is "
                                        "text-only layout); the loops re-run this last share. 0 = plain text-to-image."),
-                io.Int.Input("loops", default=-1, min=-1, max=100,
-                             tooltip="-1 = autostop between min_loops and max_loops; n = exactly n loops; "
-                                     "0 = first pass only."),
-                io.Int.Input("min_loops", default=DEFAULT_MIN_LOOPS, min=0, max=100,
-                             tooltip="Autostop: loops that always run (reference: 3)."),
-                io.Int.Input("max_loops", default=DEFAULT_MAX_LOOPS, min=0, max=100,
-                             tooltip="Autostop: most loops (reference: 9). Must be >= min_loops."),
-                io.Float.Input("sim_threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.001,
-                               tooltip="Autostop: stop once consecutive rounds are at least this similar "
-                                       "(0.99 is tuned for CLIP ViT-B/32)."),
+                *autostop_inputs("loops", fewest=0),
                 io.Combo.Input("mode", options=MODES, default="faithful",
                                tooltip="faithful: the reference's loop (VAE round trip, noise to t=400 but denoise "
                                        "from t=381, loop negative prompt empty). clean: re-noise the latent exactly "
@@ -67,8 +57,7 @@ class EZIGenSampler(io.ComfyNode):
                 io.Image.Output(display_name="rounds", tooltip="The image of every round, first pass first."),
                 io.String.Output(display_name="report", tooltip="Loops, similarities, stop reason, UNet evaluations "
                                                                 "and timings, as JSON."),
-                io.Image.Output(display_name="similarity_chart",
-                                tooltip="Similarity of each loop to the round before, against the threshold."),
+                similarity_chart_output("loops"),
             ],
         )
 

@@ -110,33 +110,52 @@ def finish(w, ed, rep, path):
     w.dump(path)
 
 
-def single_pass() -> None:
-    w = WF()
-    ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
-                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint")
+def subject_pipeline(w: WF, loop_negative: bool = False) -> dict[str, int]:
+    """SD2.1-base checkpoint, prompts, Load EZIGen Encoder -> Encode Subject -> Patch UNet Attention, latent."""
+    ids = {}
+    ids["ckpt"] = ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
+                                outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint")
     img = w.node("LoadImage", (0, 330), ["ezigen_subject.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
                  size=(315, 320), title="Subject image")
-    subj_txt = w.node("CLIPTextEncode", (380, 0), ["a dog"], inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-                      size=(400, 90), title="Subject prompt (its class)")
-    pos = w.node("CLIPTextEncode", (380, 140), ["a dog wearing a red scarf, on the beach"], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Prompt")
-    neg = w.node("CLIPTextEncode", (380, 310), ["dark, blur, defoucus, lack of content, dizzy."], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Negative prompt (the reference's)")
+    subj_txt = w.node("CLIPTextEncode", (380, 0), ["a dog"], inputs=[("clip", "CLIP")],
+                      outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90), title="Subject prompt (its class)")
+    ids["pos"] = w.node("CLIPTextEncode", (380, 140), ["a dog wearing a red scarf, on the beach"], inputs=[("clip", "CLIP")],
+                        outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Prompt")
+    ids["neg"] = w.node("CLIPTextEncode", (380, 310), ["dark, blur, defoucus, lack of content, dizzy."],
+                        inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120),
+                        title="Negative prompt (the reference's)")
+    texts = [subj_txt, ids["pos"], ids["neg"]]
+    if loop_negative:
+        ids["loopneg"] = w.node("CLIPTextEncode", (380, 480), [""], inputs=[("clip", "CLIP")],
+                                outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90),
+                                title="Loop negative (empty, as the reference)")
+        texts.append(ids["loopneg"])
     enc = w.node("EZIGenLoadEncoder", (840, 0), ["ezigen_sd21base.safetensors"], inputs=[("encoder_model", "MODEL")],
                  outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
     es = w.node("EZIGenEncodeSubject", (840, 130), [0, "fixed", 512],
                 inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
                         ("mask", "MASK")], outputs=[("subject", "EZIGEN_SUBJECT")], size=(340, 170))
-    pt = w.node("EZIGenPatchUNetAttention", (840, 350), [1.0, 0.6, 1.0],
-                inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
-                outputs=[("MODEL", "MODEL")], size=(340, 150))
-    lat = w.node("EmptyLatentImage", (840, 560), [512, 512, 1], outputs=[("LATENT", "LATENT")], size=(340, 110))
+    ids["patch"] = pt = w.node("EZIGenPatchUNetAttention", (840, 350), [1.0, 0.6, 1.0],
+                               inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
+                               outputs=[("MODEL", "MODEL")], size=(340, 150))
+    ids["latent"] = w.node("EmptyLatentImage", (840, 560), [512, 512, 1], outputs=[("LATENT", "LATENT")], size=(340, 110))
+    for text in texts:
+        w.link(ckpt, 1, text, "clip")
+    w.link(ckpt, 0, enc, "encoder_model")
+    w.link(enc, 0, es, "encoder"); w.link(ckpt, 2, es, "vae"); w.link(subj_txt, 0, es, "subject_prompt"); w.link(img, 0, es, "image")
+    w.link(ckpt, 0, pt, "model"); w.link(enc, 0, pt, "encoder"); w.link(es, 0, pt, "subject")
+    return ids
+
+
+def single_pass() -> None:
+    w = WF()
+    p = subject_pipeline(w)
     ks = w.node("KSampler", (1240, 0), [3154, "fixed", 50, 7.5, "ddpm", "ddim_uniform", 1.0],
                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
                 outputs=[("LATENT", "LATENT")], size=(315, 262))
     dec = w.node("VAEDecode", (1240, 320), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], size=(210, 50))
     save = w.node("SaveImage", (1600, 0), ["EZIGen_single_pass"], inputs=[("images", "IMAGE")], size=(400, 450))
-    note = w.node("Note", (0, 700), ["EZIGen, single pass with the stock KSampler.\n\n"
+    w.node("Note", (0, 700), ["EZIGen, single pass with the stock KSampler.\n\n"
         "Put the EZIGen adapter (the official checkpoint's model.safetensors, or the file made by "
         "`python -m ezigen_lib.convert`) in models/ezigen and the SD2.1-base checkpoint in models/checkpoints.\n\n"
         "strength: 1 = as trained, 0 = off.\nstart_percent 0.6 = EZIGen's split ratio 0.4: the first 60% of the "
@@ -144,38 +163,15 @@ def single_pass() -> None:
         "ddpm + ddim_uniform, 50 steps, cfg 7.5 reproduce the reference's first pass. The EZIGen Sampler adds the "
         "refinement loops with autostop.\nSubject mask (optional): connect a MASK where 1 = subject; the rest is "
         "painted white, as in training."], size=(780, 220), title="How this works")
-    w.link(ckpt, 1, subj_txt, "clip"); w.link(ckpt, 1, pos, "clip"); w.link(ckpt, 1, neg, "clip")
-    w.link(ckpt, 0, enc, "encoder_model")
-    w.link(enc, 0, es, "encoder"); w.link(ckpt, 2, es, "vae"); w.link(subj_txt, 0, es, "subject_prompt"); w.link(img, 0, es, "image")
-    w.link(ckpt, 0, pt, "model"); w.link(enc, 0, pt, "encoder"); w.link(es, 0, pt, "subject")
-    w.link(pt, 0, ks, "model"); w.link(pos, 0, ks, "positive"); w.link(neg, 0, ks, "negative"); w.link(lat, 0, ks, "latent_image")
-    w.link(ks, 0, dec, "samples"); w.link(ckpt, 2, dec, "vae"); w.link(dec, 0, save, "images")
+    w.link(p["patch"], 0, ks, "model"); w.link(p["pos"], 0, ks, "positive"); w.link(p["neg"], 0, ks, "negative")
+    w.link(p["latent"], 0, ks, "latent_image")
+    w.link(ks, 0, dec, "samples"); w.link(p["ckpt"], 2, dec, "vae"); w.link(dec, 0, save, "images")
     w.dump(WORKFLOWS / "ezigen_single_pass.json")
 
 
 def generate() -> None:
     w = WF()
-    ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
-                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint")
-    img = w.node("LoadImage", (0, 330), ["ezigen_subject.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
-                 size=(315, 320), title="Subject image")
-    subj_txt = w.node("CLIPTextEncode", (380, 0), ["a dog"], inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
-                      size=(400, 90), title="Subject prompt (its class)")
-    pos = w.node("CLIPTextEncode", (380, 140), ["a dog wearing a red scarf, on the beach"], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Prompt")
-    neg = w.node("CLIPTextEncode", (380, 310), ["dark, blur, defoucus, lack of content, dizzy."], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Negative prompt (the reference's)")
-    loopneg = w.node("CLIPTextEncode", (380, 480), [""], inputs=[("clip", "CLIP")],
-                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90), title="Loop negative (empty, as the reference)")
-    enc = w.node("EZIGenLoadEncoder", (840, 0), ["ezigen_sd21base.safetensors"], inputs=[("encoder_model", "MODEL")],
-                 outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
-    es = w.node("EZIGenEncodeSubject", (840, 130), [0, "fixed", 512],
-                inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
-                        ("mask", "MASK")], outputs=[("subject", "EZIGEN_SUBJECT")], size=(340, 170))
-    pt = w.node("EZIGenPatchUNetAttention", (840, 350), [1.0, 0.6, 1.0],
-                inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
-                outputs=[("MODEL", "MODEL")], size=(340, 150))
-    lat = w.node("EmptyLatentImage", (840, 560), [512, 512, 1], outputs=[("LATENT", "LATENT")], size=(340, 110))
+    p = subject_pipeline(w, loop_negative=True)
     clipv = w.node("EZIGenLoadCLIPVision", (840, 720), ["clip_vit_b32.safetensors"], outputs=[("CLIP_VISION", "CLIP_VISION")],
                    size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)")
     sm = w.node("EZIGenSampler", (1240, 0), [3154, "fixed", 50, 7.5, "ddpm", "ddim_uniform", 0.4, -1, 3, 9, 0.99, "faithful"],
@@ -189,7 +185,7 @@ def generate() -> None:
     rep = w.node("PreviewAny", (1640, 500), [], inputs=[("source", "*")], size=(400, 300), title="Report")
     chart = w.node("SaveImage", (2080, 500), ["EZIGen_similarity"], inputs=[("images", "IMAGE")], size=(400, 320),
                    title="Autostop: similarity per loop")
-    note = w.node("Note", (0, 700), ["EZIGen generation: decoupled pass + refinement loops with autostop.\n\n"
+    w.node("Note", (0, 700), ["EZIGen generation: decoupled pass + refinement loops with autostop.\n\n"
         "Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 (vision, "
         "safetensors) in models/clip_vision. No ViT-B/32? Bypass its loader (Ctrl+B): the sampler then compares "
         "latents, or set loops to a fixed count.\n\n"
@@ -200,12 +196,9 @@ def generate() -> None:
         "strength (Patch UNet Attention): 1 = as trained. Its start/end are ignored by the EZIGen Sampler, which "
         "sets the gate from split_ratio.\n"
         "mode faithful = the reference's loop; clean = exact re-noise of the latent."], size=(780, 260), title="How this works")
-    w.link(ckpt, 1, subj_txt, "clip"); w.link(ckpt, 1, pos, "clip"); w.link(ckpt, 1, neg, "clip"); w.link(ckpt, 1, loopneg, "clip")
-    w.link(ckpt, 0, enc, "encoder_model")
-    w.link(enc, 0, es, "encoder"); w.link(ckpt, 2, es, "vae"); w.link(subj_txt, 0, es, "subject_prompt"); w.link(img, 0, es, "image")
-    w.link(ckpt, 0, pt, "model"); w.link(enc, 0, pt, "encoder"); w.link(es, 0, pt, "subject")
-    w.link(pt, 0, sm, "model"); w.link(pos, 0, sm, "positive"); w.link(neg, 0, sm, "negative"); w.link(lat, 0, sm, "latent_image")
-    w.link(ckpt, 2, sm, "vae"); w.link(loopneg, 0, sm, "loop_negative"); w.link(clipv, 0, sm, "clip_vision")
+    w.link(p["patch"], 0, sm, "model"); w.link(p["pos"], 0, sm, "positive"); w.link(p["neg"], 0, sm, "negative")
+    w.link(p["latent"], 0, sm, "latent_image")
+    w.link(p["ckpt"], 2, sm, "vae"); w.link(p["loopneg"], 0, sm, "loop_negative"); w.link(clipv, 0, sm, "clip_vision")
     w.link(sm, 1, save, "images"); w.link(sm, 2, saver, "images"); w.link(sm, 4, chart, "images")
     w.link_any(sm, 3, rep, 0)
     w.dump(WORKFLOWS / "ezigen_generate.json")

@@ -1,0 +1,29 @@
+"""Inputs shared by the nodes that loop (EZIGen Sampler, EZIGen Edit)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD
+
+MODES = ["faithful", "clean"]
+
+
+def autostop_inputs(unit: str, fewest: int) -> list:
+    """loops / min_loops / max_loops / sim_threshold; `unit` names what repeats ("loops" or "rounds")."""
+    return [
+        io.Int.Input("loops", default=-1, min=-1, max=100,
+                     tooltip=f"-1 = autostop between min_loops and max_loops; n = exactly n {unit}"
+                             + (" (at least 1)." if fewest else "; 0 = first pass only.")),
+        io.Int.Input("min_loops", default=DEFAULT_MIN_LOOPS, min=fewest, max=100,
+                     tooltip=f"Autostop: {unit} that always run (reference: 3)."),
+        io.Int.Input("max_loops", default=DEFAULT_MAX_LOOPS, min=fewest, max=100,
+                     tooltip=f"Autostop: most {unit} (reference: 9). Must be >= min_loops."),
+        io.Float.Input("sim_threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.001,
+                       tooltip=f"Autostop: stop once consecutive {unit} are at least this similar (0.99 is tuned "
+                               "for CLIP ViT-B/32)."),
+    ]
+
+
+def similarity_chart_output(unit: str):
+    return io.Image.Output(display_name="similarity_chart",
+                           tooltip=f"Similarity of each of the {unit} to the round before, against the threshold.")
