@@ -1,0 +1,31 @@
+"""models/ezigen registration and the messages for missing model files."""
+import folder_paths
+
+from .tiny import load_pack
+
+
+def test_registration_keeps_paths_from_extra_model_paths(tmp_path):
+    folders = load_pack().nodes.folders
+    folder_paths.folder_names_and_paths["ezigen"] = ([str(tmp_path / "from-yaml")], set())  # as the YAML leaves it
+    folders.register_model_folder()
+    paths, extensions = folder_paths.folder_names_and_paths["ezigen"]
+    assert paths[0] == str(tmp_path / "from-yaml") and paths[1].endswith("models/ezigen")
+    assert ".safetensors" in extensions and ".bin" in extensions
+
+
+def test_missing_file_messages_name_folder_expected_file_source_and_converter(tmp_path):
+    folders = load_pack().nodes.folders
+    empty, filled = tmp_path / "empty", tmp_path / "filled"
+    empty.mkdir()
+    (filled / "checkpoint-200000").mkdir(parents=True)
+    (filled / "checkpoint-200000" / "model.safetensors").write_bytes(b"x")
+    folder_paths.folder_names_and_paths["ezigen"] = ([str(empty)], set(folder_paths.supported_pt_extensions))
+    folder_paths.filename_list_cache.clear()
+    message = folders.check_model_file("ezigen", "ezigen_sd21base.safetensors")
+    assert f"'ezigen_sd21base.safetensors' is not in models/ezigen ({empty}; it is empty)" in message
+    assert "checkpoint-200000" in message and "github.com/ZichengDuan/EZIGen" in message
+    assert "python -m ezigen_lib.convert" in message
+    folder_paths.folder_names_and_paths["ezigen"] = ([str(filled)], set(folder_paths.supported_pt_extensions))
+    folder_paths.filename_list_cache.clear()
+    assert folders.check_model_file("ezigen", "checkpoint-200000/model.safetensors") is True
+    assert "it holds checkpoint-200000/model.safetensors" in folders.check_model_file("ezigen", "other.safetensors")
