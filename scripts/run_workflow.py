@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from comfy_host import ComfyServer, set_inputs, ui_to_api, ui_workflow_errors
-from demo_inputs import SUBJECT_IMAGE, write_subject_image
+from comfy_host import ComfyServer, ui_to_api, ui_workflow_errors
+from demo_inputs import SUBJECT_IMAGE, write_source_image, write_subject_image
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "ComfyUI-EZIGen"
@@ -37,10 +37,13 @@ def _extra_paths_yaml(models: Path, base: Path) -> Path:
 
 
 def _use_stand_ins(prompt: dict, models: dict[str, Path]) -> None:
+    names = {"CheckpointLoaderSimple": ("ckpt_name", models["sd21base"].name),
+             "EZIGenLoadEncoder": ("adapter_name", f"{models['ezigen'].name}/model.safetensors"),
+             "EZIGenLoadCLIPVision": ("clip_name", models["clip_b32"].name)}
     for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["inputs"]["ckpt_name"] = models["sd21base"].name
-    set_inputs(prompt, "EZIGenLoadEncoder", adapter_name=f"{models['ezigen'].name}/model.safetensors")
+        if node["class_type"] in names:
+            widget, name = names[node["class_type"]]
+            node["inputs"][widget] = name
 
 
 def _shrink(prompt: dict, size: int | None, steps: int | None) -> None:
@@ -51,7 +54,9 @@ def _shrink(prompt: dict, size: int | None, steps: int | None) -> None:
             inputs.update(width=size, height=size)
         if size and node["class_type"] == "EZIGenEncodeSubject":
             inputs.update(resolution=size)
-        if steps and node["class_type"] in ("KSampler", "EZIGenSampler"):
+        if size and node["class_type"] == "EZIGenEdit":
+            inputs.update(short_side=size)
+        if steps and node["class_type"] in ("KSampler", "EZIGenSampler", "EZIGenEdit"):
             inputs.update(steps=steps)
 
 
@@ -77,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap_inprocess(base / "inprocess")
         import make_checkpoints
         made = make_checkpoints.make_all()
-        models = {"checkpoints": [made["sd21base"]], "ezigen": [made["ezigen"]]}
+        models = {"checkpoints": [made["sd21base"]], "ezigen": [made["ezigen"]], "clip_vision": [made["clip_b32"]]}
     if args.subject:
         (base / "input").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.subject, base / "input" / SUBJECT_IMAGE)
     else:
         write_subject_image(base / "input")
+    write_source_image(base / "input")  # the edit workflows' source, unless the workflow is pointed elsewhere
 
     with ComfyServer(base, custom_nodes={PACK_NAME: REPO}, models=models, extra_args=extra) as server:
         info = server.object_info()
