@@ -217,7 +217,8 @@ def load_adapter(path: str | os.PathLike) -> AdapterWeights:
     return AdapterWeights(state_dict=tensors, info=info, metadata=metadata)
 
 
-def save_adapter(weights: AdapterWeights, out_path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def save_adapter(weights: AdapterWeights, out_path: str | os.PathLike, dtype: torch.dtype | None = None,
+                 extra_metadata: dict[str, str] | None = None) -> Path:
     """Write an adapter-only safetensors with the metadata that `load_adapter` reads back."""
     out_path = Path(out_path)
     sd = {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in weights.state_dict.items()}
@@ -229,6 +230,7 @@ def save_adapter(weights: AdapterWeights, out_path: str | os.PathLike, dtype: to
         "head_dim": str(info.head_dim),
         "widths": ",".join(map(str, info.widths)),
         "source": info.source,
+        **(extra_metadata or {}),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".partial")

@@ -1,0 +1,112 @@
+"""Train EZIGen adapters for an SD1.x or SD2.x checkpoint.
+
+    python -m ezigen_lib.train --checkpoint sd15.safetensors --data my_pairs/ --out runs/sd15 [--steps 20000]
+    torchrun --nproc-per-node 8 -m ezigen_lib.train ...      (several GPUs or machines, same flags)
+
+The base checkpoint is the single file ComfyUI loads; its UNet, VAE and text encoder stay frozen. The
+result, `OUT/ezigen_adapter.safetensors`, goes in ComfyUI/models/ezigen for Load EZIGen Encoder.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .training.host import import_comfy
+
+FAMILY_NAMES = {"SD15": "sd1.5", "SD20": "sd2.x", "SD21UnclipL": "sd2.1-unclip", "SD21UnclipH": "sd2.1-unclip"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ezigen_lib.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="single-file SD1.x/SD2.x checkpoint")
+    p.add_argument("--data", type=Path, required=True, help="folder with manifest.jsonl (see ezigen_lib/training/data.py)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, final adapter)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--seed", type=int, default=3154)
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0 = only at the end)")
+    p.add_argument("--subject-dropout", type=float, default=0.2, help="share of steps without subject features")
+    p.add_argument("--faithful-dropout", action="store_true", help="the reference's 80%% subject dropout")
+    p.add_argument("--text-dropout", type=float, default=0.0, help="share of captions replaced by '' (for CFG)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute adapter attention in backward")
+    p.add_argument("--head-dim", type=int, default=64, help="adapter attention head width (SD2.1 layout: 64)")
+    p.add_argument("--resume", type=Path, help="a checkpoint-N folder, or OUT/latest")
+    p.add_argument("--reference-folder", action="store_true", help="also write the reference's model.safetensors layout")
+    p.add_argument("--tensorboard", type=Path, help="write TensorBoard logs here (needs `pip install tensorboard`)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import_comfy(cpu=True if args.cpu else None)
+    import torch
+    from tqdm import tqdm
+
+    import comfy.model_management
+    import comfy.sd
+
+    from .training.data import FolderDataset, TrainingDataError
+    from .training.trainer import Trainer, TrainSettings, distributed_from_env
+
+    distributed_from_env()
+    try:
+        dataset = FolderDataset(args.data, args.resolution)
+    except TrainingDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.checkpoint.is_file():
+        print(f"error: checkpoint {args.checkpoint} not found (a single-file SD1.x/SD2.x .safetensors)", file=sys.stderr)
+        return 2
+    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(args.checkpoint))
+    family = type(model.model.model_config).__name__
+    device = comfy.model_management.get_torch_device()
+
+    def encode_text(captions: list[str]) -> torch.Tensor:
+        return torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in captions])
+
+    settings = TrainSettings(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+        subject_dropout=args.subject_dropout, faithful=args.faithful_dropout, text_dropout=args.text_dropout,
+        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        save_every=args.save_every, head_dim=args.head_dim, base_model=FAMILY_NAMES.get(family, family),
+        data_name=args.data.name)
+    try:
+        trainer = Trainer(model, vae, encode_text, dataset, args.out, settings, device=device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.resume:
+        trainer.resume(args.resume)
+    writer = None
+    if args.tensorboard and trainer.rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("error: --tensorboard needs the tensorboard package: pip install tensorboard", file=sys.stderr)
+            return 2
+        writer = SummaryWriter(str(args.tensorboard))
+    bar = tqdm(total=settings.steps, initial=trainer.step, disable=trainer.rank != 0, desc="EZIGen training")
+
+    def log(step: int, loss: float, samples_per_s: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{samples_per_s:.2f}")
+        if writer is not None:
+            writer.add_scalar("train/loss", loss, step)
+            writer.add_scalar("train/samples_per_s", samples_per_s, step)
+
+    out = trainer.run(log)
+    bar.close()
+    if args.reference_folder:
+        trainer.export_reference_folder(args.out / "reference-checkpoint")
+    if trainer.rank == 0:
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
