@@ -124,6 +124,9 @@ class Trainer:
         init_adapters_from_unet(self.adapters, self.unet)
         self.optimizer = torch.optim.AdamW(self.adapters.parameters(), lr=settings.learning_rate,
                                            weight_decay=settings.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=settings.mixed_precision == "fp16" and self.device.type == "cuda")
         self.step = 0
         sigmas = self.base.model_sampling.sigmas.float().cpu()
         self.alphas_cumprod = (1.0 / (1.0 + sigmas ** 2)).to(self.device)
@@ -177,14 +180,16 @@ class Trainer:
         self.adapters.train()
         loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if self.world > 1:  # average gradients across processes (torchrun)
             for p in self.adapters.parameters():
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.adapters.parameters(), self.settings.max_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.step += 1
         return float(loss.detach())
 
@@ -249,7 +254,7 @@ class Trainer:
         if self.rank == 0:
             folder.mkdir(parents=True, exist_ok=True)
             save_adapter(self.weights(), folder / ADAPTER_FILE, torch.float32)
-            torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+            torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                         "torch_rng": torch.get_rng_state(), "python_rng": self.rng.getstate()},
                        folder / STATE_FILE)
         if self.world > 1:
@@ -269,6 +274,7 @@ class Trainer:
         self.adapters.load_state_dict({k: v.to(self.device) for k, v in weights.state_dict.items()})
         state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.rng.setstate(_as_random_state(state["python_rng"]))

@@ -93,3 +93,28 @@ def test_data_errors(tmp_path, folder):
         (bad / "manifest.jsonl").write_text(line + "\n")
         with pytest.raises(TrainingDataError, match=message):
             FolderDataset(bad, 64)
+
+
+def test_two_processes_with_torchrun_stay_in_step(folder, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("ddp_worker.py")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(worker), str(tmp_path), str(folder)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["step"] for r in ranks] == [3, 3] and [r["world"] for r in ranks] == [2, 2]
+    for key, value in ranks[0]["state"].items():
+        torch.testing.assert_close(ranks[1]["state"][key], value)  # averaged gradients: identical updates
+    assert (tmp_path / "ezigen_adapter.safetensors").is_file()  # written once, by rank 0
+
+
+def test_bf16_autocast_and_gradient_checkpointing_train(folder, tmp_path):
+    trainer = tiny_trainer(folder, tmp_path, steps=2, save_every=0, mixed_precision="bf16",
+                           gradient_checkpointing=True)
+    before = {k: v.clone() for k, v in trainer.adapters.state_dict().items()}
+    losses = [trainer.train_step(batch) for batch, _ in zip(trainer.batches(), range(2))]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(before[k], v) for k, v in trainer.adapters.state_dict().items())

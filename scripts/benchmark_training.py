@@ -1,0 +1,82 @@
+"""Benchmark: EZIGen training throughput (samples/s) and peak memory for a base checkpoint and resolution.
+
+    python scripts/benchmark_training.py [--checkpoint FILE] [--resolution 512] [--steps 5] [--batch-size 1]
+
+Without --checkpoint the random-weight SD1.5 and SD2.1-base stand-ins are measured (speed and memory
+do not depend on the weights). Peak memory is CUDA's max allocated on a GPU, the process's peak RSS
+on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from comfy_root import bootstrap_inprocess
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, action="append")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    args = parser.parse_args(argv)
+
+    base = Path(tempfile.mkdtemp(prefix="ezigen-train-bench-"))
+    bootstrap_inprocess(base / "comfy", cpu=not torch.cuda.is_available())
+    sys.path.append(str(REPO))  # appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+    sys.path.insert(0, str(REPO / "tests"))
+    import comfy.model_management
+    import comfy.sd
+
+    from ezigen_lib.training.data import FolderDataset
+    from ezigen_lib.training.trainer import Trainer, TrainSettings, peak_memory_mb
+    from unit.training_fixtures import write_training_folder
+
+    if not args.checkpoint:
+        import make_checkpoints
+        print("[benchmark] RANDOM-WEIGHT STAND-INS (speed and memory are what is measured)", file=sys.stderr)
+        made = make_checkpoints.make_all(only=("sd15", "sd21base"))
+        args.checkpoint = [made["sd15"], made["sd21base"]]
+    data = write_training_folder(base / "data", count=max(4, args.batch_size))
+    device = comfy.model_management.get_torch_device()
+    print(f"device: {device}, resolution {args.resolution}, batch {args.batch_size}, "
+          f"mixed precision {args.mixed_precision}, gradient checkpointing {args.gradient_checkpointing}")
+    for checkpoint in args.checkpoint:
+        model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(checkpoint))
+
+        def encode_text(captions):
+            return torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in captions])
+
+        settings = TrainSettings(steps=args.steps + 1, batch_size=args.batch_size, save_every=0,
+                                 mixed_precision=args.mixed_precision,
+                                 gradient_checkpointing=args.gradient_checkpointing)
+        trainer = Trainer(model, vae, encode_text, FolderDataset(data, args.resolution), base / "out", settings, device)
+        batches = trainer.batches()
+        trainer.train_step(next(batches))  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.train_step(next(batches))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        print(f"{checkpoint.name}: {args.steps * args.batch_size / seconds:.3f} samples/s, "
+              f"{seconds / args.steps:.2f} s/step, peak memory {peak_memory_mb(device):.0f} MiB")
+        del trainer, model, clip, vae
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Run by torchrun from test_train_distributed: one tiny training run per process."""
+import sys
+import tempfile
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+REPO = TESTS.parent
+sys.path[:0] = [str(REPO / "scripts"), str(TESTS)]
+sys.path.append(str(REPO))
+
+from comfy_root import bootstrap_inprocess  # noqa: E402
+
+bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-ddp-")))
+
+import torch  # noqa: E402
+
+from ezigen_lib.training.trainer import distributed_from_env  # noqa: E402
+from unit.training_fixtures import tiny_trainer  # noqa: E402
+
+out, data = Path(sys.argv[1]), Path(sys.argv[2])
+assert distributed_from_env(), "expected to be launched by torchrun with WORLD_SIZE > 1"
+trainer = tiny_trainer(data, out, steps=3, save_every=0, learning_rate=1e-3)
+trainer.run()
+torch.save({"step": trainer.step, "world": trainer.world,
+            "state": {k: v.detach().cpu() for k, v in trainer.adapters.state_dict().items()}},
+           out / f"rank{trainer.rank}.pt")
