@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image
 
 from comfy_host import ComfyServer, node_id, set_inputs, ui_to_api
-from demo_inputs import write_source_image, write_subject_image as _write_subject
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -22,12 +21,6 @@ CLIP_B32 = "clip_vit_b32_random.safetensors"
 
 def load_workflow(name: str) -> dict[str, Any]:
     return json.loads((WORKFLOWS / name).read_text())
-
-
-def write_subject_image(server: ComfyServer) -> None:
-    """The demo subject and the demo edit source (its transparent hole is the edit mask)."""
-    _write_subject(server.base_dir / "input")
-    write_source_image(server.base_dir / "input")
 
 
 def small(prompt: dict[str, Any], seed: int, size: int = 64) -> dict[str, Any]:

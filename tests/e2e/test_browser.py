@@ -9,7 +9,7 @@ import pytest
 
 from comfy_host import PromptRejected
 
-from ezigen_prompts import WORKFLOWS, write_subject_image
+from ezigen_prompts import WORKFLOWS
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
@@ -27,12 +27,11 @@ GRAPH_STATE = """() => app.graph._nodes.map(n => ({
 
 
 @pytest.fixture(scope="module")
-def page(comfy_server):
+def page(server):
     from playwright.sync_api import sync_playwright
 
-    write_subject_image(comfy_server)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    settings = comfy_server.base_dir / "user" / "default" / "comfy.settings.json"
+    settings = server.base_dir / "user" / "default" / "comfy.settings.json"
     # draw titles and widgets even when zoomed out, so a whole workflow fits a readable screenshot
     settings.write_text(json.dumps({**json.loads(settings.read_text()), "LiteGraph.Canvas.MinFontSizeForLOD": 1}))
     with sync_playwright() as pw:
@@ -41,7 +40,7 @@ def page(comfy_server):
         pg = context.new_page()
         pg.page_errors = []
         pg.on("pageerror", lambda exc: pg.page_errors.append(str(exc)))
-        pg.goto(comfy_server.url, wait_until="domcontentloaded")
+        pg.goto(server.url, wait_until="domcontentloaded")
         pg.wait_for_function("() => window.app && window.app.graph && window.LiteGraph "
                              "&& Object.keys(LiteGraph.registered_node_types).length > 300", timeout=60000)
         yield pg
@@ -86,7 +85,7 @@ def widget_problems(nodes: list[dict]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.json")))
-def test_workflow_loads_in_the_editor_and_its_prompt_validates(page, comfy_server, name):
+def test_workflow_loads_in_the_editor_and_its_prompt_validates(page, server, name):
     nodes = load(page, name)
     page.screenshot(path=str(SCREENSHOTS / name.replace(".json", ".png")))
     assert widget_problems(nodes) == [] and page.page_errors == []
@@ -105,11 +104,11 @@ def test_workflow_loads_in_the_editor_and_its_prompt_validates(page, comfy_serve
             inputs["short_side"] = 64
     if name == "ezigen_flux_to_edit.json":
         with pytest.raises(PromptRejected) as info:
-            comfy_server.queue(prompt)
+            server.queue(prompt)
         failing = {prompt[nid]["class_type"] for nid in info.value.node_errors}
         assert failing <= {"KSampler"} | FLUX_FILES, info.value.node_errors  # only the absent FLUX weights
         return
-    comfy_server.run(prompt)
+    server.run(prompt)
 
 
 def test_the_checks_see_missing_nodes_and_bad_values(page):
@@ -123,7 +122,7 @@ def test_the_checks_see_missing_nodes_and_bad_values(page):
     page.keyboard.press("Escape")  # the frontend's own "missing nodes" dialog agrees; close it
 
 
-def test_single_pass_queued_from_the_page_shows_its_image(page, comfy_server):
+def test_single_pass_queued_from_the_page_shows_its_image(page, server):
     load(page, "ezigen_single_pass.json")
     seed = int(time.time()) % 100000
     page.evaluate("""(seed) => {
@@ -134,16 +133,16 @@ def test_single_pass_queued_from_the_page_shows_its_image(page, comfy_server):
             if (n.type === 'KSampler') { set('steps', 3); set('seed', seed); }
         }
     }""", seed)
-    before = set(comfy_server.history().keys())
+    before = set(server.history().keys())
     page.evaluate("async () => { await app.queuePrompt(0, 1); }")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        new = set(comfy_server.history().keys()) - before
+        new = set(server.history().keys()) - before
         if new:
             break
         time.sleep(0.5)
     (prompt_id,) = new
-    images = comfy_server.output_images(comfy_server.wait(prompt_id))
+    images = server.output_images(server.wait(prompt_id))
     assert images and images[0].name.startswith("EZIGen_single_pass")
     page.wait_for_function("() => app.graph._nodes.some(n => n.type === 'SaveImage' && n.imgs && n.imgs.length)",
                            timeout=60000)

@@ -9,15 +9,9 @@ from PIL import Image
 
 from comfy_host import PromptFailed, node_id, set_inputs, ui_workflow_errors
 
-from ezigen_prompts import api_prompt, images_of, load_workflow, saver_of, small, write_subject_image
+from ezigen_prompts import api_prompt, images_of, load_workflow, saver_of, small
 
 FLUX_ONLY = {"UNETLoader", "DualCLIPLoader", "VAELoader", "FluxGuidance", "EmptySD3LatentImage", "KSampler", "VAEDecode"}
-
-
-@pytest.fixture(scope="module")
-def server(comfy_server):
-    write_subject_image(comfy_server)
-    return comfy_server
 
 
 def fast(prompt, seed, **edit):

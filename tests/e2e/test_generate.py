@@ -9,16 +9,9 @@ import pytest
 
 from comfy_host import PromptFailed, set_inputs, ui_workflow_errors
 
-from ezigen_prompts import (api_prompt, images_of, load_workflow, saver_of, small, use_sd15_main_model,
-                            write_subject_image)
+from ezigen_prompts import api_prompt, images_of, load_workflow, saver_of, small, use_sd15_main_model
 
 WORKFLOW = "ezigen_generate.json"
-
-
-@pytest.fixture(scope="module")
-def server(comfy_server):
-    write_subject_image(comfy_server)
-    return comfy_server
 
 
 def report_of(history) -> dict:

@@ -6,16 +6,9 @@ import pytest
 
 from comfy_host import PromptFailed, node_id, set_inputs, ui_workflow_errors
 
-from ezigen_prompts import (SD15, api_prompt, images_of, load_workflow, small, use_sd15_main_model, without_patch,
-                            write_subject_image)
+from ezigen_prompts import SD15, api_prompt, images_of, load_workflow, small, use_sd15_main_model, without_patch
 
 WORKFLOW = "ezigen_single_pass.json"
-
-
-@pytest.fixture(scope="module")
-def server(comfy_server):
-    write_subject_image(comfy_server)
-    return comfy_server
 
 
 def run_single_pass(server, seed, strength=1.0, bypass_patch=False, steps=4):

@@ -5,13 +5,11 @@ import pytest
 import torch
 
 from ezigen_lib.autostop import LoopPolicy
-from ezigen_lib.capture import encode_subject
 from ezigen_lib.edit import EditInputError, EditSettings, processing_size, run_edit
-from ezigen_lib.inject import apply_subject
 from ezigen_lib.inversion import invert, reference_inversion_timesteps
 from ezigen_lib.sampling import NEVER_ON, CallCounter, with_window
 
-from .tiny import random_context, tiny_encoder, tiny_model, tiny_vae
+from .tiny import patched_tiny, random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
@@ -23,11 +21,7 @@ MASK[10:30, 20:50] = 1
 
 @pytest.fixture(scope="module")
 def parts():
-    encoder, vae = tiny_encoder(), tiny_vae()
-    with torch.inference_mode():
-        subject = encode_subject(encoder.model, vae, random_context(), torch.rand(1, 64, 64, 3), None, 0, 64,
-                                 encoder.info.widths)
-    return apply_subject(tiny_model(7), encoder, subject, 1.0, 0.0, 1.0), vae
+    return patched_tiny(0.0, 1.0)
 
 
 def edit(parts, image=SOURCE, mask=MASK, **kw):

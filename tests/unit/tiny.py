@@ -153,3 +153,15 @@ def tiny_flux():
     base = comfy.model_base.Flux(config, device="cpu")
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+def patched_tiny(start_percent: float, end_percent: float):
+    """A tiny model patched with a tiny subject, and its VAE: the EZIGen Sampler's and Edit's input."""
+    from ezigen_lib.capture import encode_subject
+    from ezigen_lib.inject import apply_subject
+
+    encoder, vae = tiny_encoder(), tiny_vae()
+    with torch.inference_mode():
+        subject = encode_subject(encoder.model, vae, random_context(), torch.rand(1, 64, 64, 3), None, 0, 64,
+                                 encoder.info.widths)
+    return apply_subject(tiny_model(7), encoder, subject, 1.0, start_percent, end_percent), vae
