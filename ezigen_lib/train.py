@@ -20,7 +20,11 @@ FAMILY_NAMES = {"SD15": "sd1.5", "SD20": "sd2.x", "SD21UnclipL": "sd2.1-unclip",
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ezigen_lib.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="single-file SD1.x/SD2.x checkpoint")
-    p.add_argument("--data", type=Path, required=True, help="folder with manifest.jsonl (see ezigen_lib/training/data.py)")
+    p.add_argument("--data", type=Path, help="folder with manifest.jsonl (see ezigen_lib/training/data.py)")
+    p.add_argument("--coco", type=Path, help="COCO 2014 root (annotations/, train2014/, val2014/)")
+    p.add_argument("--ytvis", type=Path, help="YouTube-VIS 2019 train folder (holding JPEGImages/)")
+    p.add_argument("--ytvis-annotations", type=Path, help="its instances JSON (default: YTVIS/../train.json)")
+    p.add_argument("--limit-per-source", type=int, default=100_000, help="examples per source (reference: 100k)")
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, final adapter)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=1)
@@ -30,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0 = only at the end)")
     p.add_argument("--subject-dropout", type=float, default=0.2, help="share of steps without subject features")
     p.add_argument("--faithful-dropout", action="store_true", help="the reference's 80%% subject dropout")
+    p.add_argument("--faithful-padding", action="store_true",
+                   help="the reference's 4 subject slots per example, empty ones grey images that are attended")
     p.add_argument("--text-dropout", type=float, default=0.0, help="share of captions replaced by '' (for CFG)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute adapter attention in backward")
@@ -51,14 +57,28 @@ def main(argv: list[str] | None = None) -> int:
     import comfy.sd
 
     from .training.data import FolderDataset, TrainingDataError
+    from .training.reference_data import CocoPairs, YtvisPairs
     from .training.trainer import Trainer, TrainSettings, distributed_from_env
 
     distributed_from_env()
+    if not (args.data or args.coco or args.ytvis):
+        print("error: give training data: --data FOLDER (manifest.jsonl), --coco ROOT and/or --ytvis ROOT",
+              file=sys.stderr)
+        return 2
     try:
-        dataset = FolderDataset(args.data, args.resolution)
+        sources = []
+        if args.data:
+            sources.append(FolderDataset(args.data, args.resolution))
+        if args.coco:
+            sources.append(CocoPairs(args.coco, args.resolution, limit=args.limit_per_source))
+        if args.ytvis:
+            annotations = args.ytvis_annotations or args.ytvis.parent / "train.json"
+            sources.append(YtvisPairs(args.ytvis, annotations, args.resolution, limit=args.limit_per_source,
+                                      seed=args.seed))
     except TrainingDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    dataset = sources[0] if len(sources) == 1 else torch.utils.data.ConcatDataset(sources)
     if not args.checkpoint.is_file():
         print(f"error: checkpoint {args.checkpoint} not found (a single-file SD1.x/SD2.x .safetensors)", file=sys.stderr)
         return 2
@@ -72,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = TrainSettings(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
         subject_dropout=args.subject_dropout, faithful=args.faithful_dropout, text_dropout=args.text_dropout,
+        faithful_padding=args.faithful_padding,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         save_every=args.save_every, head_dim=args.head_dim, base_model=FAMILY_NAMES.get(family, family),
-        data_name=args.data.name)
+        data_name="+".join(str(p.name) for p in (args.data, args.coco, args.ytvis) if p))
     try:
         trainer = Trainer(model, vae, encode_text, dataset, args.out, settings, device=device)
     except ValueError as exc:

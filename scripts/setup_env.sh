@@ -46,6 +46,6 @@ else
 fi
 
 grep -v -E '^\s*(#|$)' "$comfy_req" | grep -v -E '^(torch|torchvision|torchaudio)\s*$' > "$venv/.comfy-requirements.txt"
-quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest playwright
+quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest playwright tensorboard
 echo "$want" > "$stamp"
 echo "[setup] done" >&2

@@ -24,12 +24,15 @@ class TrainingDataError(ValueError):
     pass
 
 
+MAX_SUBJECTS = 4  # the reference's subject slots per example
+
+
 @dataclass(frozen=True)
 class Example:
-    subject: torch.Tensor  # (res, res, 3) in [0, 1], background white
+    subjects: torch.Tensor  # (n, res, res, 3) in [0, 1], backgrounds white; 1 <= n <= MAX_SUBJECTS
     target: torch.Tensor  # (res, res, 3) in [0, 1]
     caption: str
-    subject_caption: str
+    subject_captions: tuple[str, ...]
 
 
 def _image(path: Path, mode: str) -> torch.Tensor:
@@ -77,17 +80,18 @@ class FolderDataset(torch.utils.data.Dataset):
         mask = _image(self.root / row["subject_mask"], "L")[None] if row.get("subject_mask") else None
         target = _image(self.root / row["target"], "RGB")[None]
         return Example(
-            subject=prepare_subject_pixels(subject, mask, self.resolution)[0],
+            subjects=prepare_subject_pixels(subject, mask, self.resolution),
             target=prepare_subject_pixels(target, None, self.resolution)[0],
             caption=row["caption"],
-            subject_caption=row.get("subject_caption") or "a photo of a subject",
+            subject_captions=(row.get("subject_caption") or "a photo of a subject",),
         )
 
 
 def collate(examples: list[Example]) -> dict:
+    """Targets stack; subjects stay per example, since examples may hold different numbers of them."""
     return {
-        "subject": torch.stack([e.subject for e in examples]),
+        "subjects": [e.subjects for e in examples],
         "target": torch.stack([e.target for e in examples]),
         "caption": [e.caption for e in examples],
-        "subject_caption": [e.subject_caption for e in examples],
+        "subject_captions": [list(e.subject_captions) for e in examples],
     }

@@ -30,7 +30,7 @@ from ..adapter import AdapterSet
 from ..capture import FeatureRecorder
 from ..checkpoint import REFERENCE_TENSOR_NAMES, AdapterInfo, AdapterWeights, reference_key, save_adapter
 from ..slots import SLOT_COUNT
-from .data import collate
+from .data import MAX_SUBJECTS, collate
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.pt"
@@ -48,6 +48,7 @@ class TrainSettings:
     subject_dropout: float = 0.2
     text_dropout: float = 0.0
     faithful: bool = False  # the reference's 80 % subject dropout
+    faithful_padding: bool = False  # the reference's 4 subject slots, empty ones grey images that are attended
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     save_every: int = 500
@@ -62,21 +63,36 @@ class TrainSettings:
 
 
 class TrainingInjection:
-    """middle_patch for training: per-sample subject features, adapters always on, no caching."""
+    """middle_patch for training: each example's own subject tokens, adapters always on, no caching.
 
-    def __init__(self, adapters: AdapterSet, features: list[torch.Tensor], checkpointing: bool):
+    `features[k]` is a list with one (1, M_i, C) tensor per example. Examples with different numbers
+    of subjects attend only to their own tokens (the padding mask the reference computes but never
+    applies), so no padded slot is ever attended.
+    """
+
+    def __init__(self, adapters: AdapterSet, features: list[list[torch.Tensor]], checkpointing: bool):
         self.adapters, self.features, self.checkpointing = adapters, features, checkpointing
 
     def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
         slot = extra_options["transformer_index"]
+        per_example = self.features[slot]
+        same_length = len({f.shape[1] for f in per_example}) == 1
+        groups = [(slice(None), torch.cat(per_example))] if same_length else \
+            [(slice(i, i + 1), f) for i, f in enumerate(per_example)]
+        precision = extra_options.get("attn_precision")
 
-        def residual(h):
-            k, v = self.adapters.subject_kv(slot, self.features[slot].to(h.dtype))
-            return self.adapters.blocks[slot].residual(h, k, v, attn_precision=extra_options.get("attn_precision"))
+        def residual(h, subject):
+            k, v = self.adapters.subject_kv(slot, subject.to(h.dtype))
+            return self.adapters.blocks[slot].residual(h, k, v, attn_precision=precision)
 
-        if self.checkpointing and torch.is_grad_enabled():
-            return x + torch.utils.checkpoint.checkpoint(residual, x, use_reentrant=False)
-        return x + residual(x)
+        out = []
+        for rows, subject in groups:
+            h = x[rows]
+            if self.checkpointing and torch.is_grad_enabled():
+                out.append(torch.utils.checkpoint.checkpoint(residual, h, subject, use_reentrant=False))
+            else:
+                out.append(residual(h, subject))
+        return x + torch.cat(out)
 
 
 def init_adapters_from_unet(adapters: AdapterSet, unet) -> None:
@@ -147,21 +163,30 @@ class Trainer:
         options = {"patches": {patch_name: [patch]}}
         return self.unet(x, t.float(), context=context, transformer_options=options)
 
+    def subject_features(self, subject_sets: list[torch.Tensor], caption_sets: list[list[str]]) -> list[list[torch.Tensor]]:
+        """Per slot, one (1, n_i * HW, C) tensor per example: its subjects at t = 1, tokens concatenated."""
+        if self.settings.faithful_padding:  # grey images in the empty slots, as the reference pads them
+            subject_sets = [torch.cat([s, torch.full((MAX_SUBJECTS - len(s), *s.shape[1:]), 0.5)]) for s in subject_sets]
+            caption_sets = [c + [""] * (MAX_SUBJECTS - len(c)) for c in caption_sets]
+        counts = [len(s) for s in subject_sets]
+        z_s = self._latents(torch.cat(subject_sets))
+        with torch.no_grad():
+            context = self.encode_text([c for captions in caption_sets for c in captions]).to(self.device)
+            recorder = FeatureRecorder(self.device, torch.float32)
+            one = torch.ones(len(z_s), dtype=torch.long, device=self.device)
+            self._unet(self._noised(z_s, one, torch.randn_like(z_s)), one, context, "attn1_patch", recorder)
+        return [[f.reshape(1, -1, f.shape[-1]) for f in recorder.features[k].split(counts)] for k in range(SLOT_COUNT)]
+
     def loss(self, batch: dict) -> torch.Tensor:
         s = self.settings
-        z_s, z_t = self._latents(batch["subject"]), self._latents(batch["target"])
+        z_t = self._latents(batch["target"])
         batch_size = z_t.shape[0]
         captions = [("" if self.rng.random() < s.text_dropout else c) for c in batch["caption"]]
         with torch.no_grad():
             context = self.encode_text(captions).to(self.device)
-            subject_context = self.encode_text(batch["subject_caption"]).to(self.device)
-            recorder = FeatureRecorder(self.device, torch.float32)
-            one = torch.ones(batch_size, dtype=torch.long, device=self.device)
-            self._unet(self._noised(z_s, one, torch.randn_like(z_s)), one, subject_context, "attn1_patch", recorder)
-            features = [recorder.features[k].reshape(batch_size, -1, recorder.features[k].shape[-1])
-                        for k in range(SLOT_COUNT)]
+        features = self.subject_features(batch["subjects"], batch["subject_captions"])
         if self.rng.random() < s.effective_subject_dropout:
-            features = [torch.zeros_like(f) for f in features]
+            features = [[torch.zeros_like(f) for f in slot] for slot in features]
         t = torch.randint(0, len(self.alphas_cumprod), (batch_size,), device=self.device)
         eps = torch.randn_like(z_t)
         noisy = self._noised(z_t, t, eps)

@@ -15,22 +15,32 @@ def train(*args: str) -> subprocess.CompletedProcess:
 
 def test_train_save_resume_and_export(tmp_path, stand_in_models):
     from ezigen_lib.checkpoint import load_adapter  # imports ComfyUI: only once the session bootstrapped it
+    from unit.test_reference_data import write_coco
     from unit.training_fixtures import write_training_folder
 
     data = write_training_folder(tmp_path / "data", count=2)
+    coco = write_coco(tmp_path / "coco")
+    (coco / "annotations" / "instances_train2014.json").rename(coco / "annotations" / "instances_val2014.json")
+    (coco / "annotations" / "captions_train2014.json").rename(coco / "annotations" / "captions_val2014.json")
+    (coco / "train2014").rename(coco / "val2014")
+    for split in ("instances", "captions"):  # an empty train2014 next to the val2014 images
+        (coco / "annotations" / f"{split}_train2014.json").write_text(
+            '{"images": [], "annotations": [], "categories": []}')
     out = tmp_path / "run"
     common = ["--checkpoint", str(stand_in_models["sd15"]), "--data", str(data), "--out", str(out),
               "--resolution", "64", "--save-every", "1", "--cpu"]
     first = train(*common, "--steps", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     assert (out / "checkpoint-1" / "trainer_state.pt").is_file()
-    second = train(*common, "--steps", "2", "--resume", str(out / "latest"), "--reference-folder")
+    second = train(*common, "--steps", "2", "--resume", str(out / "latest"), "--reference-folder",
+                   "--coco", str(coco), "--tensorboard", str(tmp_path / "tb"))
     assert second.returncode == 0, second.stderr[-3000:]
     assert "EZIGen training" in second.stderr and "loss=" in second.stderr  # the progress bar
     adapter = load_adapter(out / "ezigen_adapter.safetensors")
     assert adapter.metadata["training_steps"] == "2" and adapter.info.base_model == "sd1.5"
     assert adapter.info.widths[0] == 320 and adapter.info.head_dim == 64
     assert load_adapter(out / "reference-checkpoint").info.widths == adapter.info.widths
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # TensorBoard logs
 
 
 def test_missing_data_is_a_clear_error(tmp_path, stand_in_models):
