@@ -10,7 +10,9 @@ import torch.nn.functional as F
 import comfy.model_management
 
 from .layout import UnsupportedModelError, require_ezigen_layout
+from .schedule import derive_seed
 from .slots import SLOT_COUNT
+from .vae_sample import encode_sample
 
 SUBJECT_TIMESTEP = 1  # the reference noises the subject latent to DDPM timestep 1
 FEATURE_DTYPE = torch.float16
@@ -79,7 +81,7 @@ def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, ma
             f"{layout.context_dim}-wide text embeddings: encode the subject prompt with the encoder checkpoint's own "
             "CLIP (for the official weights, the SD2.1-base CLIP).")
     pixels = prepare_subject_pixels(images, mask, resolution)
-    latent = vae.encode(pixels)
+    latent = encode_sample(vae, pixels, derive_seed(seed, "vae"))  # the reference samples the posterior
     if latent.shape[1] != layout.latent_channels:
         raise UnsupportedModelError(
             f"The VAE makes {latent.shape[1]}-channel latents but the encoder ({layout.family}) needs "

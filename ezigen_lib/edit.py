@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import comfy.model_management
 import comfy.sample
@@ -23,11 +24,14 @@ import comfy.samplers
 
 from .autostop import LoopPolicy
 from .inject import subject_injections
-from .inversion import invert, reference_inversion_timesteps
-from .sampling import ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, with_window
-from .schedule import loop_start_index
+from .inversion import invert
+from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite, sampling_schedule,
+                       schedule_report, start_latent, with_window)
+from .schedule import derive_seed, loop_start_index, reference_inversion_timesteps, vp_scale
+from .vae_sample import encode_sample
 
 OUTPUT_SIZES = ("source", "reference")
+REFERENCE_SHORT_SIDE = 512
 
 
 class EditInputError(ValueError):
@@ -48,6 +52,7 @@ class EditSettings:
     hard_mask: bool = False
     short_side: int = 512
     output_size: str = "source"
+    reference_output: bool = False  # the reference's exact pre/post-processing (see `reference_processing`)
 
     def __post_init__(self):
         if not 0.0 < self.split_ratio <= 1.0:
@@ -90,9 +95,14 @@ def check_edit_inputs(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
 
 def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """The reference's short-side-512 size, floored to the VAE's multiple of 8."""
-    scale = short_side / min(height, width)
-    h, w = (short_side, int(width * scale)) if height <= width else (int(height * scale), short_side)
+    h, w = reference_size(height, width, short_side)
     return max(8, h // 8 * 8), max(8, w // 8 * 8)
+
+
+def reference_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """The short side scaled to `short_side`, the long side int(long * short_side / short) (the reference's W, H)."""
+    scale = short_side / min(height, width)
+    return (short_side, int(width * scale)) if height <= width else (int(height * scale), short_side)
 
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -106,7 +116,50 @@ def _resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def _blend_sampler(step_sampler, background: list[torch.Tensor], latent_mask: torch.Tensor, seed: int):
+@dataclass(frozen=True)
+class WorkInputs:
+    """The source at the work size, the mask on the latent grid, and the size of the result."""
+    image: torch.Tensor
+    latent_mask: torch.Tensor
+    result_size: tuple[int, int]
+
+
+def pack_processing(source: torch.Tensor, mask: torch.Tensor, short_side: int) -> WorkInputs:
+    """Ours: the source resized to the floored work size, the mask as given (soft or hard) bilinearly."""
+    size = processing_size(*source.shape[1:3], short_side)
+    work_mask = _resize_mask(mask, size)
+    latent_mask = F.interpolate(work_mask[:, None], size=(size[0] // 8, size[1] // 8), mode="bilinear",
+                                align_corners=False)
+    return WorkInputs(_resize_image(source, size), latent_mask, size)
+
+
+def reference_processing(source: torch.Tensor, mask: torch.Tensor) -> WorkInputs:
+    """The reference's own chain, step for step (PIL as it uses it): the 8-bit source and mask resized
+    with PIL's bicubic filter to short side 512; only mask pixels still 255 count; that 0/1 mask
+    squashed to 512x512 (bilinear, 8-bit, as cv2.INTER_LINEAR) and interpolated to the latent grid.
+    The result is the decoded work image resized back to that short-512 size, with no compositing.
+    (The reference's VAE takes the odd size itself; ComfyUI's takes multiples of 8, so the work image
+    is cropped to one, centred, as ComfyUI's VAE.encode would.)"""
+    height, width = reference_size(*source.shape[1:3], REFERENCE_SHORT_SIDE)
+    work_image = _pil_resize(source[0], (height, width))[None]
+    work_mask = (_pil_resize(mask[0, :, :, None].expand(-1, -1, 3), (height, width))[..., 0] == 1.0).float()[None]
+    square = (F.interpolate(work_mask[:, None], size=(REFERENCE_SHORT_SIDE,) * 2, mode="bilinear",
+                            align_corners=False) * 255).round() / 255
+    latent_mask = F.interpolate(square, size=(height // 8, width // 8), mode="bilinear", align_corners=False)
+    top, left = (height % 8) // 2, (width % 8) // 2  # the VAE sees a multiple of 8 (as ComfyUI's VAE.encode crops)
+    work_image = work_image[:, top:top + height // 8 * 8, left:left + width // 8 * 8]
+    return WorkInputs(work_image, latent_mask, (height, width))
+
+
+def _pil_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W, 3) in [0, 1] -> 8-bit -> PIL bicubic resize to (height, width) -> (h, w, 3) in [0, 1]."""
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    resized = Image.fromarray(pixels, "RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(resized).copy()).float() / 255
+
+
+def _blend_sampler(step_sampler, background: list[torch.Tensor], latent_mask: torch.Tensor, seed: int,
+                   edit_round: int):
     """A sampler that runs `step_sampler` one interval at a time and, after every step, puts the
     background back: x = m * x + (1 - m) * background[i] scaled to the new noise level."""
 
@@ -114,12 +167,11 @@ def _blend_sampler(step_sampler, background: list[torch.Tensor], latent_mask: to
         extra_args = dict(extra_args or {})
         m = latent_mask.to(x.device, x.dtype)
         for i in range(len(sigmas) - 1):
-            extra_args["seed"] = seed + i  # a fresh ancestral noise draw per step
+            extra_args["seed"] = derive_seed(seed, "edit", edit_round, i)  # every (round, step) its own draw
             step_callback = None if callback is None else functools.partial(_shift_step, callback, i)
             x = step_sampler.sampler_function(model, x, sigmas[i:i + 2], extra_args=extra_args, callback=step_callback,
                                               disable=True, **step_sampler.extra_options)
-            scale = torch.sqrt(1.0 + sigmas[i + 1] ** 2)
-            x = m * x + (1 - m) * background[i].to(x.device, x.dtype) * scale
+            x = m * x + (1 - m) * background[i].to(x.device, x.dtype) * vp_scale(sigmas[i + 1])
         return x
 
     return comfy.samplers.KSAMPLER(sample)
@@ -131,7 +183,33 @@ def _shift_step(callback, i, d):
 
 def _vp(trajectory: list[torch.Tensor], sigmas: torch.Tensor) -> list[torch.Tensor]:
     """Trajectory latents without their sigma scaling (the reference's variance-preserving form)."""
-    return [x / math.sqrt(1.0 + float(s) ** 2) for x, s in zip(trajectory, sigmas)]
+    return [x / vp_scale(s) for x, s in zip(trajectory, sigmas)]
+
+
+def inversion_sigmas(model_sampling, loop_sigmas: torch.Tensor, steps: int, split: float, faithful: bool
+                     ) -> torch.Tensor:
+    """Rising noise levels to invert along, from the clean latent to the editing start.
+
+    Faithful: the reference's inverse-scheduler grid. Clean: exactly the levels the editing steps
+    visit, from sigma_min (skipped where the schedule already ends there, so no step has length 0).
+    """
+    if faithful:
+        timesteps = torch.tensor(reference_inversion_timesteps(steps, split), dtype=torch.float32)
+        return model_sampling.sigma(timesteps).float().cpu()
+    levels = loop_sigmas[:-1].flip(0).float()
+    sigma_min = float(model_sampling.sigma_min)
+    if float(levels[0]) > sigma_min * (1 + 1e-5):
+        levels = torch.cat([torch.tensor([sigma_min]), levels])
+    return levels
+
+
+def backgrounds(vp: list[torch.Tensor], loop_steps: int, faithful: bool) -> list[torch.Tensor]:
+    """Background to restore after editing step i. The reference lags one inversion level behind
+    (after step i it uses z_{K-i}, ending at z_1); the clean mode uses the level just reached,
+    ending on the clean latent."""
+    if faithful:
+        return [vp[len(vp) - 1 - i] for i in range(loop_steps)]
+    return [vp[len(vp) - 2 - i] for i in range(loop_steps - 1)] + [vp[0]]
 
 
 def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, mask: torch.Tensor, positive,
@@ -139,7 +217,8 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     """`inversion_context` is the text for the inversion: `inversion.exceptional_prompt(clip)` as the reference."""
     started = time.perf_counter()
     source, mask = check_edit_inputs(image, mask)
-    if settings.hard_mask:
+    faithful = settings.faithful or settings.reference_output
+    if settings.hard_mask and not settings.reference_output:
         mask = (mask >= 0.999).float()  # the reference keeps only fully painted pixels
     warnings = []
     if not subject_injections(model):
@@ -149,24 +228,14 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
                           report={"loops": 0, "stop_reason": "empty mask: the source is returned unchanged",
                                   "unet_evaluations": 0, "inversion_evaluations": 0, "warnings": warnings})
 
-    height, width = source.shape[1:3]
-    size = processing_size(height, width, settings.short_side)
-    work_image = _resize_image(source, size)
-    work_mask = _resize_mask(mask, size)
-    latent_mask = F.interpolate(work_mask[:, None], size=(size[0] // 8, size[1] // 8), mode="bilinear",
-                                align_corners=False)
-
+    work = reference_processing(source, mask) if settings.reference_output else \
+        pack_processing(source, mask, settings.short_side)
     model_sampling = model.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler, settings.steps).cpu()
+    sigmas, schedule_name = sampling_schedule(model_sampling, settings.scheduler, settings.steps, faithful)
     n = len(sigmas) - 1
     loop_sigmas = sigmas[loop_start_index(n, settings.split_ratio):]
     loop_steps = len(loop_sigmas) - 1
-    if settings.faithful:
-        inversion_sigmas = model_sampling.sigma(torch.tensor(
-            reference_inversion_timesteps(n, settings.split_ratio), dtype=torch.float32)).cpu()
-    else:  # invert along exactly the levels the editing steps visit
-        inversion_sigmas = loop_sigmas.flip(0).clone()
-        inversion_sigmas[0] = model_sampling.sigma_min
+    levels = inversion_sigmas(model_sampling, loop_sigmas, n, settings.split_ratio, faithful)
     inversion_counter, edit_counter = CallCounter(), CallCounter()
     base_model = with_window(model, NEVER_ON, inversion_counter)
     edit_model = with_window(model, ALWAYS_ON, edit_counter)
@@ -174,58 +243,66 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     progress = Progress(model, max(1, policy.most_loops) * loop_steps)
     step_sampler = comfy.samplers.ksampler(settings.sampler_name)
 
-    def inverted(current_latent):
-        return invert(base_model, inversion_context, current_latent, inversion_sigmas, settings.solver)
+    def encode(pixels, edit_round):
+        if faithful:  # the reference encodes with a sample of the VAE posterior
+            return encode_sample(vae, pixels, derive_seed(settings.seed, "vae", edit_round))
+        return vae.encode(pixels)
 
-    latent = vae.encode(work_image)
-    first = inverted(latent)
-    vp = _vp(first, inversion_sigmas)
-    # background to restore after editing step i: the reference lags one inversion level behind
-    # (after step i it uses z_{K-i}, ending at z_1); the clean mode uses the level just reached.
-    background = [vp[len(vp) - 1 - i] if settings.faithful else vp[len(vp) - 2 - i] for i in range(loop_steps)]
-    if not settings.faithful:
-        background[-1] = vp[0]
+    def inverted_start(current_latent, edit_round):
+        """The inversion's end, placed at the editing start level as the reference hands it over."""
+        trajectory = invert(base_model, inversion_context, current_latent, levels, settings.solver)
+        require_finite(trajectory[-1], f"the inversion of round {edit_round + 1}")
+        vp = _vp(trajectory, levels)
+        return vp, start_latent(model, vp[-1] * vp_scale(loop_sigmas[0]))
 
-    rounds = RoundLog(clip_vision, work_image, latent)  # the first round is compared with the source
-    start = first[-1]
+    source_latent = encode(work.image, 0)
+    vp, start = inverted_start(source_latent, 0)
+    background = backgrounds(vp, loop_steps, faithful)
+    rounds = RoundLog(clip_vision, work.image, source_latent)  # the first round is compared with the source
     while True:  # at least one round: editing has no first pass of its own
         comfy.model_management.throw_exception_if_processing_interrupted()
         t = time.perf_counter()
-        round_seed = settings.seed + rounds.loops
-        sampler = _blend_sampler(step_sampler, background, latent_mask, round_seed)
-        raw_start = _to_raw(model, start)
-        x = comfy.sample.sample_custom(edit_model, torch.zeros_like(raw_start), settings.cfg, sampler, loop_sigmas,
-                                       positive, negative, raw_start, callback=progress.callback,
-                                       disable_pbar=True, seed=round_seed)
+        sampler = _blend_sampler(step_sampler, background, work.latent_mask, settings.seed, rounds.loops)
+        x = comfy.sample.sample_custom(edit_model, torch.zeros_like(start), settings.cfg, sampler, loop_sigmas,
+                                       positive, negative, start, callback=progress.callback,
+                                       disable_pbar=True, seed=derive_seed(settings.seed, "edit", rounds.loops))
+        require_finite(x, f"editing round {rounds.loops + 1}")
         progress.finish_round(loop_steps)
         image_now = rounds.add(vae, x, t)
         go_on, reason = policy.next_step(rounds.loops, rounds.last_similarity)
         if not go_on:
             break
-        start = inverted(vae.encode(image_now[..., :3]) if settings.faithful else x)[-1]
+        current = encode(image_now[..., :3], rounds.loops) if faithful else x
+        start = inverted_start(current, rounds.loops)[1]
     progress.finish()
 
-    result_image = image_now[..., :3]
-    if settings.output_size == "source":
-        result_image = _resize_image(result_image, (height, width))
-        full_mask = mask[..., None]
-        result_image = source * (1 - full_mask) + result_image * full_mask
+    result_image = finish_image(image_now[..., :3], source, mask, work, settings)
     report = {
         **rounds.report(),
         "stop_reason": reason,
         "unet_evaluations": edit_counter.calls,
         "inversion_evaluations": inversion_counter.calls,
         "reference_unet_evaluations": n + rounds.loops * loop_steps,
-        "reference_inversion_evaluations": rounds.loops * math.ceil(settings.split_ratio * n),
-        "processing_size": list(size), "output_size": list(result_image.shape[1:3]),
-        "inversion": f"{settings.solver} over {len(inversion_sigmas) - 1} steps",
-        "mode": "faithful" if settings.faithful else "clean",
+        "reference_inversion_evaluations": rounds.loops * (len(levels) - 1),
+        "processing_size": list(work.image.shape[1:3]), "output_size": list(result_image.shape[1:3]),
+        "inversion": f"{settings.solver} over {len(levels) - 1} steps",
+        "inversion_timesteps": [round(float(model_sampling.timestep(s)), 2) for s in levels],
+        **schedule_report(model_sampling, sigmas, schedule_name, settings.steps),
+        "mode": "reference" if settings.reference_output else "faithful" if faithful else "clean",
         "seconds": {"loops_s": rounds.seconds, "total_s": round(time.perf_counter() - started, 3)},
         "warnings": warnings,
     }
     return EditResult(image=result_image, latent=x, round_images=rounds.all_images(), report=report)
 
 
-def _to_raw(model, x_model_space: torch.Tensor) -> torch.Tensor:
-    """Sampling takes raw VAE latents and scales them itself: undo that scaling for a model-space start."""
-    return model.model.process_latent_out(x_model_space)
+def finish_image(decoded: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, work: WorkInputs,
+                 settings: EditSettings) -> torch.Tensor:
+    """The reference returns the decoded work image at its short-512 size; ours pastes the edit into the
+    source at the source size (pixels outside the mask exactly the source's)."""
+    if settings.reference_output:
+        return _pil_resize(decoded[0], work.result_size)[None]
+    if settings.output_size != "source":
+        return decoded
+    height, width = source.shape[1:3]
+    full_mask = mask[..., None]
+    return source * (1 - full_mask) + _resize_image(decoded, (height, width)) * full_mask

@@ -19,8 +19,11 @@ import comfy.samplers
 
 from .autostop import LoopPolicy
 from .inject import subject_injections
-from .sampling import ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, with_window
-from .schedule import appearance_start_index, loop_start_index, reference_unet_calls, renoise_coefficients
+from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite, sampling_schedule,
+                       schedule_report, start_latent, with_window)
+from .schedule import (appearance_start_index, derive_seed, loop_start_index, reference_unet_calls,
+                       renoise_coefficients, vp_scale)
+from .vae_sample import encode_sample
 
 log = logging.getLogger("EZIGen")
 
@@ -54,6 +57,12 @@ class GenerationResult:
         return json.dumps(self.report, indent=2)
 
 
+LOOP_NEGATIVE_NEEDED = (
+    "mode = faithful runs the loops with the empty prompt as their negative, as the reference does: connect a "
+    "CLIPTextEncode with an empty text to the EZIGen Sampler's loop_negative input (or choose mode = clean, which "
+    "reuses the negative prompt).")
+
+
 def run_generation(model, positive, negative, latent: dict, vae, settings: GenerationSettings,
                    loop_negative=None, clip_vision=None) -> GenerationResult:
     started = time.perf_counter()
@@ -68,48 +77,57 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
         warnings.append("The MODEL carries no EZIGen patch (connect Patch UNet Attention): sampling without a subject.")
         log.warning("EZIGen Sampler: %s", warnings[-1])
 
-    s, policy = settings.split_ratio, settings.policy
+    s, policy, faithful = settings.split_ratio, settings.policy, settings.faithful
     model_sampling = model.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler, settings.steps).cpu()
-    n = len(sigmas) - 1  # some schedulers (ddim_uniform when 1000 % steps is large) give one step more
+    sigmas, schedule_name = sampling_schedule(model_sampling, settings.scheduler, settings.steps, faithful)
+    n = len(sigmas) - 1  # ComfyUI's ddim_uniform can give one step more than asked
     i0 = appearance_start_index(n, s)
     k = loop_start_index(n, s)
     loop_sigmas = sigmas[k:]
     loop_steps = n - k
     if loop_steps == 0 and policy.most_loops > 0:
         warnings.append(f"split_ratio {s} leaves no steps to refine: no loops run.")
+    if loop_negative is None:
+        if faithful and loop_steps > 0 and policy.most_loops > 0:
+            raise ValueError(LOOP_NEGATIVE_NEEDED)
+        loop_negative = negative
     sampler = comfy.samplers.sampler_object(settings.sampler_name)
     counter = CallCounter()
     decoupled_window = (float(sigmas[i0]), 0.0) if i0 < n else NEVER_ON
     decoupled_model = with_window(model, decoupled_window, counter)
     loop_model = with_window(model, ALWAYS_ON, counter)
-    loop_negative = negative if loop_negative is None else loop_negative
     progress = Progress(model, n + policy.most_loops * loop_steps)
     timings = {}
 
     batch_inds = latent.get("batch_index")
     noise = comfy.sample.prepare_noise(samples, settings.seed, batch_inds)
     t = time.perf_counter()
+    if faithful:  # the reference starts from unit-variance noise at its first timestep
+        first = model.model.process_latent_in(samples) + noise * vp_scale(sigmas[0])
+        samples, noise = start_latent(model, first), torch.zeros_like(noise)
     x = comfy.sample.sample_custom(decoupled_model, noise, settings.cfg, sampler, sigmas, positive, negative,
                                    samples, callback=progress.callback, disable_pbar=True, seed=settings.seed)
+    require_finite(x, "the first pass")
     progress.finish_round(n)
     image = vae.decode(x)
     timings["decoupled_s"] = round(time.perf_counter() - t, 3)
     rounds = RoundLog(clip_vision, image, x)
     reason = "no loops requested" if loop_steps else "no steps to refine"
+    a, b = renoise_coefficients(model_sampling, s, float(loop_sigmas[0]), faithful)
     while loop_steps > 0:
         go_on, reason = policy.next_step(rounds.loops, rounds.last_similarity)
         if not go_on:
             break
         comfy.model_management.throw_exception_if_processing_interrupted()
         t = time.perf_counter()
-        round_seed = settings.seed + rounds.loops + 1
-        z = vae.encode(image[..., :3]) if settings.faithful else x
-        a, b = renoise_coefficients(model_sampling, s, float(loop_sigmas[0]), settings.faithful)
-        eps = comfy.sample.prepare_noise(z, round_seed, batch_inds)
-        x = comfy.sample.sample_custom(loop_model, eps * (b / float(loop_sigmas[0])), settings.cfg, sampler,
-                                       loop_sigmas, positive, loop_negative, z * a, callback=progress.callback,
-                                       disable_pbar=True, seed=round_seed)
+        loop = rounds.loops + 1
+        z = encode_sample(vae, image[..., :3], derive_seed(settings.seed, "vae", loop)) if faithful else x
+        eps = comfy.sample.prepare_noise(z, derive_seed(settings.seed, "renoise", loop), batch_inds)
+        start = start_latent(model, model.model.process_latent_in(z) * a + eps * b)
+        x = comfy.sample.sample_custom(loop_model, torch.zeros_like(start), settings.cfg, sampler, loop_sigmas,
+                                       positive, loop_negative, start, callback=progress.callback,
+                                       disable_pbar=True, seed=derive_seed(settings.seed, "sampler", loop))
+        require_finite(x, f"loop {loop}")
         progress.finish_round(loop_steps)
         image = rounds.add(vae, x, t)
     progress.finish()
@@ -121,7 +139,8 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
         "reference_unet_evaluations": reference_unet_calls(n, s, rounds.loops),
         "steps": settings.steps, "schedule_steps": n, "split_ratio": s, "appearance_start_step": i0,
         "loop_start_step": k, "loop_steps": loop_steps,
-        "mode": "faithful" if settings.faithful else "clean",
+        **schedule_report(model_sampling, sigmas, schedule_name, settings.steps),
+        "mode": "faithful" if faithful else "clean",
         "seconds": {**timings, "loops_s": rounds.seconds, "total_s": round(time.perf_counter() - started, 3)},
         "warnings": warnings,
     }

@@ -7,6 +7,7 @@ from comfy.patcher_extension import WrappersMP
 
 from .capture import SubjectFeatures
 from .layout import require_ezigen_layout
+from .schedule import appearance_start_index
 from .slots import SLOT_COUNT
 
 KV_WRAPPER_KEY = "ezigen_subject_kv"
@@ -22,12 +23,15 @@ class SubjectInjection:
     """
 
     def __init__(self, adapter_patcher, subject: SubjectFeatures, strength: float,
-                 sigma_start: float, sigma_end: float):
+                 start_percent: float, end_percent: float, model_sampling):
         self.adapter_patcher = adapter_patcher
         self.subject = subject
         self.strength = float(strength)
-        self.sigma_start = float(sigma_start)  # active while sigma_end <= sigma <= sigma_start
-        self.sigma_end = float(sigma_end)
+        self.start_percent = float(start_percent)
+        self.end_percent = float(end_percent)
+        self.model_sampling = model_sampling
+        # without a known schedule: active while sigma_end <= sigma <= sigma_start
+        self.sigma_start, self.sigma_end = percent_sigma_range(model_sampling, start_percent, end_percent)
         self._kv_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ComfyUI patch-object protocol -------------------------------------------------------------
@@ -50,17 +54,40 @@ class SubjectInjection:
         self._kv_cache.clear()
 
     # the patch ------------------------------------------------------------------------------------
-    def active_mask(self, sigmas: torch.Tensor | None, batch: int,
-                    window: tuple[float, float] | None = None) -> torch.Tensor | None:
-        """Per-sample gate (None = all on); the UNet batch is the latent batch times the cond chunks."""
+    def active_mask(self, sigmas: torch.Tensor | None, batch: int, window: tuple[float, float] | None = None,
+                    schedule: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Per-sample gate (None = all on); the UNet batch is the latent batch times the cond chunks.
+
+        `window` (the EZIGen nodes' own) wins; else a whole schedule gates by step index as the
+        reference does; else the sigma window of the percents."""
         if sigmas is None:
             return None
-        sigma_start, sigma_end = window if window is not None else (self.sigma_start, self.sigma_end)
         sigmas = sigmas.flatten().float()
-        on = (sigmas <= sigma_start) & (sigmas >= sigma_end)
+        on = self._step_gate(sigmas, schedule) if window is None else None
+        if on is None:
+            sigma_start, sigma_end = window if window is not None else (self.sigma_start, self.sigma_end)
+            on = (sigmas <= sigma_start) & (sigmas >= sigma_end)
         if batch % on.numel() == 0:
             return on.repeat(batch // on.numel())
         return on.any().expand(batch)
+
+    def _step_gate(self, sigmas: torch.Tensor, schedule: torch.Tensor | None) -> torch.Tensor | None:
+        """On at step i iff (1 - s) N < i + 1 in float arithmetic, s = 1 - start_percent (the reference's
+        skip_adapter_ratio rule), for a schedule that starts at the top of the noise range (not the
+        tail of a denoise < 1 run, where the percents keep their ComfyUI meaning of noise levels)."""
+        if schedule is None or len(schedule) < 2:
+            return None
+        levels = schedule[:-1].flatten().float().cpu()
+        steps = len(levels)
+        if float(levels[0]) < float(self.model_sampling.percent_to_sigma(1.0 / steps)):
+            return None
+        match = torch.isclose(sigmas.cpu()[:, None], levels[None], rtol=1e-4, atol=0.0)
+        if not bool(match.any(dim=1).all()):
+            return None
+        index = match.float().argmax(dim=1)
+        first = appearance_start_index(steps, 1.0 - self.start_percent)
+        stop = appearance_start_index(steps, 1.0 - self.end_percent)
+        return ((index >= first) & (index < stop)).to(sigmas.device)
 
     def subject_kv(self, slot: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (slot, device, dtype)
@@ -77,7 +104,8 @@ class SubjectInjection:
         slot = extra_options.get("transformer_index")
         if slot is None or not 0 <= slot < SLOT_COUNT:
             return x
-        on = self.active_mask(extra_options.get("sigmas"), x.shape[0], extra_options.get(SIGMA_WINDOW_OPTION))
+        on = self.active_mask(extra_options.get("sigmas"), x.shape[0], extra_options.get(SIGMA_WINDOW_OPTION),
+                              extra_options.get("sample_sigmas"))
         if on is not None and not bool(on.any()):
             return x
         subject_k, subject_v = self.subject_kv(slot, x.device, x.dtype)
@@ -101,8 +129,8 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
         if feature.shape[-1] != width:
             raise ValueError(f"subject feature {k} is {feature.shape[-1]}-wide but the adapter expects {width}: "
                              "encode the subject with the same EZIGen encoder")
-    sigma_start, sigma_end = percent_sigma_range(model.get_model_object("model_sampling"), start_percent, end_percent)
-    injection = SubjectInjection(encoder.adapter, subject, strength, sigma_start, sigma_end)
+    injection = SubjectInjection(encoder.adapter, subject, strength, start_percent, end_percent,
+                                 model.get_model_object("model_sampling"))
     patched = model.clone()
     patched.set_model_patch(injection, "middle_patch")
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, injection.outer_sample_wrapper)

@@ -8,12 +8,13 @@ t = 381 after ceil(s * N) steps. Euler (= deterministic DDIM) inversion is the s
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
 import comfy.model_management
 import comfy.samplers
+
+from .schedule import vp_scale
 
 EXCEPTIONAL_TOKEN_ID = 7788
 SOLVERS = ("dpmpp_2m", "euler")
@@ -39,12 +40,6 @@ def exceptional_prompt(clip) -> torch.Tensor:
                                   final_layer_norm_intermediate=encoder.layer_norm_hidden_state, dtype=torch.float32)
     context = outputs[1] if hidden else outputs[0]
     return context.float().to(comfy.model_management.intermediate_device())
-
-
-def reference_inversion_timesteps(steps: int, split: float) -> list[int]:
-    """The reference's inverse-scheduler timesteps actually visited: 1, 1 + r, ..., ceil(s N) steps."""
-    ratio = 1000 // (steps + 1)
-    return [j * ratio + 1 for j in range(math.ceil(split * steps) + 1)]
 
 
 def _dpmpp_2m_inverse(model, x, sigmas, extra_args=None, callback=None, disable=None, trajectory=None):
@@ -100,6 +95,6 @@ def invert(model, context: torch.Tensor, latent: torch.Tensor, sigmas: torch.Ten
     conditioning = [[context, {}]]
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)
-    start = latent * math.sqrt(1.0 + float(sigmas[0]) ** 2)  # x_vp = z at the first level, as x_ve
+    start = latent * vp_scale(sigmas[0])  # x_vp = z at the first level, as x_ve
     guider.sample(torch.zeros_like(start), start, sampler, sigmas, disable_pbar=True, seed=0)
     return [x.to(comfy.model_management.intermediate_device()) for x in trajectory]

@@ -1,5 +1,5 @@
-"""Pieces shared by generation and editing: gating a model clone, counting UNet calls, one progress
-bar across rounds, and the per-round embedding for the autostop."""
+"""Pieces shared by generation and editing: the schedule, where a stage starts, gating a model clone,
+counting UNet calls, one progress bar across rounds, and the per-round embedding for the autostop."""
 from __future__ import annotations
 
 import time
@@ -7,11 +7,13 @@ import time
 import torch
 
 import comfy.model_management
+import comfy.samplers
 import comfy.utils
 import latent_preview
 from comfy.patcher_extension import WrappersMP
 
 from .inject import SIGMA_WINDOW_OPTION
+from .schedule import reference_sigmas, reference_timesteps
 from .similarity import clip_embeddings, cosine
 
 ALWAYS_ON = (float("inf"), 0.0)
@@ -55,6 +57,37 @@ def with_window(model, window: tuple[float, float], counter: CallCounter):
     m.model_options["transformer_options"][SIGMA_WINDOW_OPTION] = window
     m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, COUNTER_KEY, counter)
     return m
+
+
+def sampling_schedule(model_sampling, scheduler: str, steps: int, faithful: bool) -> tuple[torch.Tensor, str]:
+    """(sigmas, name): in faithful mode ddim_uniform is the reference's leading timesteps for every N
+    (ComfyUI's own ddim_uniform has N + 1 steps when 1000 % N is large)."""
+    if faithful and scheduler == "ddim_uniform":
+        return reference_sigmas(model_sampling, steps), "reference (DDPM leading spacing)"
+    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu(), scheduler
+
+
+def schedule_report(model_sampling, sigmas: torch.Tensor, name: str, steps: int) -> dict:
+    """The timesteps sampled beside the reference's, so a user can see where they differ."""
+    sampled = [round(float(model_sampling.timestep(s)), 2) for s in sigmas[:-1]]
+    return {"schedule": name, "timesteps": sampled, "reference_timesteps": reference_timesteps(steps)}
+
+
+def start_latent(model, x_model_space: torch.Tensor) -> torch.Tensor:
+    """The raw latent that sampling with zero noise starts from exactly at `x_model_space`.
+
+    Passing the start as the latent (not as noise that ComfyUI scales by sigma_0, or by
+    sqrt(1 + sigma_0^2) at sigma_max) lets each stage start where the reference does.
+    """
+    return model.model.process_latent_out(x_model_space)
+
+
+def require_finite(x: torch.Tensor, stage: str) -> torch.Tensor:
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"{stage} produced non-finite values (NaN or inf): the model's precision or "
+                                 "these settings do not work here (run the model in fp32, e.g. ComfyUI's --force-fp32, or change "
+                                 "the settings).")
+    return x
 
 
 def round_embedding(clip_vision, image: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:

@@ -9,11 +9,59 @@ N = steps, s = split_ratio (the share of the schedule that transfers appearance)
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
 
 TRAIN_TIMESTEPS = 1000
+SEED_SPACE = 2 ** 64  # the seed widgets' range: 0 .. 2^64 - 1
+
+
+def derive_seed(seed: int, *path: int | str) -> int:
+    """A seed of its own for each (stream, round, step) below one widget seed.
+
+    `seed + k` both overflows at the widget's largest values and makes neighbouring rounds share
+    noise streams; hashing the path gives every draw its own stream, deterministic per seed.
+    """
+    key = ":".join(str(part) for part in (seed % SEED_SPACE, *path)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+def reference_timesteps(steps: int) -> list[int]:
+    """The reference's DDPM "leading" timesteps, highest first: t = k * (1000 // N) + 1.
+
+    Only N = 1000 would index past t = 999; there the grid is shifted down by one (999 .. 0) so that
+    every level stays distinct.
+    """
+    ratio = max(1, TRAIN_TIMESTEPS // steps)
+    offset = min(1, TRAIN_TIMESTEPS - 1 - (steps - 1) * ratio)
+    return [k * ratio + offset for k in reversed(range(steps))]
+
+
+def reference_sigmas(model_sampling, steps: int) -> torch.Tensor:
+    """`reference_timesteps` as a ComfyUI sigma schedule (ending at 0, the reference's final x0 step)."""
+    timesteps = torch.tensor(reference_timesteps(steps), dtype=torch.float32)
+    return torch.cat([model_sampling.sigma(timesteps).float().cpu(), torch.zeros(1)])
+
+
+def reference_inversion_timesteps(steps: int, split: float) -> list[float]:
+    """The inverse scheduler's timesteps the reference visits: 1, 1 + r, ..., ceil(s N) steps, r = 1000 // (N + 1).
+
+    Where that grid is undefined (r = 0 from N = 1000) or would pass t = 999 (N near 1000, s near 1),
+    the same number of steps is spread evenly from t = 1 to at most t = 999 instead.
+    """
+    count = max(1, math.ceil(split * steps))
+    ratio = TRAIN_TIMESTEPS // (steps + 1)
+    if ratio >= 1 and count * ratio + 1 <= TRAIN_TIMESTEPS - 1:
+        return [j * ratio + 1 for j in range(count + 1)]
+    spacing = min(TRAIN_TIMESTEPS / (steps + 1), (TRAIN_TIMESTEPS - 2) / count)
+    return [1 + j * spacing for j in range(count + 1)]
+
+
+def vp_scale(sigma) -> float:
+    """ComfyUI's latent at sigma is the reference's variance-preserving latent times sqrt(1 + sigma^2)."""
+    return math.sqrt(1.0 + float(sigma) ** 2)
 
 
 def appearance_start_index(steps: int, split: float) -> int:
@@ -42,7 +90,7 @@ def renoise_coefficients(model_sampling, split: float, sigma_start: float, faith
         return 1.0, float(sigma_start)
     sigma_t = float(model_sampling.sigma(torch.tensor(float(reference_renoise_timestep(split)))))
     alpha_bar = 1.0 / (1.0 + sigma_t ** 2)
-    scale = math.sqrt(1.0 + float(sigma_start) ** 2)
+    scale = vp_scale(sigma_start)
     return math.sqrt(alpha_bar) * scale, math.sqrt(1.0 - alpha_bar) * scale
 
 

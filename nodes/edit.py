@@ -10,6 +10,7 @@ from ..ezigen_lib.inversion import SOLVERS, exceptional_prompt
 from .common import MODES, autostop_inputs, similarity_chart_output
 
 MASK_MODES = ["soft", "hard"]
+EDIT_MODES = [*MODES, "reference"]
 
 
 class EZIGenEdit(io.ComfyNode):
@@ -35,21 +36,27 @@ class EZIGenEdit(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="What the edited region shows, e.g. 'a dog on the sofa'."),
                 io.Conditioning.Input("negative", tooltip="The reference uses an empty prompt here."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the sampler noise; round k uses seed + k."),
+                             tooltip="Seed of the sampler noise; every round and step derives its own from it."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Steps of the full schedule (N)."),
                 io.Float.Input("cfg", default=2.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Guidance while editing (the reference uses 2)."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSAMPLER_NAMES, default="ddpm",
                                tooltip="Stepped one interval at a time (multistep samplers act first order)."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform",
-                               tooltip="ddim_uniform gives the reference's timesteps 981, 961, ..., 1 for 50 steps."),
+                               tooltip="ddim_uniform gives the reference's timesteps (981, 961, ..., 1 for 50 steps; "
+                                       "in faithful mode exactly the reference's for every step count)."),
                 io.Float.Input("split_ratio", default=0.4, min=0.05, max=1.0, step=0.05,
                                tooltip="How deep to invert: the last split_ratio of the steps are regenerated. "
                                        "Larger = more change in the masked region."),
                 *autostop_inputs("rounds", fewest=1),
-                io.Combo.Input("mode", options=MODES, default="faithful",
-                               tooltip="faithful: the reference's inversion steps (t = 1, 20, ..., 381), its "
-                                       "one-step-late background and VAE round trips. clean: invert along the exact "
+                io.Combo.Input("mode", options=EDIT_MODES, default="faithful",
+                               tooltip="faithful: the reference's maths (its timesteps for every step count with "
+                                       "ddim_uniform, inversion steps t = 1, 20, ..., 381, one-step-late background, "
+                                       "sampled VAE round trips), with this node's mask, size and compositing "
+                                       "options. reference: all of that plus the reference's own pre- and "
+                                       "post-processing, so the output is what the reference returns (hard mask, "
+                                       "short side 512, the decoded work image, no compositing; mask_mode, "
+                                       "short_side and output_size are not used). clean: invert along the exact "
                                        "levels the editing steps visit and restore the background at the level "
                                        "just reached."),
                 io.Combo.Input("inversion", options=list(SOLVERS), default="dpmpp_2m",
@@ -82,7 +89,7 @@ class EZIGenEdit(io.ComfyNode):
         settings = EditSettings(
             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, split_ratio=split_ratio,
             policy=LoopPolicy(loops=loops, min_loops=min_loops, max_loops=max_loops, threshold=sim_threshold),
-            faithful=mode == "faithful", solver=inversion, hard_mask=mask_mode == "hard", short_side=short_side,
+            faithful=mode != "clean", reference_output=mode == "reference", solver=inversion, hard_mask=mask_mode == "hard", short_side=short_side,
             output_size=output_size)
         result = run_edit(model, exceptional_prompt(clip), vae, image, mask, positive, negative, settings, clip_vision)
         chart = similarity_chart(result.report.get("similarities", []), sim_threshold, result.report["stop_reason"])

@@ -28,25 +28,28 @@ class EZIGenSampler(io.ComfyNode):
                 io.Latent.Input("latent_image", tooltip="An empty latent (EmptyLatentImage) of the SD checkpoint."),
                 io.Vae.Input("vae", tooltip="Decodes each round (for the similarity and the round images)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the first pass; loop k uses seed + k."),
+                             tooltip="Seed of the first pass (as KSampler); each loop derives its own noise from it."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Steps of the full schedule (N)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance, first pass and loops."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddpm",
                                tooltip="ddpm reproduces the reference's DDPM ancestral sampler."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="ddim_uniform",
-                               tooltip="ddim_uniform gives the reference's timesteps 981, 961, ..., 1 for 50 steps."),
+                               tooltip="ddim_uniform gives the reference's timesteps (981, 961, ..., 1 for 50 steps; "
+                                       "in faithful mode exactly the reference's for every step count)."),
                 io.Float.Input("split_ratio", default=0.4, min=0.0, max=1.0, step=0.05,
                                tooltip="Share of the steps that transfer the subject's appearance (the rest is "
                                        "text-only layout); the loops re-run this last share. 0 = plain text-to-image."),
                 *autostop_inputs("loops", fewest=0),
                 io.Combo.Input("mode", options=MODES, default="faithful",
-                               tooltip="faithful: the reference's loop (VAE round trip, noise to t=400 but denoise "
-                                       "from t=381, loop negative prompt empty). clean: re-noise the latent exactly "
-                                       "to the loop's start and keep the negative prompt."),
+                               tooltip="faithful: the reference's method (unit-variance start noise, its timesteps, "
+                                       "sampled VAE round trip, noise to t=400 but denoise from t=381, the empty "
+                                       "prompt as the loops' negative: wire it into loop_negative). clean: re-noise "
+                                       "the latent exactly to the loop's start and keep the negative prompt."),
                 io.Conditioning.Input("loop_negative", optional=True,
-                                      tooltip="Negative prompt of the loops; the reference uses an empty prompt "
-                                              "(CLIPTextEncode with no text). Defaults to the negative."),
+                                      tooltip="Negative prompt of the loops: the reference uses the empty prompt "
+                                              "(CLIPTextEncode with no text), which faithful mode needs here. In "
+                                              "clean mode it defaults to the negative."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Image encoder for the autostop similarity (OpenAI ViT-B/32 as the "
                                             "reference). Without it the latents are compared instead."),

@@ -24,7 +24,8 @@ class EZIGenEncodeSubject(io.ComfyNode):
                                               "encoder checkpoint's CLIP."),
                 io.Image.Input("image", tooltip="Subject image(s); a plain or white background works best."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the small noise added at timestep 1."),
+                             tooltip="Seed of the VAE posterior sample and of the small noise added at timestep 1 "
+                                     "(both as the reference)."),
                 io.Int.Input("resolution", default=512, min=64, max=2048, step=64,
                              tooltip="Square size the subject is resized to before encoding (512 as trained)."),
                 io.Mask.Input("mask", optional=True,

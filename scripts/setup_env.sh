@@ -47,6 +47,6 @@ else
 fi
 
 grep -v -E '^\s*(#|$)' "$comfy_req" | grep -v -E '^(torch|torchvision|torchaudio)\s*$' > "$venv/.comfy-requirements.txt"
-quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest playwright tensorboard diffusers
+quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest playwright tensorboard diffusers hypothesis
 echo "$want" > "$stamp"
 echo "[setup] done" >&2

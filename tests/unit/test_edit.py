@@ -6,7 +6,8 @@ import torch
 
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.edit import EditInputError, EditSettings, processing_size, run_edit
-from ezigen_lib.inversion import invert, reference_inversion_timesteps
+from ezigen_lib.inversion import invert
+from ezigen_lib.schedule import reference_inversion_timesteps
 from ezigen_lib.sampling import NEVER_ON, CallCounter, with_window
 
 from .tiny import patched_tiny, random_context

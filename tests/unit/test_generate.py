@@ -13,6 +13,7 @@ from .tiny import patched_tiny, random_context, tiny_model
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
+EMPTY_PROMPT = [[random_context(102), {}]]  # stands for CLIPTextEncode("") in loop_negative
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +22,15 @@ def parts():
     return patched_tiny(0.0, 0.0)
 
 
-def generate(parts, batch=1, model=None, latent=None, **kw):
+def generate(parts, batch=1, model=None, latent=None, loop_negative=EMPTY_PROMPT, **kw):
     model_, vae = parts
     kw.setdefault("sampler_name", "euler")
     kw.setdefault("seed", 1)
     settings = GenerationSettings(**kw)
     samples = torch.zeros(batch, 4, 8, 8) if latent is None else latent
     with torch.inference_mode():
-        return run_generation(model or model_, POSITIVE, NEGATIVE, {"samples": samples}, vae, settings)
+        return run_generation(model or model_, POSITIVE, NEGATIVE, {"samples": samples}, vae, settings,
+                              loop_negative=loop_negative)
 
 
 def test_gate_on_exactly_at_the_appearance_steps_and_in_every_loop_step(parts, monkeypatch):
@@ -62,9 +64,14 @@ def test_unet_evaluations_are_n_plus_loops_times_loop_steps(parts, steps, split,
 
 
 def test_counts_use_the_schedule_actually_sampled(parts):
-    result = generate(parts, steps=6, split_ratio=0.5, policy=LoopPolicy(loops=1))  # ddim_uniform: 7 sigmas steps
+    # clean mode samples ComfyUI's ddim_uniform, which has 7 steps for 6
+    result = generate(parts, steps=6, split_ratio=0.5, policy=LoopPolicy(loops=1), faithful=False)
     assert result.report["schedule_steps"] == 7 and result.report["loop_steps"] == 4
     assert result.report["unet_evaluations"] == 7 + 4
+    # faithful mode samples the reference's 6 timesteps
+    result = generate(parts, steps=6, split_ratio=0.5, policy=LoopPolicy(loops=1))
+    assert result.report["schedule_steps"] == 6 and result.report["loop_steps"] == 3
+    assert result.report["unet_evaluations"] == 6 + 3
 
 
 def test_autostop_stops_on_similarity(parts):

@@ -6,7 +6,7 @@ import torch
 
 from ezigen_lib.adapter import AdapterSet, BlockAdapter
 from ezigen_lib.capture import encode_subject
-from ezigen_lib.inject import SubjectInjection, apply_subject
+from ezigen_lib.inject import SIGMA_WINDOW_OPTION, SubjectInjection, apply_subject
 from ezigen_lib.layout import UnsupportedModelError
 
 from .tiny import random_context, sample, tiny_encoder, tiny_flux, tiny_model, tiny_sdxl_like, tiny_vae
@@ -80,9 +80,10 @@ def test_batches_and_cfg_match_single_samples(setup, batch, cfg):
 
 def test_mixed_sigmas_in_one_batch_gate_per_sample(setup):
     base, encoder, subject = setup
-    injection = SubjectInjection(encoder.adapter, subject, 1.0, sigma_start=1.0, sigma_end=0.0)
+    injection = SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"))
     x = torch.randn(4, 16, 64)  # 2 latents x (cond, uncond)
-    out = injection(x, {"transformer_index": 0, "sigmas": torch.tensor([5.0, 0.5]), "attn_precision": None})
+    out = injection(x, {"transformer_index": 0, "sigmas": torch.tensor([5.0, 0.5]), "attn_precision": None,
+                        SIGMA_WINDOW_OPTION: (1.0, 0.0)})
     changed = [(out[i] - x[i]).abs().max().item() > 0 for i in range(4)]
     assert changed == [False, True, False, True]
 
@@ -156,8 +157,8 @@ def test_attention_precision_reaches_the_adapter_attention(setup, monkeypatch):
     original = attention.optimized_attention
     monkeypatch.setattr(attention, "optimized_attention",
                         lambda *a, **k: seen.append(k.get("attn_precision")) or original(*a, **k))
-    _, encoder, subject = setup
-    injection = SubjectInjection(encoder.adapter, subject, 1.0, sigma_start=1.0, sigma_end=0.0)
+    base, encoder, subject = setup
+    injection = SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"))
     injection(torch.randn(1, 16, 64), {"transformer_index": 0, "sigmas": torch.tensor([0.5]),
                                        "attn_precision": torch.float32})
     assert seen == [torch.float32]
