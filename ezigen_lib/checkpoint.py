@@ -96,6 +96,13 @@ def _strip_module(key: str) -> str:
     return key[len("module."):] if key.startswith("module.") else key
 
 
+def _reference_name(canonical: str) -> str:
+    """The reference checkpoint's name for one of our canonical adapter keys ('blocks.K.NAME')."""
+    _, slot, ours = canonical.split(".", 2)
+    reference_tensor = next(ref for ref, name in REFERENCE_TENSOR_NAMES.items() if name == ours)
+    return reference_key(int(slot), reference_tensor)
+
+
 def _wanted_keys() -> dict[str, str]:
     """Every accepted source key (canonical or reference) -> canonical key."""
     wanted = {LEARNABLE_WEIGHTS: LEARNABLE_WEIGHTS}
@@ -168,7 +175,11 @@ def _validate(path: Path, tensors: dict[str, torch.Tensor], all_keys: list[str])
         lw = next((k for k in all_keys if _strip_module(k) == LEARNABLE_WEIGHTS), None)
         if len(missing) > len(expected) // 2 or lw is None and len(missing) == len(expected):
             raise _describe_foreign(path, all_keys)
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        if any(".transformer_blocks.0.adapter" in _strip_module(k) for k in all_keys):  # the reference's layout
+            names = [n if n == LEARNABLE_WEIGHTS else f"{n} = '{_reference_name(n)}'" for n in missing[:4]]
+        else:
+            names = missing[:4]
+        shown = ", ".join(names) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise _fail(path, f"{len(missing)} of the {len(expected)} adapter tensors are missing ({shown})")
     lw = tensors[LEARNABLE_WEIGHTS]
     if tuple(lw.shape) != (SLOT_COUNT,):
