@@ -25,7 +25,7 @@ import comfy.samplers
 from .autostop import LoopPolicy
 from .inject import subject_injections
 from .inversion import invert
-from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite, sampling_schedule,
+from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent, sampling_schedule,
                        schedule_report, start_latent, with_window)
 from .schedule import derive_seed, loop_start_index, reference_inversion_timesteps, vp_scale
 from .vae_sample import encode_sample
@@ -251,7 +251,7 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     def inverted_start(current_latent, edit_round):
         """The inversion's end, placed at the editing start level as the reference hands it over."""
         trajectory = invert(base_model, inversion_context, current_latent, levels, settings.solver)
-        require_finite(trajectory[-1], f"the inversion of round {edit_round + 1}")
+        require_finite_latent(trajectory[-1], f"the inversion of round {edit_round + 1}")
         vp = _vp(trajectory, levels)
         return vp, start_latent(model, vp[-1] * vp_scale(loop_sigmas[0]))
 
@@ -266,7 +266,7 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
         x = comfy.sample.sample_custom(edit_model, torch.zeros_like(start), settings.cfg, sampler, loop_sigmas,
                                        positive, negative, start, callback=progress.callback,
                                        disable_pbar=True, seed=derive_seed(settings.seed, "edit", rounds.loops))
-        require_finite(x, f"editing round {rounds.loops + 1}")
+        require_finite_latent(x, f"editing round {rounds.loops + 1}")
         progress.finish_round(loop_steps)
         image_now = rounds.add(vae, x, t)
         go_on, reason = policy.next_step(rounds.loops, rounds.last_similarity)

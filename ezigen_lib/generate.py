@@ -19,7 +19,7 @@ import comfy.samplers
 
 from .autostop import LoopPolicy
 from .inject import subject_injections
-from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite, sampling_schedule,
+from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent, sampling_schedule,
                        schedule_report, start_latent, with_window)
 from .schedule import (appearance_start_index, derive_seed, loop_start_index, reference_unet_calls,
                        renoise_coefficients, vp_scale)
@@ -107,7 +107,7 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
         samples, noise = start_latent(model, first), torch.zeros_like(noise)
     x = comfy.sample.sample_custom(decoupled_model, noise, settings.cfg, sampler, sigmas, positive, negative,
                                    samples, callback=progress.callback, disable_pbar=True, seed=settings.seed)
-    require_finite(x, "the first pass")
+    require_finite_latent(x, "the first pass")
     progress.finish_round(n)
     image = vae.decode(x)
     timings["decoupled_s"] = round(time.perf_counter() - t, 3)
@@ -127,7 +127,7 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
         x = comfy.sample.sample_custom(loop_model, torch.zeros_like(start), settings.cfg, sampler, loop_sigmas,
                                        positive, loop_negative, start, callback=progress.callback,
                                        disable_pbar=True, seed=derive_seed(settings.seed, "sampler", loop))
-        require_finite(x, f"loop {loop}")
+        require_finite_latent(x, f"loop {loop}")
         progress.finish_round(loop_steps)
         image = rounds.add(vae, x, t)
     progress.finish()
