@@ -25,8 +25,8 @@ import comfy.samplers
 from .autostop import LoopPolicy
 from .inject import subject_injections
 from .inversion import invert
-from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent, sampling_schedule,
-                       schedule_report, start_latent, with_window)
+from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent,
+                       sampling_schedule, schedule_report, start_latent, with_window)
 from .schedule import derive_seed, loop_start_index, reference_inversion_timesteps, vp_scale
 from .vae_sample import encode_sample
 

@@ -19,8 +19,8 @@ import comfy.samplers
 
 from .autostop import LoopPolicy
 from .inject import subject_injections
-from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent, sampling_schedule,
-                       schedule_report, start_latent, with_window)
+from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent,
+                       sampling_schedule, schedule_report, start_latent, with_window)
 from .schedule import (appearance_start_index, derive_seed, loop_start_index, reference_unet_calls,
                        renoise_coefficients, vp_scale)
 from .vae_sample import encode_sample

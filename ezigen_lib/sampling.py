@@ -85,8 +85,8 @@ def start_latent(model, x_model_space: torch.Tensor) -> torch.Tensor:
 def require_finite_latent(x: torch.Tensor, stage: str) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(f"{stage} produced non-finite values (NaN or inf): the model's precision or "
-                                 "these settings do not work here (run the model in fp32, e.g. ComfyUI's --force-fp32, or change "
-                                 "the settings).")
+                                 "these settings do not work here (run the model in fp32, e.g. ComfyUI's "
+                                 "--force-fp32, or change the settings).")
     return x
 
 

@@ -89,7 +89,8 @@ class EZIGenEdit(io.ComfyNode):
         settings = EditSettings(
             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, split_ratio=split_ratio,
             policy=LoopPolicy(loops=loops, min_loops=min_loops, max_loops=max_loops, threshold=sim_threshold),
-            faithful=mode != "clean", reference_output=mode == "reference", solver=inversion, hard_mask=mask_mode == "hard", short_side=short_side,
+            faithful=mode != "clean", reference_output=mode == "reference", solver=inversion,
+            hard_mask=mask_mode == "hard", short_side=short_side,
             output_size=output_size)
         result = run_edit(model, exceptional_prompt(clip), vae, image, mask, positive, negative, settings, clip_vision)
         chart = similarity_chart(result.report.get("similarities", []), sim_threshold, result.report["stop_reason"])
