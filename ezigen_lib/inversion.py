@@ -96,5 +96,7 @@ def invert(model, context: torch.Tensor, latent: torch.Tensor, sigmas: torch.Ten
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)
     start = latent * vp_scale(sigmas[0])  # x_vp = z at the first level, as x_ve
+    if len(sigmas) == 1:  # editing starts at the lowest level itself: nothing to invert
+        return [model.model.process_latent_in(start).to(comfy.model_management.intermediate_device())]
     guider.sample(torch.zeros_like(start), start, sampler, sigmas, disable_pbar=True, seed=0)
     return [x.to(comfy.model_management.intermediate_device()) for x in trajectory]

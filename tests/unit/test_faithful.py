@@ -195,7 +195,7 @@ def test_edit_rounds_draw_fresh_noise_at_every_step(parts, monkeypatch):
 
     monkeypatch.setattr(comfy.k_diffusion.sampling, "default_noise_sampler", recording)
     result = edit(parts, steps=10, rounds=3, sampler_name="euler_ancestral")
-    assert result.report["loops"] == 3 and len(draws) == 3 * 4
+    assert result.report["loops"] == 3 and len(draws) == 3 * 3  # 4 steps a round; the last, to sigma 0, adds none
     for i in range(len(draws)):
         for j in range(i):
             assert not torch.equal(draws[i], draws[j]), (i, j)
@@ -297,7 +297,8 @@ def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
     square = (square * 255).round() / 255  # cv2 on 8-bit 0/1 keeps 0/1 with rounding
     expected_mask = F.interpolate(square, size=(64, 89), mode="bilinear", align_corners=False)
     torch.testing.assert_close(seen["mask"], expected_mask)
-    assert float(seen["mask"][0, 0, 32:36].max()) < 0.5  # the soft rows (30..40 of 50) are out
+    assert float(seen["mask"][0, 0, 41:50].max()) == 0.0  # the soft rows (30..40 of 50, 38..51 of 64) are out
+    assert float(seen["mask"][0, 0, 16:36, 30:60].min()) == 1.0  # the fully painted ones are in
     final = np.asarray(pil(decoded[-1][0].numpy()).resize((716, 512), Image.Resampling.BICUBIC)) / 255
     assert result.image.shape == (1, 512, 716, 3)
     torch.testing.assert_close(result.image[0], torch.from_numpy(final).float())
