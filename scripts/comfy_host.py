@@ -52,6 +52,7 @@ __all__ = [
     "PromptRejected",
     "WorkflowError",
     "comfy_root",
+    "host_understands",
     "ui_to_api",
     "ui_workflow_errors",
 ]
@@ -140,6 +141,23 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def host_understands(root: Path, flag: str) -> bool:
+    """Whether the ComfyUI at `root` declares the command-line `flag` and does not mark it deprecated.
+
+    Read from its ``comfy/cli_args.py`` as text (nothing imported): hosts differ, e.g. newer cores
+    deprecate ``--disable-api-nodes``, and an unknown flag makes main.py exit at start-up.
+    """
+    try:
+        text = (Path(root) / "comfy" / "cli_args.py").read_text()
+    except FileNotFoundError:
+        return False
+    for line in text.splitlines():
+        if "add_argument(" in line and (f'"{flag}"' in line or f"'{flag}'" in line):
+            lowered = line.lower()
+            return "deprecated" not in lowered and "argparse.suppress" not in lowered
+    return False
 
 
 def _link_into(target_dir: Path, source: Path, name: str | None = None) -> Path:
@@ -233,10 +251,12 @@ class ComfyServer:
     def command(self) -> list[str]:
         """The exact command line used to start the server (handy in failure messages)."""
         base = str(self.base_dir)
+        # API nodes reach paid web services: keep them off where the host still has the switch.
+        api_nodes = ["--disable-api-nodes"] if host_understands(self.root, "--disable-api-nodes") else []
         return [
             self.python, "main.py", "--cpu",
             "--listen", "127.0.0.1", "--port", str(self.port),
-            "--disable-auto-launch", "--disable-api-nodes",
+            "--disable-auto-launch", *api_nodes,
             "--base-directory", base,
             "--database-url", f"sqlite:///{base}/user/comfyui.db",
             "--preview-method", "none",
