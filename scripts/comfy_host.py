@@ -196,6 +196,7 @@ class ComfyServer:
         port: int | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
+        cpu: bool = True,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.custom_nodes = {k: Path(v) for k, v in (custom_nodes or {}).items()}
@@ -207,6 +208,7 @@ class ComfyServer:
         self.port = port
         self.startup_timeout = startup_timeout
         self.env = dict(env) if env is not None else None
+        self.cpu = cpu  # False: ComfyUI picks the GPU (scripts/gpu_check.sh)
         self.root = comfy_root()
         self.log_path = self.base_dir / "comfyui.log"
         self.client_id = uuid.uuid4().hex
@@ -254,7 +256,7 @@ class ComfyServer:
         # API nodes reach paid web services: keep them off where the host still has the switch.
         api_nodes = ["--disable-api-nodes"] if host_understands(self.root, "--disable-api-nodes") else []
         return [
-            self.python, "main.py", "--cpu",
+            self.python, "main.py", *(["--cpu"] if self.cpu else []),
             "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", *api_nodes,
             "--base-directory", base,
