@@ -7,6 +7,9 @@ from .nodes import NODE_LIST, register_model_folder
 
 register_model_folder()
 
+# The frontend's node docs panel reads web/docs/<NodeId>.md (served under /extensions/<this folder>/).
+WEB_DIRECTORY = "./web"
+
 
 class EZIGenExtension(ComfyExtension):
     @override

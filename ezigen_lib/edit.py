@@ -88,6 +88,12 @@ def check_edit_inputs(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
     if mask.shape[0] != 1:
         raise EditInputError(f"one mask per edit: got a MASK batch of {mask.shape[0]}")
     if mask.shape[1:] != image.shape[1:3]:
+        if not bool(mask.any()):  # LoadImage gives a blank 64x64 MASK for a photo without a painted area
+            raise EditInputError(
+                f"no region is painted: the mask is empty ({tuple(mask.shape[1:])}, all zero) while the source is "
+                f"{tuple(image.shape[1:3])} (H, W). Right-click the Load Image node, open in MaskEditor and paint "
+                "where the subject goes, then save; or connect a MASK of the source's size (e.g. from a "
+                "segmentation node) to EZIGen Edit's mask input")
         raise EditInputError(f"mask size {tuple(mask.shape[1:])} differs from the source size {tuple(image.shape[1:3])} "
                              "(H, W): paint the mask on the source or resize it to the source")
     return image[..., :3].float(), mask.float().clamp(0, 1)

@@ -24,6 +24,11 @@ class EZIGenEncoder:
     adapter: object  # ModelPatcher around an AdapterSet, so model_management loads/offloads it
     info: AdapterInfo
 
+    def models(self) -> list:
+        """The ModelPatchers this bundle holds, for ComfyUI's model tracking (what patches expose
+        through ``models()``): load them with ``comfy.model_management.load_models_gpu``."""
+        return [self.model, self.adapter]
+
 
 def adapter_patcher(state_dict: dict, info: AdapterInfo):
     """Wrap the adapters in their own ModelPatcher; weights stay in file dtype on the offload device."""

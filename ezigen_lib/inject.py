@@ -53,6 +53,11 @@ class SubjectInjection:
     def release_cache(self) -> None:
         self._kv_cache.clear()
 
+    def cleanup(self) -> None:
+        """Patch-object protocol of newer cores (called after sampling, like ControlNet's): drop the
+        per-run subject keys/values so no device tensors outlive the run."""
+        self.release_cache()
+
     # the patch ------------------------------------------------------------------------------------
     def active_mask(self, sigmas: torch.Tensor | None, batch: int, window: tuple[float, float] | None = None,
                     schedule: torch.Tensor | None = None) -> torch.Tensor | None:

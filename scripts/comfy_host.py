@@ -52,6 +52,7 @@ __all__ = [
     "PromptRejected",
     "WorkflowError",
     "comfy_root",
+    "host_understands",
     "ui_to_api",
     "ui_workflow_errors",
 ]
@@ -142,6 +143,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def host_understands(root: Path, flag: str) -> bool:
+    """Whether the ComfyUI at `root` declares the command-line `flag` and does not mark it deprecated.
+
+    Read from its ``comfy/cli_args.py`` as text (nothing imported): hosts differ, e.g. newer cores
+    deprecate ``--disable-api-nodes``, and an unknown flag makes main.py exit at start-up.
+    """
+    try:
+        text = (Path(root) / "comfy" / "cli_args.py").read_text()
+    except FileNotFoundError:
+        return False
+    for line in text.splitlines():
+        if "add_argument(" in line and (f'"{flag}"' in line or f"'{flag}'" in line):
+            lowered = line.lower()
+            return "deprecated" not in lowered and "argparse.suppress" not in lowered
+    return False
+
+
 def _link_into(target_dir: Path, source: Path, name: str | None = None) -> Path:
     """Symlink ``source`` into ``target_dir`` (replacing a stale link), so nothing is copied."""
     source = Path(source).expanduser().resolve()
@@ -178,6 +196,7 @@ class ComfyServer:
         port: int | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
+        cpu: bool = True,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.custom_nodes = {k: Path(v) for k, v in (custom_nodes or {}).items()}
@@ -189,6 +208,7 @@ class ComfyServer:
         self.port = port
         self.startup_timeout = startup_timeout
         self.env = dict(env) if env is not None else None
+        self.cpu = cpu  # False: ComfyUI picks the GPU (scripts/gpu_check.sh)
         self.root = comfy_root()
         self.log_path = self.base_dir / "comfyui.log"
         self.client_id = uuid.uuid4().hex
@@ -233,10 +253,12 @@ class ComfyServer:
     def command(self) -> list[str]:
         """The exact command line used to start the server (handy in failure messages)."""
         base = str(self.base_dir)
+        # API nodes reach paid web services: keep them off where the host still has the switch.
+        api_nodes = ["--disable-api-nodes"] if host_understands(self.root, "--disable-api-nodes") else []
         return [
-            self.python, "main.py", "--cpu",
+            self.python, "main.py", *(["--cpu"] if self.cpu else []),
             "--listen", "127.0.0.1", "--port", str(self.port),
-            "--disable-auto-launch", "--disable-api-nodes",
+            "--disable-auto-launch", *api_nodes,
             "--base-directory", base,
             "--database-url", f"sqlite:///{base}/user/comfyui.db",
             "--preview-method", "none",

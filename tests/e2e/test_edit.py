@@ -118,3 +118,52 @@ def test_exceptional_prompt_construction(stand_in_models):
     assert context.shape == (1, 77, 1024)
     torch.testing.assert_close(seen["x"][0], token.expand(77, -1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(context, want.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_plain_photo_without_a_painted_region_says_how_to_paint_one(server, seed):
+    """A photo with no alpha reaches the edit node as LoadImage's blank 64x64 mask."""
+    Image.fromarray(np.full((80, 112, 3), 140, np.uint8)).save(server.base_dir / "input" / "plain_photo.png")
+    prompt = fast(small(api_prompt(server, "ezigen_edit.json"), seed), seed)
+    source = prompt[node_id(prompt, "EZIGenEdit")]["inputs"]["image"][0]
+    prompt[source]["inputs"]["image"] = "plain_photo.png"
+    with pytest.raises(PromptFailed) as info:
+        server.run(prompt)
+    message = info.value.exception_message
+    assert "no region is painted" in message and "MaskEditor" in message and "connect a MASK" in message
+    assert "differs from the source size" not in message
+
+
+def test_exceptional_prompt_runs_where_the_core_runs_the_text_encoder(stand_in_models):
+    """Newer cores keep text-encoder weights off the GPU and name the compute device in `execution_device`.
+
+    Here the weights stay on the CPU and the encoder is told to run on another device ("meta", the only
+    second device a CPU machine has); the prompt must be computed there, not where the weights are.
+    """
+    import comfy.sd
+    import torch
+
+    from ezigen_lib.inversion import exceptional_prompt, text_encoder_device
+
+    _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(stand_in_models["sd21base"]), output_vae=False,
+                                                          output_model=False)
+    clip.load_model()
+    encoder = clip.cond_stage_model.clip_h
+    assert text_encoder_device(clip) == torch.device(clip.patcher.load_device)
+    encoder.execution_device = torch.device("meta")  # what set_clip_options({"execution_device": ...}) sets
+
+    class Reached(Exception):
+        pass
+
+    seen = {}
+    def stop_at_the_transformer(module, args, kwargs):
+        seen["device"] = kwargs["embeds"].device
+        raise Reached
+
+    hook = encoder.transformer.register_forward_pre_hook(stop_at_the_transformer, with_kwargs=True)
+    try:
+        with torch.inference_mode(), pytest.raises(Reached):
+            exceptional_prompt(clip)
+    finally:
+        hook.remove()
+    assert encoder.transformer.text_model.embeddings.token_embedding.weight.device.type == "cpu"
+    assert seen["device"].type == "meta"

@@ -1,6 +1,7 @@
 """`python -m ezigen_lib.train` on the full-size random-weight SD1.5 checkpoint ComfyUI loads."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
+    from comfy_root import comfy_root
+
+    env = {**os.environ, "COMFYUI_PATH": str(comfy_root())}  # the host under test, as a user points at theirs
     return subprocess.run([sys.executable, "-m", "ezigen_lib.train", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
 
 
 def test_train_save_resume_and_export(tmp_path, stand_in_models):

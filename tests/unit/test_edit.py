@@ -106,7 +106,8 @@ def test_alpha_and_odd_sizes(parts):
 
 @pytest.mark.parametrize("image,mask,message", [
     (torch.rand(2, 50, 70, 3), MASK, "one source image at a time"),
-    (SOURCE, torch.zeros(40, 70), "differs from the source size"),
+    (SOURCE, torch.ones(40, 70), "differs from the source size"),
+    (SOURCE, torch.zeros(64, 64), r"no region is painted.*MaskEditor.*connect a MASK"),  # LoadImage, no alpha
     (SOURCE, torch.zeros(2, 50, 70), "one mask per edit"),
     (SOURCE, torch.zeros(1, 50, 70, 3), "single-channel MASK"),
 ])

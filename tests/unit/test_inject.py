@@ -137,6 +137,26 @@ def test_subject_kv_computed_once_per_run_and_released(setup, monkeypatch):
     assert len(counted) == 32
 
 
+def test_patch_and_encoder_follow_the_cores_model_protocols(setup):
+    """The core collects a patch's models() to load with the UNet and calls cleanup() on what it loaded;
+    the encoder bundle lists the patchers it holds the same way."""
+    import comfy.model_management
+    import comfy.sampler_helpers
+
+    _, encoder, _ = setup
+    model = patch(setup)
+    (injection,) = model.model_options["transformer_options"]["patches"]["middle_patch"]
+    assert model.model_patches_models() == [encoder.adapter]
+    assert encoder.models() == [encoder.model, encoder.adapter]
+    comfy.model_management.load_models_gpu(encoder.models())
+    assert all(comfy.model_management.loaded_models().count(m) == 1 for m in encoder.models())
+    with torch.inference_mode():
+        injection.subject_kv(3, torch.device("cpu"), torch.float32)
+    assert len(injection._kv_cache) == 1
+    comfy.sampler_helpers.cleanup_additional_models([injection])  # what the core does after sampling
+    assert injection._kv_cache == {}
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda: tiny_model(model_channels=128), "has transformer widths \\[128, 256, 512\\] but the EZIGen adapter"),
     (tiny_sdxl_like, "TinySD model with 11 transformer blocks of depths \\[2\\].*SDXL and other layouts"),

@@ -144,12 +144,18 @@ def tiny_sdxl_like():
 
 def tiny_flux():
     """A miniature FLUX (a DiT, no UNet blocks), built from ComfyUI's Flux classes."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
     import comfy.supported_models
 
-    config = comfy.supported_models.Flux({
+    dit_config = {
         "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "vec_in_dim": 32,
         "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
-        "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "patch_size": 2})
+        "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "patch_size": 2}
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        dit_config["txt_ids_dims"] = []  # newer cores (0.8.0) name the text position axes; FLUX.1 has none
+    config = comfy.supported_models.Flux(dit_config)
     base = comfy.model_base.Flux(config, device="cpu")
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
