@@ -4,13 +4,28 @@
 
 The JSON files are the product: they are what users drag into ComfyUI. This script keeps their links
 and slot indices consistent; the browser and server tests check them against the real ComfyUI.
+
+Widget values are written here by input name. The frontend saves them as a positional list, so the
+builder lays them out with the node's schema from a real ComfyUI's /object_info (the CLI starts a
+throw-away server with this pack installed) and checks each value against its input's type, range or
+options. Two same-typed inputs swapped in a schema then change the written list, and the e2e test
+that reads the committed files back by name (tests/e2e/test_workflow_widgets.py) fails.
 """
 from __future__ import annotations
 
 import json
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_host import VIRTUAL_NODE_TYPES, ComfyServer, widgets_values_from_names  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORKFLOWS = REPO / "workflows"
 
 # One-click downloads: a loader node's properties.models lists the files it can load with a public download;
 # the frontend offers them when they are missing (it matches `name` against the node's widget values).
@@ -37,10 +52,16 @@ ADAPTER_NOTE = ("EZIGen adapter: download checkpoint-200000.zip from the EZIGen 
 
 
 class WF:
-    """A UI-format graph under construction: nodes get consecutive ids, links are type-checked."""
+    """A UI-format graph under construction: nodes get consecutive ids, links are type-checked.
 
-    def __init__(self):
+    `widgets` is a dict {input name: value} for real nodes (None = no widgets), a list only for
+    frontend-only nodes (Note); :meth:`workflow` turns the names into ``widgets_values``.
+    """
+
+    def __init__(self, filename: str):
+        self.filename = filename
         self.nodes, self.links = [], []
+        self.named: dict[int, dict[str, Any]] = {}
 
     def node(self, type_, pos, widgets=None, inputs=(), outputs=(), size=(315, 100), title=None, props=None, mode=0):
         nid = len(self.nodes) + 1
@@ -48,6 +69,9 @@ class WF:
              "mode": mode, "inputs": [{"name": name, "type": t, "link": None} for name, t in inputs],
              "outputs": [{"name": name, "type": t, "links": [], "slot_index": i} for i, (name, t) in enumerate(outputs)],
              "properties": {"Node name for S&R": type_, **(props or {})}, "widgets_values": list(widgets or [])}
+        if type_ not in VIRTUAL_NODE_TYPES:
+            self.named[nid] = dict(widgets or {})
+            n["widgets_values"] = None  # laid out by workflow()
         if title:
             n["title"] = title
         self.nodes.append(n)
@@ -71,45 +95,60 @@ class WF:
         s["outputs"][src_slot]["links"].append(lid)
         self.links.append([lid, src, src_slot, dst, slot, t])
 
-    def dump(self, path: Path) -> None:
-        wf = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-              "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
-              "version": 0.4}
-        path.write_text(json.dumps(wf, indent=1) + "\n")
+    def workflow(self, object_info: dict[str, Any]) -> dict[str, Any]:
+        """The UI-format JSON, each node's named widgets laid out and checked by its /object_info schema;
+        raises ValueError listing every problem as "file: node id type: input: ..."."""
+        nodes, problems = json.loads(json.dumps(self.nodes)), []
+        for node in nodes:
+            if node["id"] not in self.named:
+                continue
+            info = object_info.get(node["type"])
+            if info is None:
+                problems.append(f"{self.filename}: node {node['id']} {node['type']}: not in /object_info")
+                continue
+            node["widgets_values"], found = widgets_values_from_names(info, node, self.named[node["id"]])
+            problems += [f"{self.filename}: node {node['id']} {node['type']}: {p}" for p in found]
+        if problems:
+            raise ValueError("widget values do not fit the schema:\n  " + "\n  ".join(problems))
+        return {"last_node_id": len(nodes), "last_link_id": len(self.links), "nodes": nodes,
+                "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+                "version": 0.4}
 
 
 def ezigen_edit_part(w, ckpt, source_image_src, mask_src, x0=840):
     """SD2.1-base + EZIGen nodes editing an IMAGE with a MASK; returns the edit node id."""
-    subj_img = w.node("LoadImage", (x0 - 460, 700), ["ezigen_subject.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    subj_img = w.node("LoadImage", (x0 - 460, 700), {"image": "ezigen_subject.png"}, outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
                       size=(315, 320), title="Subject image")
-    subj_txt = w.node("CLIPTextEncode", (x0, 0), ["a dog"], inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+    subj_txt = w.node("CLIPTextEncode", (x0, 0), {"text": "a dog"}, inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
                       size=(400, 90), title="Subject prompt (its class)")
-    pos = w.node("CLIPTextEncode", (x0, 130), ["a dog sitting in the scene"], inputs=[("clip", "CLIP")],
+    pos = w.node("CLIPTextEncode", (x0, 130), {"text": "a dog sitting in the scene"}, inputs=[("clip", "CLIP")],
                  outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 110), title="Prompt for the edited region")
-    neg = w.node("CLIPTextEncode", (x0, 280), [""], inputs=[("clip", "CLIP")],
+    neg = w.node("CLIPTextEncode", (x0, 280), {"text": ""}, inputs=[("clip", "CLIP")],
                  outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90), title="Negative (empty, as the reference)")
-    enc = w.node("EZIGenLoadEncoder", (x0 + 460, 0), ["ezigen_sd21base.safetensors"], inputs=[("encoder_model", "MODEL")],
+    enc = w.node("EZIGenLoadEncoder", (x0 + 460, 0), {"adapter_name": "ezigen_sd21base.safetensors"}, inputs=[("encoder_model", "MODEL")],
                  outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
-    es = w.node("EZIGenEncodeSubject", (x0 + 460, 130), [0, "fixed", 512],
+    es = w.node("EZIGenEncodeSubject", (x0 + 460, 130), {"seed": 0, "resolution": 512},
                 inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
                         ("mask", "MASK")], outputs=[("subject", "EZIGEN_SUBJECT")], size=(340, 170))
-    pt = w.node("EZIGenPatchUNetAttention", (x0 + 460, 350), [1.0, 0.6, 1.0],
+    pt = w.node("EZIGenPatchUNetAttention", (x0 + 460, 350), {"strength": 1.0, "start_percent": 0.6, "end_percent": 1.0},
                 inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
                 outputs=[("MODEL", "MODEL")], size=(340, 150))
-    clipv = w.node("EZIGenLoadCLIPVision", (x0 + 460, 560), ["clip_vit_b32.safetensors"], outputs=[("CLIP_VISION", "CLIP_VISION")],
+    clipv = w.node("EZIGenLoadCLIPVision", (x0 + 460, 560), {"clip_name": "clip_vit_b32.safetensors"}, outputs=[("CLIP_VISION", "CLIP_VISION")],
                    size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)",
                    props={"models": [CLIP_B32_FILE]})
     ed = w.node("EZIGenEdit", (x0 + 860, 0),
-                [0, "fixed", 50, 2.0, "ddpm", "ddim_uniform", 0.4, -1, 3, 9, 0.99, "faithful", "dpmpp_2m", "soft", 512, "source"],
+                {"seed": 0, "steps": 50, "cfg": 2.0, "sampler_name": "ddpm", "scheduler": "ddim_uniform", "split_ratio": 0.4,
+                 "loops": -1, "min_loops": 3, "max_loops": 9, "sim_threshold": 0.99, "mode": "faithful",
+                 "inversion": "dpmpp_2m", "mask_mode": "soft", "short_side": 512, "output_size": "source"},
                 inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE"), ("mask", "MASK"),
                         ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("clip_vision", "CLIP_VISION")],
                 outputs=[("image", "IMAGE"), ("rounds", "IMAGE"), ("report", "STRING"), ("similarity_chart", "IMAGE")],
                 size=(340, 540))
-    save = w.node("SaveImage", (x0 + 1240, 0), ["EZIGen_edit"], inputs=[("images", "IMAGE")], size=(400, 450), title="Result")
-    saver = w.node("SaveImage", (x0 + 1680, 0), ["EZIGen_edit_rounds"], inputs=[("images", "IMAGE")], size=(400, 450),
+    save = w.node("SaveImage", (x0 + 1240, 0), {"filename_prefix": "EZIGen_edit"}, inputs=[("images", "IMAGE")], size=(400, 450), title="Result")
+    saver = w.node("SaveImage", (x0 + 1680, 0), {"filename_prefix": "EZIGen_edit_rounds"}, inputs=[("images", "IMAGE")], size=(400, 450),
                    title="Source, then every round")
-    rep = w.node("PreviewAny", (x0 + 1240, 500), [], inputs=[("source", "*")], size=(400, 300), title="Report")
-    chart = w.node("SaveImage", (x0 + 1680, 500), ["EZIGen_edit_similarity"], inputs=[("images", "IMAGE")],
+    rep = w.node("PreviewAny", (x0 + 1240, 500), {}, inputs=[("source", "*")], size=(400, 300), title="Report")
+    chart = w.node("SaveImage", (x0 + 1680, 500), {"filename_prefix": "EZIGen_edit_similarity"}, inputs=[("images", "IMAGE")],
                    size=(400, 320), title="Autostop: similarity per round")
     for t in (subj_txt, pos, neg):
         w.link(ckpt, 1, t, "clip")
@@ -129,41 +168,41 @@ NOTE = ("Split 0.4: the source is inverted over the last 40% of the schedule and
         "source. Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 in "
         "models/clip_vision (or bypass its loader).\n" + ADAPTER_NOTE)
 
-def finish(w, ed, rep, path):
+def finish(w, ed, rep):
     w.link_any(ed, 2, rep, 0)
-    w.dump(path)
+    return w
 
 
 def subject_pipeline(w: WF, loop_negative: bool = False) -> dict[str, int]:
     """SD2.1-base checkpoint, prompts, Load EZIGen Encoder -> Encode Subject -> Patch UNet Attention, latent."""
     ids = {}
-    ids["ckpt"] = ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
+    ids["ckpt"] = ckpt = w.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": "v2-1_512-ema-pruned.safetensors"},
                                 outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint",
                                 props={"models": [SD21_BASE_FILE]})
-    img = w.node("LoadImage", (0, 330), ["ezigen_subject.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    img = w.node("LoadImage", (0, 330), {"image": "ezigen_subject.png"}, outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
                  size=(315, 320), title="Subject image")
-    subj_txt = w.node("CLIPTextEncode", (380, 0), ["a dog"], inputs=[("clip", "CLIP")],
+    subj_txt = w.node("CLIPTextEncode", (380, 0), {"text": "a dog"}, inputs=[("clip", "CLIP")],
                       outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90), title="Subject prompt (its class)")
-    ids["pos"] = w.node("CLIPTextEncode", (380, 140), ["a dog wearing a red scarf, on the beach"], inputs=[("clip", "CLIP")],
+    ids["pos"] = w.node("CLIPTextEncode", (380, 140), {"text": "a dog wearing a red scarf, on the beach"}, inputs=[("clip", "CLIP")],
                         outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="Prompt")
-    ids["neg"] = w.node("CLIPTextEncode", (380, 310), ["dark, blur, defoucus, lack of content, dizzy."],
+    ids["neg"] = w.node("CLIPTextEncode", (380, 310), {"text": "dark, blur, defoucus, lack of content, dizzy."},
                         inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120),
                         title="Negative prompt (the reference's)")
     texts = [subj_txt, ids["pos"], ids["neg"]]
     if loop_negative:
-        ids["loopneg"] = w.node("CLIPTextEncode", (380, 480), [""], inputs=[("clip", "CLIP")],
+        ids["loopneg"] = w.node("CLIPTextEncode", (380, 480), {"text": ""}, inputs=[("clip", "CLIP")],
                                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90),
                                 title="Loop negative (empty, as the reference)")
         texts.append(ids["loopneg"])
-    enc = w.node("EZIGenLoadEncoder", (840, 0), ["ezigen_sd21base.safetensors"], inputs=[("encoder_model", "MODEL")],
+    enc = w.node("EZIGenLoadEncoder", (840, 0), {"adapter_name": "ezigen_sd21base.safetensors"}, inputs=[("encoder_model", "MODEL")],
                  outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
-    es = w.node("EZIGenEncodeSubject", (840, 130), [0, "fixed", 512],
+    es = w.node("EZIGenEncodeSubject", (840, 130), {"seed": 0, "resolution": 512},
                 inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
                         ("mask", "MASK")], outputs=[("subject", "EZIGEN_SUBJECT")], size=(340, 170))
-    ids["patch"] = pt = w.node("EZIGenPatchUNetAttention", (840, 350), [1.0, 0.6, 1.0],
+    ids["patch"] = pt = w.node("EZIGenPatchUNetAttention", (840, 350), {"strength": 1.0, "start_percent": 0.6, "end_percent": 1.0},
                                inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
                                outputs=[("MODEL", "MODEL")], size=(340, 150))
-    ids["latent"] = w.node("EmptyLatentImage", (840, 560), [512, 512, 1], outputs=[("LATENT", "LATENT")], size=(340, 110))
+    ids["latent"] = w.node("EmptyLatentImage", (840, 560), {"width": 512, "height": 512, "batch_size": 1}, outputs=[("LATENT", "LATENT")], size=(340, 110))
     for text in texts:
         w.link(ckpt, 1, text, "clip")
     w.link(ckpt, 0, enc, "encoder_model")
@@ -172,14 +211,15 @@ def subject_pipeline(w: WF, loop_negative: bool = False) -> dict[str, int]:
     return ids
 
 
-def single_pass() -> None:
-    w = WF()
+def single_pass() -> WF:
+    w = WF("ezigen_single_pass.json")
     p = subject_pipeline(w)
-    ks = w.node("KSampler", (1240, 0), [3154, "fixed", 50, 7.5, "ddpm", "ddim_uniform", 1.0],
+    ks = w.node("KSampler", (1240, 0), {"seed": 3154, "steps": 50, "cfg": 7.5, "sampler_name": "ddpm",
+                                       "scheduler": "ddim_uniform", "denoise": 1.0},
                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
                 outputs=[("LATENT", "LATENT")], size=(315, 262))
     dec = w.node("VAEDecode", (1240, 320), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], size=(210, 50))
-    save = w.node("SaveImage", (1600, 0), ["EZIGen_single_pass"], inputs=[("images", "IMAGE")], size=(400, 450))
+    save = w.node("SaveImage", (1600, 0), {"filename_prefix": "EZIGen_single_pass"}, inputs=[("images", "IMAGE")], size=(400, 450))
     w.node("Note", (0, 700), ["EZIGen, single pass with the stock KSampler.\n\n"
         + ADAPTER_NOTE + "\n\n"
         "strength: 1 = as trained, 0 = off.\nstart_percent 0.6 = EZIGen's split ratio 0.4: the first 60% of the "
@@ -190,25 +230,27 @@ def single_pass() -> None:
     w.link(p["patch"], 0, ks, "model"); w.link(p["pos"], 0, ks, "positive"); w.link(p["neg"], 0, ks, "negative")
     w.link(p["latent"], 0, ks, "latent_image")
     w.link(ks, 0, dec, "samples"); w.link(p["ckpt"], 2, dec, "vae"); w.link(dec, 0, save, "images")
-    w.dump(WORKFLOWS / "ezigen_single_pass.json")
+    return w
 
 
-def generate() -> None:
-    w = WF()
+def generate() -> WF:
+    w = WF("ezigen_generate.json")
     p = subject_pipeline(w, loop_negative=True)
-    clipv = w.node("EZIGenLoadCLIPVision", (840, 720), ["clip_vit_b32.safetensors"], outputs=[("CLIP_VISION", "CLIP_VISION")],
+    clipv = w.node("EZIGenLoadCLIPVision", (840, 720), {"clip_name": "clip_vit_b32.safetensors"}, outputs=[("CLIP_VISION", "CLIP_VISION")],
                    size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)",
                    props={"models": [CLIP_B32_FILE]})
-    sm = w.node("EZIGenSampler", (1240, 0), [3154, "fixed", 50, 7.5, "ddpm", "ddim_uniform", 0.4, -1, 3, 9, 0.99, "faithful"],
+    sm = w.node("EZIGenSampler", (1240, 0), {"seed": 3154, "steps": 50, "cfg": 7.5, "sampler_name": "ddpm", "scheduler": "ddim_uniform",
+                                        "split_ratio": 0.4, "loops": -1, "min_loops": 3, "max_loops": 9, "sim_threshold": 0.99,
+                                        "mode": "faithful"},
                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
                         ("vae", "VAE"), ("loop_negative", "CONDITIONING"), ("clip_vision", "CLIP_VISION")],
                 outputs=[("latent", "LATENT"), ("image", "IMAGE"), ("rounds", "IMAGE"), ("report", "STRING"),
                          ("similarity_chart", "IMAGE")], size=(340, 440))
-    save = w.node("SaveImage", (1640, 0), ["EZIGen"], inputs=[("images", "IMAGE")], size=(400, 450), title="Result")
-    saver = w.node("SaveImage", (2080, 0), ["EZIGen_rounds"], inputs=[("images", "IMAGE")], size=(400, 450),
+    save = w.node("SaveImage", (1640, 0), {"filename_prefix": "EZIGen"}, inputs=[("images", "IMAGE")], size=(400, 450), title="Result")
+    saver = w.node("SaveImage", (2080, 0), {"filename_prefix": "EZIGen_rounds"}, inputs=[("images", "IMAGE")], size=(400, 450),
                    title="Every round (first pass first)")
-    rep = w.node("PreviewAny", (1640, 500), [], inputs=[("source", "*")], size=(400, 300), title="Report")
-    chart = w.node("SaveImage", (2080, 500), ["EZIGen_similarity"], inputs=[("images", "IMAGE")], size=(400, 320),
+    rep = w.node("PreviewAny", (1640, 500), {}, inputs=[("source", "*")], size=(400, 300), title="Report")
+    chart = w.node("SaveImage", (2080, 500), {"filename_prefix": "EZIGen_similarity"}, inputs=[("images", "IMAGE")], size=(400, 320),
                    title="Autostop: similarity per loop")
     w.node("Note", (0, 700), ["EZIGen generation: decoupled pass + refinement loops with autostop.\n\n"
         "Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 (vision, "
@@ -226,46 +268,48 @@ def generate() -> None:
     w.link(p["ckpt"], 2, sm, "vae"); w.link(p["loopneg"], 0, sm, "loop_negative"); w.link(clipv, 0, sm, "clip_vision")
     w.link(sm, 1, save, "images"); w.link(sm, 2, saver, "images"); w.link(sm, 4, chart, "images")
     w.link_any(sm, 3, rep, 0)
-    w.dump(WORKFLOWS / "ezigen_generate.json")
+    return w
 
 
-def edit() -> None:
-    w = WF()
-    ckpt = w.node("CheckpointLoaderSimple", (0, 0), ["v2-1_512-ema-pruned.safetensors"],
+def edit() -> WF:
+    w = WF("ezigen_edit.json")
+    ckpt = w.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": "v2-1_512-ema-pruned.safetensors"},
                   outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint",
                   props={"models": [SD21_BASE_FILE]})
-    src = w.node("LoadImage", (0, 150), ["ezigen_source.png", "image"], outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    src = w.node("LoadImage", (0, 150), {"image": "ezigen_source.png"}, outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
                  size=(315, 400), title="Source image (right-click > Open in MaskEditor to paint where the subject goes)")
     ed, rep = ezigen_edit_part(w, ckpt, (src, 0), (src, 1))
     w.node("Note", (0, 1080), ["EZIGen editing.\n\nPaint the region to replace on the source (MaskEditor), or load a PNG whose "
            "transparent area is the region, or connect any MASK of the source's size. " + NOTE], size=(780, 200), title="How this works")
-    finish(w, ed, rep, WORKFLOWS / "ezigen_edit.json")
+    return finish(w, ed, rep)
 
 
 
-def flux_to_edit() -> None:
-    w = WF()
-    unet = w.node("UNETLoader", (-1400, 0), ["flux1-dev.safetensors", "default"], outputs=[("MODEL", "MODEL")], size=(315, 82), title="FLUX model")
-    dual = w.node("DualCLIPLoader", (-1400, 130), ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
+def flux_to_edit() -> WF:
+    w = WF("ezigen_flux_to_edit.json")
+    unet = w.node("UNETLoader", (-1400, 0), {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, outputs=[("MODEL", "MODEL")], size=(315, 82), title="FLUX model")
+    dual = w.node("DualCLIPLoader", (-1400, 130), {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors",
+                                                    "type": "flux", "device": "default"},
                   outputs=[("CLIP", "CLIP")], size=(315, 130), title="FLUX text encoders")
-    fvae = w.node("VAELoader", (-1400, 300), ["ae.safetensors"], outputs=[("VAE", "VAE")], size=(315, 60), title="FLUX VAE")
-    ftxt = w.node("CLIPTextEncode", (-1040, 0), ["a cosy living room with a green sofa, morning light"], inputs=[("clip", "CLIP")],
+    fvae = w.node("VAELoader", (-1400, 300), {"vae_name": "ae.safetensors"}, outputs=[("VAE", "VAE")], size=(315, 60), title="FLUX VAE")
+    ftxt = w.node("CLIPTextEncode", (-1040, 0), {"text": "a cosy living room with a green sofa, morning light"}, inputs=[("clip", "CLIP")],
                   outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 120), title="FLUX prompt")
-    fneg = w.node("CLIPTextEncode", (-1040, 160), [""], inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+    fneg = w.node("CLIPTextEncode", (-1040, 160), {"text": ""}, inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
                   size=(400, 90), title="FLUX negative (unused at cfg 1)")
-    fg = w.node("FluxGuidance", (-600, 0), [3.5], inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")],
+    fg = w.node("FluxGuidance", (-600, 0), {"guidance": 3.5}, inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")],
                 size=(315, 60))
-    flat = w.node("EmptySD3LatentImage", (-600, 110), [1024, 1024, 1], outputs=[("LATENT", "LATENT")], size=(315, 110))
-    fks = w.node("KSampler", (-600, 260), [42, "fixed", 20, 1.0, "euler", "simple", 1.0],
+    flat = w.node("EmptySD3LatentImage", (-600, 110), {"width": 1024, "height": 1024, "batch_size": 1}, outputs=[("LATENT", "LATENT")], size=(315, 110))
+    fks = w.node("KSampler", (-600, 260), {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                          "denoise": 1.0},
                  inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
                  outputs=[("LATENT", "LATENT")], size=(315, 262), title="FLUX sampler")
     fdec = w.node("VAEDecode", (-250, 260), inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], size=(210, 50),
                   title="FLUX image (the hand-off)")
-    bg = w.node("SolidMask", (-250, 400), [0.0, 1024, 1024], outputs=[("MASK", "MASK")], size=(315, 106), title="Mask canvas (image size)")
-    box = w.node("SolidMask", (-250, 540), [1.0, 384, 384], outputs=[("MASK", "MASK")], size=(315, 106), title="Edit region size")
-    comp = w.node("MaskComposite", (100, 400), [320, 480, "add"], inputs=[("destination", "MASK"), ("source", "MASK")],
+    bg = w.node("SolidMask", (-250, 400), {"value": 0.0, "width": 1024, "height": 1024}, outputs=[("MASK", "MASK")], size=(315, 106), title="Mask canvas (image size)")
+    box = w.node("SolidMask", (-250, 540), {"value": 1.0, "width": 384, "height": 384}, outputs=[("MASK", "MASK")], size=(315, 106), title="Edit region size")
+    comp = w.node("MaskComposite", (100, 400), {"x": 320, "y": 480, "operation": "add"}, inputs=[("destination", "MASK"), ("source", "MASK")],
                   outputs=[("MASK", "MASK")], size=(315, 130), title="Edit region (x, y)")
-    ckpt = w.node("CheckpointLoaderSimple", (100, 0), ["v2-1_512-ema-pruned.safetensors"],
+    ckpt = w.node("CheckpointLoaderSimple", (100, 0), {"ckpt_name": "v2-1_512-ema-pruned.safetensors"},
                   outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint (for EZIGen)",
                   props={"models": [SD21_BASE_FILE]})
     w.link(unet, 0, fks, "model"); w.link(dual, 0, ftxt, "clip"); w.link(dual, 0, fneg, "clip"); w.link(ftxt, 0, fg, "conditioning")
@@ -277,10 +321,30 @@ def flux_to_edit() -> None:
            "Only the IMAGE crosses over: EZIGen re-encodes it with the SD2.1 VAE (a FLUX LATENT cannot be used by SD models). "
            "The region here is a rectangle (SolidMask + MaskComposite); any MASK of the image's size works, e.g. from a "
            "segmentation node. " + NOTE], size=(780, 220), title="How this works")
-    finish(w, ed, rep, WORKFLOWS / "ezigen_flux_to_edit.json")
+    return finish(w, ed, rep)
+
+
+GRAPHS = (single_pass, generate, edit, flux_to_edit)
+
+
+def named_widgets() -> dict[str, dict[int, dict[str, Any]]]:
+    """{file name: {node id: {input name: value}}}: what the workflows mean, independent of any schema."""
+    return {w.filename: w.named for w in (graph() for graph in GRAPHS)}
+
+
+def build(object_info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{file name: UI-format workflow} laid out with `object_info`; raises ValueError on any misfit value."""
+    return {w.filename: w.workflow(object_info) for w in (graph() for graph in GRAPHS)}
+
+
+def live_object_info() -> dict[str, Any]:
+    """/object_info of a throw-away ComfyUI (CPU, no models) with this pack installed, as the e2e tests start it."""
+    with tempfile.TemporaryDirectory(prefix="ezigen-build-workflows-") as base:
+        with ComfyServer(Path(base), custom_nodes={"ComfyUI-EZIGen": REPO}) as server:
+            return server.object_info()
 
 
 if __name__ == "__main__":
-    for build in (single_pass, generate, edit, flux_to_edit):
-        build()
+    for filename, wf in build(live_object_info()).items():
+        (WORKFLOWS / filename).write_text(json.dumps(wf, indent=1) + "\n")
     print("wrote", ", ".join(sorted(p.name for p in WORKFLOWS.glob("*.json"))))

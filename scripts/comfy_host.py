@@ -55,6 +55,9 @@ __all__ = [
     "host_understands",
     "ui_to_api",
     "ui_workflow_errors",
+    "widget_value_problems",
+    "widget_values_by_name",
+    "widgets_values_from_names",
 ]
 
 JSON = dict[str, Any]
@@ -533,8 +536,11 @@ def _ui_input_name(entry: Mapping[str, Any]) -> str:
     return str(entry.get("name"))
 
 
-def _widget_slots(info: Mapping[str, Any], ui_node: Mapping[str, Any], n_values: int | None) -> list[str | None]:
-    """Name each position of ``widgets_values`` (None for values that are not node inputs).
+def _widget_layout(
+    info: Mapping[str, Any], ui_node: Mapping[str, Any], n_values: int | None
+) -> list[tuple[str | None, Any]]:
+    """Each position of ``widgets_values`` as (input name, None), or (None, the value the frontend
+    saves there) for a UI-only slot (a control value, a filter text, a button).
 
     ``n_values`` lets us recognise old files that still stored values for ``forceInput`` inputs
     (the frontend drops those on load when the counts say so); pass None to get the modern layout.
@@ -543,8 +549,8 @@ def _widget_slots(info: Mapping[str, Any], ui_node: Mapping[str, Any], n_values:
         _ui_input_name(e) for e in ui_node.get("inputs") or [] if isinstance(e, Mapping) and e.get("widget")
     }
 
-    def layout(include_forced: bool) -> list[str | None]:
-        slots: list[str | None] = []
+    def layout(include_forced: bool) -> list[tuple[str | None, Any]]:
+        slots: list[tuple[str | None, Any]] = []
         for section in ("required", "optional"):
             wants_upload = False
             for name in _input_order(info, section):
@@ -553,22 +559,22 @@ def _widget_slots(info: Mapping[str, Any], ui_node: Mapping[str, Any], n_values:
                 is_widget = (isinstance(stype, str) and stype in WIDGET_TYPES) or _is_combo(stype)
                 if opts.get("forceInput"):
                     if include_forced and is_widget:
-                        slots.append(None)
+                        slots.append((None, None))
                     continue
                 if not is_widget and name not in ui_widget_names:
                     continue  # a plain socket (MODEL, IMAGE, ...): no widget, no value
-                slots.append(name)
+                slots.append((name, None))
                 control = opts.get("control_after_generate")
                 if stype == "INT" and (control if control is not None else name in SEED_NAMES):
-                    slots.append(None)  # "fixed" / "increment" / "decrement" / "randomize"
+                    slots.append((None, "fixed"))  # or "increment" / "decrement" / "randomize"
                 elif _is_combo(stype) and control:
-                    slots.extend([None, None])  # control value + its filter-list text
+                    slots.extend([(None, "fixed"), (None, "")])  # control value + its filter-list text
                 if _is_combo(stype) and (opts.get("remote") or {}).get("refresh_button"):
-                    slots.append(None)  # the "refresh" button next to a remote (server-listed) combo
+                    slots.append((None, "refresh"))  # the button next to a remote (server-listed) combo
                 if section == "required" and _is_combo(stype) and any(opts.get(k) for k in UPLOAD_OPTIONS):
                     wants_upload = True
             if wants_upload:
-                slots.append(None)  # the "choose file to upload" button, saved as "image"
+                slots.append((None, "image"))  # the "choose file to upload" button, saved as "image"
         return slots
 
     modern = layout(include_forced=False)
@@ -577,6 +583,70 @@ def _widget_slots(info: Mapping[str, Any], ui_node: Mapping[str, Any], n_values:
         if n_values == len(legacy):
             return legacy
     return modern
+
+
+def _widget_slots(info: Mapping[str, Any], ui_node: Mapping[str, Any], n_values: int | None) -> list[str | None]:
+    """Name each position of ``widgets_values`` (None for values that are not node inputs)."""
+    return [name for name, _ in _widget_layout(info, ui_node, n_values)]
+
+
+#: File names in a combo (models, input images) depend on the install, not on the workflow.
+FILE_SUFFIXES = frozenset({".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft",
+                           ".png", ".jpg", ".jpeg", ".webp", ".gif"})
+
+
+def widget_value_problems(info: Mapping[str, Any], name: str, value: Any) -> list[str]:
+    """What is wrong with `value` for the widget input `name` of a node (``/object_info`` entry).
+
+    Checks the type (INT, FLOAT, BOOLEAN, STRING), min/max, and that a combo value is one of its
+    options; a file name missing from a combo is allowed (the user's install decides which models
+    and images exist, and the frontend offers a workflow's downloads). Returns readable problems
+    that start with the input name, [] when the value fits.
+    """
+    spec = _input_spec(info, name)
+    if spec is None:
+        return [f"{name!r}: no such input"]
+    stype, opts = _spec_type(spec), _spec_options(spec)
+    if _is_combo(stype):
+        options = stype if isinstance(stype, list) else list(opts.get("options") or [])
+        if value in options or (isinstance(value, str) and Path(value).suffix.lower() in FILE_SUFFIXES):
+            return []
+        return [f"{name!r}: {value!r} is not one of the options {options}"]
+    kinds = {"INT": (int,), "FLOAT": (int, float), "BOOLEAN": (bool,), "STRING": (str,)}.get(stype)
+    if kinds is None:
+        return []  # a socket type converted to a widget by some extension: nothing to check
+    if not isinstance(value, kinds) or (isinstance(value, bool) and stype != "BOOLEAN"):
+        return [f"{name!r}: {value!r} is not {stype}"]
+    if stype in ("INT", "FLOAT"):
+        low, high = opts.get("min"), opts.get("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            return [f"{name!r}: {value!r} is outside {stype} [{low}, {high}]"]
+    return []
+
+
+def widget_values_by_name(info: Mapping[str, Any], ui_node: Mapping[str, Any]) -> JSON:
+    """A node's positional ``widgets_values`` read as {input name: value} (UI-only slots left out)."""
+    values = ui_node.get("widgets_values") or []
+    return {name: v for name, v in zip(_widget_slots(info, ui_node, len(values)), values) if name is not None}
+
+
+def widgets_values_from_names(
+    info: Mapping[str, Any], ui_node: Mapping[str, Any], named: Mapping[str, Any]
+) -> tuple[list[Any], list[str]]:
+    """The positional ``widgets_values`` the frontend would save for values given by input name.
+
+    UI-only slots get the frontend's value ("fixed", "image", ...). Also returns the problems: a
+    widget without a value, a name that is no widget, and every :func:`widget_value_problems`.
+    Giving values by name is what makes a schema change (two inputs swapped) show up.
+    """
+    layout = _widget_layout(info, ui_node, None)
+    widget_names = [n for n, _ in layout if n is not None]
+    problems = [f"{n!r}: no value given" for n in widget_names if n not in named]
+    problems += [f"{n!r}: not a widget input" for n in named if n not in widget_names]
+    for n in widget_names:
+        if n in named:
+            problems += widget_value_problems(info, n, named[n])
+    return [named.get(n) if n is not None else ui_value for n, ui_value in layout], problems
 
 
 def _widget_inputs(info: Mapping[str, Any], ui_node: Mapping[str, Any]) -> JSON:
@@ -719,7 +789,8 @@ def ui_workflow_errors(
 
     Catches what the server would reject only after conversion, with the UI's node ids: unknown
     node types, links whose type disagrees with either end, links to missing nodes or slots,
-    unconnected required sockets, and ``widgets_values`` of the wrong length.
+    unconnected required sockets, ``widgets_values`` of the wrong length, and every widget value
+    read by its input name against that input's type, range or options (:func:`widget_value_problems`).
 
     Too few widget values always count (every later value would land on the wrong input). Too
     many count only with ``strict_widget_count``: right for this pack's own workflows (a value
@@ -747,6 +818,9 @@ def ui_workflow_errors(
                 errors.append(
                     f"node {nid} ({ntype}): {len(values)} widget values, expected {len(slots)} {names}"
                 )
+            for name, value in zip(slots, values):
+                if name is not None and value is not None:
+                    errors += [f"node {nid} ({ntype}): widget {p}" for p in widget_value_problems(info, name, value)]
         if nid in active:
             linked = {_ui_input_name(e) for e in node.get("inputs") or [] if e.get("link") is not None}
             widget_slots = set(_widget_slots(info, node, None))
