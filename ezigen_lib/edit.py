@@ -22,8 +22,9 @@ import comfy.sample
 import comfy.samplers
 
 from .autostop import LoopPolicy
+from .checks import require_choice, require_finite
 from .inject import subject_injections
-from .inversion import invert, reference_inversion_timesteps
+from .inversion import SOLVERS, invert, reference_inversion_timesteps
 from .sampling import ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, with_window
 from .schedule import loop_start_index
 
@@ -50,6 +51,8 @@ class EditSettings:
     output_size: str = "source"
 
     def __post_init__(self):
+        require_finite("cfg", self.cfg)
+        require_choice("inversion", self.solver, SOLVERS)
         if not 0.0 < self.split_ratio <= 1.0:
             raise EditInputError(f"split_ratio must be in (0, 1] for editing, got {self.split_ratio}")
         if self.output_size not in OUTPUT_SIZES:
@@ -88,11 +91,23 @@ def check_edit_inputs(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
     return image[..., :3].float(), mask.float().clamp(0, 1)
 
 
+# The largest work size: the square the largest short_side (2048) gives. Scaling the short side alone has no
+# bound on the long one (a 1 x 4096 source would be edited at 512 x 2,097,152 and exhaust the memory).
+MAX_WORK_PIXELS = 2048 * 2048
+
+
 def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """The reference's short-side-512 size, floored to the VAE's multiple of 8."""
+    """The reference's short-side-512 size, floored to the VAE's multiple of 8; refused beyond MAX_WORK_PIXELS."""
     scale = short_side / min(height, width)
     h, w = (short_side, int(width * scale)) if height <= width else (int(height * scale), short_side)
-    return max(8, h // 8 * 8), max(8, w // 8 * 8)
+    size = max(8, h // 8 * 8), max(8, w // 8 * 8)
+    if size[0] * size[1] > MAX_WORK_PIXELS:
+        raise EditInputError(
+            f"the source ({height} x {width}) at short_side {short_side} would be edited at {size[0]} x {size[1]} = "
+            f"{size[0] * size[1]:,} pixels, more than EZIGen Edit's limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): "
+            "crop the source around the masked region (ImageCrop, with the mask cropped the same way) or lower "
+            "short_side")
+    return size
 
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

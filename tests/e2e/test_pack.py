@@ -91,3 +91,4 @@ def test_missing_model_file_names_the_folder_and_the_file_expected(comfy_server,
         comfy_server.queue(prompt)
     text = str(info.value.node_errors)
     assert f"'missing.safetensors' is not in models/{folder}" in text and expected in text
+    assert str(comfy_server.base_dir) not in text  # no server paths or folder listings
