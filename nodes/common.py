@@ -39,7 +39,7 @@ def require_valid_widgets(node: type[io.ComfyNode], values: Mapping) -> None:
     min/max test: without this, `mode: "bogus"` would run as clean mode and a NaN threshold would run
     a whole generation before failing. Linked values reach only execute, so the check lives there.
     """
-    schema = node.GET_SCHEMA()
+    schema = node.define_schema()  # not GET_SCHEMA: execute runs on a locked clone that may not cache it
     problems = []
     for spec in schema.inputs:
         value = values.get(spec.id)

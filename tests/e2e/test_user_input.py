@@ -17,7 +17,7 @@ from ezigen_prompts import ADAPTER, SD15, api_prompt, images_of, saver_of, small
 
 def generate_prompt(server, seed, **sampler):
     prompt = small(api_prompt(server, "ezigen_generate.json"), seed)
-    set_inputs(prompt, "EZIGenSampler", seed=seed, steps=3, loops=1, **sampler)
+    set_inputs(prompt, "EZIGenSampler", **{"seed": seed, "steps": 3, "loops": 1, **sampler})
     for nid, node in prompt.items():
         if node["class_type"] == "SaveImage":
             node["inputs"]["filename_prefix"] = f"input_{seed}_{nid}"
