@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .checks import require_finite
+
 DEFAULT_MIN_LOOPS = 3
 DEFAULT_MAX_LOOPS = 9
 DEFAULT_THRESHOLD = 0.99
@@ -17,6 +19,7 @@ class LoopPolicy:
     threshold: float = DEFAULT_THRESHOLD
 
     def __post_init__(self):
+        require_finite("sim_threshold", self.threshold)  # a NaN threshold would only fail at the chart
         if self.loops < -1:
             raise ValueError(f"loops must be -1 (autostop) or a count >= 0, got {self.loops}")
         if self.loops == -1 and self.min_loops > self.max_loops:

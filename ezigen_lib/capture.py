@@ -71,6 +71,17 @@ def prepare_subject_pixels(images: torch.Tensor, mask: torch.Tensor | None, reso
     return bchw.clamp(0, 1).movedim(1, -1)
 
 
+def subject_context(conditioning) -> torch.Tensor:
+    """The text context of a subject prompt CONDITIONING: exactly one entry (one CLIPTextEncode)."""
+    if not conditioning:
+        raise ValueError("The subject prompt's conditioning is empty: connect a CLIPTextEncode of the subject's "
+                         "class (e.g. 'a dog').")
+    if len(conditioning) != 1:
+        raise ValueError(f"The subject prompt holds {len(conditioning)} conditionings (combined prompts); Encode "
+                         "Subject takes one: connect a single CLIPTextEncode of the subject's class.")
+    return conditioning[0][0]
+
+
 def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None,
                    seed: int, resolution: int, widths: tuple[int, ...]) -> SubjectFeatures:
     """Run the encoder MODEL once on the noised subject latents and return the 16 features."""
@@ -80,6 +91,10 @@ def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, ma
             f"The subject prompt's conditioning is {context.shape[-1]}-wide but the encoder ({layout.family}) expects "
             f"{layout.context_dim}-wide text embeddings: encode the subject prompt with the encoder checkpoint's own "
             "CLIP (for the official weights, the SD2.1-base CLIP).")
+    rows = context.shape[0]
+    if rows not in (1, images.shape[0]):
+        raise ValueError(f"The subject prompt is a batch of {rows} prompts but there are {images.shape[0]} subject "
+                         "images: give one prompt for all images, or one per image in the same order.")
     pixels = prepare_subject_pixels(images, mask, resolution)
     latent = encode_sample(vae, pixels, derive_seed(seed, "vae"))  # the reference samples the posterior
     if latent.shape[1] != layout.latent_channels:
@@ -103,7 +118,7 @@ def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, ma
     transformer_options = dict(patcher.model_options["transformer_options"])
     with torch.no_grad():
         patcher.model.apply_model(x.to(device), sigma.expand(batch).to(device),
-                                  c_crossattn=context[:1].expand(batch, -1, -1).to(device),
+                                  c_crossattn=context.expand(batch, -1, -1).to(device),  # 1 row, or 1 per image
                                   transformer_options=transformer_options)
     if sorted(recorder.features) != list(range(SLOT_COUNT)):
         raise UnsupportedModelError(

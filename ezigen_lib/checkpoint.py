@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .checks import exception_text
 from .slots import SLOT_COUNT, SLOTS
 
 FORMAT_NAME = "ezigen-adapter"
@@ -75,21 +77,38 @@ def reference_key(slot: int, reference_tensor: str) -> str:
     return f"{SLOTS[slot].diffusers_prefix}.transformer_blocks.0.{reference_tensor}"
 
 
-def _fail(path: Path, problem: str) -> AdapterFileError:
-    return AdapterFileError(f"EZIGen adapter file '{path}': {problem}. {WHERE_FILES_GO}")
+def _fail(shown: str, problem: str) -> AdapterFileError:
+    return AdapterFileError(f"EZIGen adapter file '{shown}': {problem}. {WHERE_FILES_GO}")
 
 
-def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+def resolve_checkpoint_path(path: str | os.PathLike, shown: str | None = None) -> Path:
     """A folder means an accelerate checkpoint folder: pick its model file."""
     path = Path(path)
+    shown = shown or str(path)
     if path.is_dir():
         for name in REFERENCE_FILES:
             if (path / name).is_file():
                 return path / name
-        raise _fail(path, f"the folder holds neither {' nor '.join(REFERENCE_FILES)}")
+        raise _fail(shown, f"the folder holds neither {' nor '.join(REFERENCE_FILES)}")
     if not path.is_file():
-        raise _fail(path, "no such file")
+        raise _fail(shown, "no such file")
     return path
+
+
+def file_fingerprint(path: str | os.PathLike) -> tuple:
+    """(real path, size, mtime in ns) of the file a loader would read (a checkpoint folder's model file).
+
+    ComfyUI reuses a node's cached output while this stays the same, so a file replaced under the same
+    name is loaded again instead of its old weights being served.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = next((path / n for n in REFERENCE_FILES if (path / n).is_file()), path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return (str(path), None, None)
+    return (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _strip_module(key: str) -> str:
@@ -113,7 +132,7 @@ def _wanted_keys() -> dict[str, str]:
     return wanted
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
+def _read_safetensors(path: Path, shown: str) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
     wanted = _wanted_keys()
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -125,11 +144,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], list[str], d
                 if canonical is not None:
                     tensors[canonical] = f.get_tensor(key)
     except Exception as exc:  # safetensors raises its own error types for damaged headers/data
-        raise _fail(path, f"it is damaged or not a safetensors file ({type(exc).__name__}: {exc})") from exc
+        raise _fail(shown, f"it is damaged or not a safetensors file ({exception_text(exc, path, shown)})") from exc
     return tensors, all_keys, metadata
 
 
-def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
+def _read_pickle(path: Path, shown: str) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
     try:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -138,21 +157,21 @@ def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dict[s
                 raise
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise _fail(path, "it is a pickle that holds more than plain tensors; it was refused without "
-                          "running it (EZIGen loads weights only)") from exc
+        raise _fail(shown, "it is a pickle that holds more than plain tensors; it was refused without "
+                           "running it (EZIGen loads weights only)") from exc
     except Exception as exc:
-        raise _fail(path, f"it is damaged or not a PyTorch weights file ({type(exc).__name__}: {exc})") from exc
+        raise _fail(shown, f"it is damaged or not a PyTorch weights file ({exception_text(exc, path, shown)})") from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise _fail(path, f"expected a dict of tensors, found {type(obj).__name__}")
+        raise _fail(shown, f"expected a dict of tensors, found {type(obj).__name__}")
     wanted = _wanted_keys()
     tensors = {wanted[_strip_module(k)]: v for k, v in obj.items()
                if isinstance(k, str) and _strip_module(k) in wanted and isinstance(v, torch.Tensor)}
     return tensors, [k for k in obj if isinstance(k, str)], {}
 
 
-def _describe_foreign(path: Path, all_keys: list[str]) -> AdapterFileError:
+def _describe_foreign(path: str, all_keys: list[str]) -> AdapterFileError:
     stripped = [_strip_module(k) for k in all_keys]
     adapter_keys = [k for k in stripped if ".adapter." in k or ".adapter_norm." in k]
     if adapter_keys:
@@ -166,7 +185,7 @@ def _describe_foreign(path: Path, all_keys: list[str]) -> AdapterFileError:
                        f"'{canonical_key(0, 'adapter.to_q.weight')}'; found {sample})")
 
 
-def _validate(path: Path, tensors: dict[str, torch.Tensor], all_keys: list[str]) -> tuple[int, ...]:
+def _validate(path: str, tensors: dict[str, torch.Tensor], all_keys: list[str]) -> tuple[int, ...]:
     expected = {LEARNABLE_WEIGHTS} | {canonical_key(k, n) for k in range(SLOT_COUNT) for n in REFERENCE_TENSOR_NAMES}
     if not tensors:
         raise _describe_foreign(path, all_keys)
@@ -203,29 +222,63 @@ def _validate(path: Path, tensors: dict[str, torch.Tensor], all_keys: list[str])
     return widths
 
 
-def load_adapter(path: str | os.PathLike) -> AdapterWeights:
-    """Load and validate adapter weights from any accepted file or checkpoint folder."""
-    path = resolve_checkpoint_path(path)
+def load_adapter(path: str | os.PathLike, shown: str | None = None) -> AdapterWeights:
+    """Load and validate adapter weights from any accepted file or checkpoint folder.
+
+    `shown` is how messages name the file (the nodes pass 'models/ezigen/NAME', never the server's
+    absolute path); by default the path as given.
+    """
+    given = Path(path)
+    shown = shown or str(given)
+    path = resolve_checkpoint_path(given, shown)
+    if path != given:
+        shown = f"{shown}/{path.name}"  # a folder: name the file picked in it
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        tensors, all_keys, metadata = _read_safetensors(path)
+        tensors, all_keys, metadata = _read_safetensors(path, shown)
     else:
-        tensors, all_keys, metadata = _read_pickle(path)
-    widths = _validate(path, tensors, all_keys)
-    ours = metadata.get("format") == FORMAT_NAME
-    if ours and metadata.get("format_version") != FORMAT_VERSION:
-        raise _fail(path, f"format version {metadata.get('format_version')} is not supported (expected "
-                          f"{FORMAT_VERSION}); update the node pack")
-    try:
-        head_dim = int(metadata.get("head_dim", REFERENCE_HEAD_DIM)) if ours else REFERENCE_HEAD_DIM
-    except ValueError as exc:
-        raise _fail(path, f"metadata head_dim={metadata.get('head_dim')!r} is not a number") from exc
-    bad = [w for w in widths if w % head_dim]
-    if bad:
-        raise _fail(path, f"head_dim {head_dim} does not divide the block widths {sorted(set(bad))}")
-    info = AdapterInfo(widths=widths, head_dim=head_dim,
-                       base_model=metadata.get("base_model", REFERENCE_BASE) if ours else REFERENCE_BASE,
-                       source=metadata.get("source", path.name) if ours else f"{path.parent.name}/{path.name}")
+        tensors, all_keys, metadata = _read_pickle(path, shown)
+    widths = _validate(shown, tensors, all_keys)
+    info = _read_metadata(shown, metadata, widths) if metadata.get("format") == FORMAT_NAME else AdapterInfo(
+        widths=widths, head_dim=REFERENCE_HEAD_DIM, base_model=REFERENCE_BASE, source=f"{path.parent.name}/{path.name}")
     return AdapterWeights(state_dict=tensors, info=info, metadata=metadata)
+
+
+_NAME_TEXT = re.compile(r"[\w.+\-/ ()]{1,200}")  # base_model / source: short plain names
+_DECIMAL = re.compile(r"[0-9]{1,9}")
+
+
+def _read_metadata(shown: str, metadata: dict[str, str], widths: tuple[int, ...]) -> AdapterInfo:
+    """Every field of our format's metadata checked, each error naming the file and the field."""
+    def bad(field_name: str, expected: str) -> AdapterFileError:
+        value = metadata.get(field_name)
+        shown_value = value if value is None or len(value) <= 60 else value[:60] + "..."
+        return _fail(shown, f"its metadata field {field_name}={shown_value!r} is invalid: expected {expected} (the "
+                            "file was edited or written by another tool; re-create it with `python -m "
+                            "ezigen_lib.convert`)")
+
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise _fail(shown, f"format version {metadata.get('format_version')!r} is not supported (expected "
+                           f"{FORMAT_VERSION!r}); update the node pack")
+    head_text = metadata.get("head_dim", str(REFERENCE_HEAD_DIM))
+    if not _DECIMAL.fullmatch(head_text) or int(head_text) < 1:
+        raise bad("head_dim", "a positive whole number of channels per attention head, e.g. 64")
+    head_dim = int(head_text)
+    uneven = sorted({w for w in widths if w % head_dim})
+    if uneven:
+        raise bad("head_dim", f"a number that divides every block width (it does not divide {uneven})")
+    if "widths" in metadata:
+        parts = metadata["widths"].split(",")
+        if len(parts) != SLOT_COUNT or not all(_DECIMAL.fullmatch(p) for p in parts):
+            raise bad("widths", f"{SLOT_COUNT} comma-separated whole numbers")
+        if tuple(int(p) for p in parts) != widths:
+            raise bad("widths", f"the widths of the file's own tensors, {','.join(map(str, widths))}")
+    for field_name in ("base_model", "source"):
+        if field_name in metadata and not _NAME_TEXT.fullmatch(metadata[field_name]):
+            raise bad(field_name, "a short plain name (letters, digits, . _ - + / space, at most 200 characters)")
+    if "training_steps" in metadata and not _DECIMAL.fullmatch(metadata["training_steps"]):
+        raise bad("training_steps", "a whole number of steps")
+    return AdapterInfo(widths=widths, head_dim=head_dim, base_model=metadata.get("base_model", REFERENCE_BASE),
+                       source=metadata.get("source", shown.rsplit("/", 1)[-1]))
 
 
 def save_adapter(weights: AdapterWeights, out_path: str | os.PathLike, dtype: torch.dtype | None = None,

@@ -23,8 +23,9 @@ import comfy.sample
 import comfy.samplers
 
 from .autostop import LoopPolicy
+from .checks import require_choice, require_finite
 from .inject import subject_injections
-from .inversion import invert
+from .inversion import SOLVERS, invert
 from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent,
                        sampling_schedule, schedule_report, start_latent, with_window)
 from .schedule import derive_seed, loop_start_index, reference_inversion_timesteps, vp_scale
@@ -55,6 +56,8 @@ class EditSettings:
     reference_output: bool = False  # the reference's exact pre/post-processing (see `reference_processing`)
 
     def __post_init__(self):
+        require_finite("cfg", self.cfg)
+        require_choice("inversion", self.solver, SOLVERS)
         if not 0.0 < self.split_ratio <= 1.0:
             raise EditInputError(f"split_ratio must be in (0, 1] for editing, got {self.split_ratio}")
         if self.output_size not in OUTPUT_SIZES:
@@ -99,6 +102,11 @@ def check_edit_inputs(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
     return image[..., :3].float(), mask.float().clamp(0, 1)
 
 
+# The largest work size: the square the largest short_side (2048) gives. Scaling the short side alone has no
+# bound on the long one (a 1 x 4096 source would be edited at 512 x 2,097,152 and exhaust the memory).
+MAX_WORK_PIXELS = 2048 * 2048
+
+
 def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """The reference's short-side-512 size, floored to the VAE's multiple of 8."""
     h, w = reference_size(height, width, short_side)
@@ -106,9 +114,17 @@ def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]
 
 
 def reference_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """The short side scaled to `short_side`, the long side int(long * short_side / short) (the reference's W, H)."""
+    """The short side scaled to `short_side`, the long side int(long * short_side / short) (the reference's W, H);
+    refused beyond MAX_WORK_PIXELS."""
     scale = short_side / min(height, width)
-    return (short_side, int(width * scale)) if height <= width else (int(height * scale), short_side)
+    size = (short_side, int(width * scale)) if height <= width else (int(height * scale), short_side)
+    if size[0] * size[1] > MAX_WORK_PIXELS:
+        raise EditInputError(
+            f"the source ({height} x {width}) at short_side {short_side} would be edited at {size[0]} x {size[1]} = "
+            f"{size[0] * size[1]:,} pixels, more than EZIGen Edit's limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): "
+            "crop the source around the masked region (ImageCrop, with the mask cropped the same way) or lower "
+            "short_side")
+    return size
 
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

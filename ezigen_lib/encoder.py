@@ -41,8 +41,9 @@ def adapter_patcher(state_dict: dict, info: AdapterInfo):
                    offload_device=comfy.model_management.unet_offload_device())
 
 
-def load_encoder(adapter_path: str | os.PathLike, encoder_model) -> EZIGenEncoder:
-    weights = load_adapter(adapter_path)
+def load_encoder(adapter_path: str | os.PathLike, encoder_model, shown: str | None = None) -> EZIGenEncoder:
+    """`shown`: how messages name the adapter file (see `load_adapter`)."""
+    weights = load_adapter(adapter_path, shown)
     layout = require_ezigen_layout(encoder_model, weights.info.widths, "encoder model")
     if weights.info.base_model.startswith("sd2") and layout.family != "SD20":
         log.warning("EZIGen: the adapter was trained on %s features but the encoder model is %s; "

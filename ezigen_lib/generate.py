@@ -18,6 +18,7 @@ import comfy.sample
 import comfy.samplers
 
 from .autostop import LoopPolicy
+from .checks import require_finite
 from .inject import subject_injections
 from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent,
                        sampling_schedule, schedule_report, start_latent, with_window)
@@ -40,6 +41,7 @@ class GenerationSettings:
     faithful: bool = True
 
     def __post_init__(self):
+        require_finite("cfg", self.cfg)
         if not 0.0 <= self.split_ratio <= 1.0:
             raise ValueError(f"split_ratio must be in [0, 1], got {self.split_ratio}")
         if self.steps < 1:
@@ -68,7 +70,11 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
     started = time.perf_counter()
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     channels = model.get_model_object("latent_format").latent_channels
-    if samples.ndim != 4 or samples.shape[1] != channels:
+    if samples.ndim != 4:
+        raise ValueError(f"The LATENT has {samples.ndim} dimensions (shape {tuple(samples.shape)}) but the EZIGen "
+                         "Sampler works on image latents (batch, channels, height, width): a video or 3-D latent "
+                         "cannot be used; make it with EmptyLatentImage or VAEEncode and the SD checkpoint's VAE.")
+    if samples.shape[1] != channels:
         raise ValueError(f"The LATENT has shape {tuple(samples.shape)} but this model works on {channels}-channel "
                          "latents: make it with EmptyLatentImage or VAEEncode and the SD checkpoint's VAE (a FLUX or "
                          "SDXL-family latent cannot be used; decode it to an IMAGE first).")

@@ -6,6 +6,7 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from .capture import SubjectFeatures
+from .checks import InputValueError, require_finite
 from .layout import require_ezigen_layout
 from .schedule import appearance_start_index
 from .slots import SLOT_COUNT
@@ -129,6 +130,12 @@ def percent_sigma_range(model_sampling, start_percent: float, end_percent: float
 def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
                   start_percent: float, end_percent: float):
     """A patched clone of `model`; the input MODEL is left untouched."""
+    for name, value in (("strength", strength), ("start_percent", start_percent), ("end_percent", end_percent)):
+        require_finite(name, value)
+    if start_percent > end_percent:
+        raise InputValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent}): the subject "
+                              "would never be injected. Set start_percent <= end_percent (EZIGen's default is 0.6 "
+                              "to 1.0), or strength 0 to switch the subject off.")
     require_ezigen_layout(model, encoder.info.widths, "model to patch")
     for k, (feature, width) in enumerate(zip(subject.features, encoder.info.widths)):
         if feature.shape[-1] != width:

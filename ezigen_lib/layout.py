@@ -65,3 +65,20 @@ def require_ezigen_layout(model_patcher, widths: tuple[int, ...], role: str) -> 
             f"adapter was made for widths {sorted(set(widths))}; use an SD1.x/SD2.x checkpoint with the "
             "matching adapter.")
     return layout
+
+
+def require_text_width(model_patcher, width: int, what: str, fix: str) -> None:
+    """Refuse text embeddings of another width than the MODEL's cross-attention takes (e.g. SD1.5's
+    768-wide CLIP with an SD2.1 MODEL), naming the input at fault instead of a matmul shape error."""
+    layout = unet_layout(model_patcher)
+    if layout.context_dim is not None and width != layout.context_dim:
+        raise UnsupportedModelError(
+            f"{what} is {width}-wide but the MODEL ({layout.family}) expects {layout.context_dim}-wide text "
+            f"embeddings: {fix}")
+
+
+def require_conditioning_width(model_patcher, conditioning, name: str) -> None:
+    """Every entry of a CONDITIONING input must match the MODEL's text width."""
+    for cond, _ in conditioning or []:
+        require_text_width(model_patcher, cond.shape[-1], f"The {name} conditioning",
+                           f"encode the {name} prompt with the CLIP of the MODEL's own checkpoint.")

@@ -7,6 +7,7 @@ Without a CLIP vision model the fallback compares the latents (a proxy: its scal
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -22,18 +23,31 @@ class ClipVisionFileError(ValueError):
     pass
 
 
-def load_clip_vision(path: str | os.PathLike):
-    """Load a CLIP vision model with ComfyUI's machinery, ViT-B/32 (12 layers) included."""
+def load_clip_vision(path: str | os.PathLike, shown: str | None = None):
+    """Load a CLIP vision model with ComfyUI's machinery, ViT-B/32 (12 layers) included.
+
+    `shown` is how messages name the file ('models/clip_vision/NAME' from the node; never the server's
+    absolute path); by default the path as given.
+    """
     import comfy.clip_vision
     import comfy.utils
 
+    from .checks import exception_text
+
+    shown = shown or str(path)
     where = ("Put an image encoder in ComfyUI/models/clip_vision: OpenAI CLIP ViT-B/32 as the reference uses "
              "(the vision part of openai/clip-vit-base-patch32 in safetensors) or any CLIP vision model ComfyUI "
              "loads, e.g. CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
     try:
         sd = comfy.utils.load_torch_file(str(path), safe_load=True)
+    except pickle.UnpicklingError as exc:
+        raise ClipVisionFileError(f"CLIP vision file '{shown}' is a pickle that holds more than plain tensors; it "
+                                  f"was refused without running it. {where}.") from exc
     except Exception as exc:
-        raise ClipVisionFileError(f"CLIP vision file '{path}' could not be read ({exc}). {where}.") from exc
+        raise ClipVisionFileError(f"CLIP vision file '{shown}' could not be read ({exception_text(exc, path, shown)})."
+                                  f" {where}.") from exc
+    if not isinstance(sd, dict):
+        raise ClipVisionFileError(f"CLIP vision file '{shown}' holds a {type(sd).__name__}, not weights. {where}.")
     if _OPEN_CLIP_MARKER in sd:
         sd = comfy.clip_vision.convert_to_transformers(sd, "visual.")
     if _VIT_B32_MARKER in sd and _VIT_B32_TOO_DEEP not in sd:
@@ -41,12 +55,12 @@ def load_clip_vision(path: str | os.PathLike):
         missing, _ = model.load_sd(sd)
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing:
-            raise ClipVisionFileError(f"CLIP vision file '{path}' looks like ViT-B/32 but lacks {len(missing)} "
+            raise ClipVisionFileError(f"CLIP vision file '{shown}' looks like ViT-B/32 but lacks {len(missing)} "
                                       f"tensors (e.g. {missing[0]}). {where}.")
         return model
     model = comfy.clip_vision.load_clipvision_from_sd(sd)
     if model is None:
-        raise ClipVisionFileError(f"'{path}' is not a CLIP vision model ComfyUI recognises. {where}.")
+        raise ClipVisionFileError(f"'{shown}' is not a CLIP vision model ComfyUI recognises. {where}.")
     return model
 
 

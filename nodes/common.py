@@ -1,9 +1,12 @@
 """Inputs shared by the nodes that loop (EZIGen Sampler, EZIGen Edit)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from comfy_api.latest import io
 
 from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD
+from ..ezigen_lib.checks import InputValueError, require_choice, require_range
 
 MODES = ["faithful", "clean"]
 
@@ -27,3 +30,27 @@ def autostop_inputs(unit: str, fewest: int) -> list:
 def similarity_chart_output(unit: str):
     return io.Image.Output(display_name="similarity_chart",
                            tooltip=f"Similarity of each of the {unit} to the round before, against the threshold.")
+
+
+def require_valid_widgets(node: type[io.ComfyNode], values: Mapping) -> None:
+    """Check every widget value against the node's own schema (options, finite, min/max).
+
+    ComfyUI 0.3.75 does not check combo options of V3 nodes sent through the API, and NaN passes its
+    min/max test: without this, `mode: "bogus"` would run as clean mode and a NaN threshold would run
+    a whole generation before failing. Linked values reach only execute, so the check lives there.
+    """
+    schema = node.define_schema()  # not GET_SCHEMA: execute runs on a locked clone that may not cache it
+    problems = []
+    for spec in schema.inputs:
+        value = values.get(spec.id)
+        if value is None:
+            continue
+        try:
+            if isinstance(spec, io.Combo.Input):
+                require_choice(spec.id, value, spec.options)
+            elif isinstance(spec, (io.Float.Input, io.Int.Input)):
+                require_range(spec.id, value, spec.min, spec.max)
+        except InputValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise InputValueError(f"{schema.display_name}: " + "; ".join(problems))

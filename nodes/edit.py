@@ -7,7 +7,8 @@ from ..ezigen_lib.autostop import LoopPolicy
 from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, run_edit
 from ..ezigen_lib.inversion import SOLVERS, exceptional_prompt
-from .common import MODES, autostop_inputs, similarity_chart_output
+from ..ezigen_lib.layout import require_conditioning_width, require_text_width
+from .common import MODES, autostop_inputs, require_valid_widgets, similarity_chart_output
 
 MASK_MODES = ["soft", "hard"]
 EDIT_MODES = [*MODES, "reference"]
@@ -86,12 +87,18 @@ class EZIGenEdit(io.ComfyNode):
                 sampler_name: str, scheduler: str, split_ratio: float, loops: int, min_loops: int, max_loops: int,
                 sim_threshold: float, mode: str, inversion: str, mask_mode: str, short_side: int, output_size: str,
                 clip_vision=None) -> io.NodeOutput:
+        require_valid_widgets(cls, locals())
+        for name, conditioning in (("positive", positive), ("negative", negative)):
+            require_conditioning_width(model, conditioning, name)
         settings = EditSettings(
             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, split_ratio=split_ratio,
             policy=LoopPolicy(loops=loops, min_loops=min_loops, max_loops=max_loops, threshold=sim_threshold),
             faithful=mode != "clean", reference_output=mode == "reference", solver=inversion,
             hard_mask=mask_mode == "hard", short_side=short_side,
             output_size=output_size)
-        result = run_edit(model, exceptional_prompt(clip), vae, image, mask, positive, negative, settings, clip_vision)
+        inversion_context = exceptional_prompt(clip)
+        require_text_width(model, inversion_context.shape[-1], "The CLIP input's text embedding",
+                           "connect the CLIP of the MODEL's own checkpoint (SD2.1-base for the official weights).")
+        result = run_edit(model, inversion_context, vae, image, mask, positive, negative, settings, clip_vision)
         chart = similarity_chart(result.report.get("similarities", []), sim_threshold, result.report["stop_reason"])
         return io.NodeOutput(result.image, result.round_images, result.report_text(), chart)

@@ -31,11 +31,14 @@ EXPECTED_FILES = {
 
 
 def check_model_file(folder: str, name: str) -> bool | str:
-    """True, or a message that names the folder, what belongs there and where it comes from."""
+    """True, or a message that names the folder, what belongs there and where it comes from.
+
+    Only names relative to the models folder: no absolute server paths, no listing of what else is there
+    (the file list is in the node's dropdown).
+    """
     available = folder_paths.get_filename_list(folder)
     if name in available:
         return True
-    where = " or ".join(folder_paths.get_folder_paths(folder)) or f"models/{folder}"
-    found = "it is empty" if not available else f"it holds {', '.join(available[:5])}"
-    return (f"'{name}' is not in models/{folder} ({where}; {found}). Put {EXPECTED_FILES[folder]} there, then "
+    found = "it is empty" if not available else f"it holds {len(available)} other file(s): pick one in the list"
+    return (f"'{name}' is not in models/{folder} ({found}). Put {EXPECTED_FILES[folder]} there, then "
             "refresh the page (R) and pick it.")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
+from ..ezigen_lib.checkpoint import file_fingerprint
 from ..ezigen_lib.encoder import load_encoder
 from ..ezigen_lib.similarity import load_clip_vision
 from .folders import EZIGEN_FOLDER, check_model_file
@@ -36,9 +37,15 @@ class EZIGenLoadEncoder(io.ComfyNode):
         return check_model_file(EZIGEN_FOLDER, adapter_name)
 
     @classmethod
+    def fingerprint_inputs(cls, adapter_name: str, **_) -> tuple:
+        """Path, size and mtime: a file replaced under the same name is loaded again."""
+        path = folder_paths.get_full_path(EZIGEN_FOLDER, adapter_name)
+        return file_fingerprint(path) if path else (adapter_name,)
+
+    @classmethod
     def execute(cls, adapter_name: str, encoder_model) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(EZIGEN_FOLDER, adapter_name)
-        return io.NodeOutput(load_encoder(path, encoder_model))
+        return io.NodeOutput(load_encoder(path, encoder_model, f"models/{EZIGEN_FOLDER}/{adapter_name}"))
 
 
 class EZIGenLoadCLIPVision(io.ComfyNode):
@@ -61,5 +68,12 @@ class EZIGenLoadCLIPVision(io.ComfyNode):
         return check_model_file("clip_vision", clip_name)
 
     @classmethod
+    def fingerprint_inputs(cls, clip_name: str, **_) -> tuple:
+        """Path, size and mtime: a file replaced under the same name is loaded again."""
+        path = folder_paths.get_full_path("clip_vision", clip_name)
+        return file_fingerprint(path) if path else (clip_name,)
+
+    @classmethod
     def execute(cls, clip_name: str) -> io.NodeOutput:
-        return io.NodeOutput(load_clip_vision(folder_paths.get_full_path_or_raise("clip_vision", clip_name)))
+        path = folder_paths.get_full_path_or_raise("clip_vision", clip_name)
+        return io.NodeOutput(load_clip_vision(path, f"models/clip_vision/{clip_name}"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ezigen_lib.inject import apply_subject
+from .common import require_valid_widgets
 from .types import EZIGenEncoderType, EZIGenSubjectType
 
 
@@ -35,4 +36,5 @@ class EZIGenPatchUNetAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, encoder, subject, strength: float, start_percent: float,
                 end_percent: float) -> io.NodeOutput:
+        require_valid_widgets(cls, locals())
         return io.NodeOutput(apply_subject(model, encoder, subject, strength, start_percent, end_percent))

@@ -5,8 +5,10 @@ from comfy_api.latest import io
 
 from ..ezigen_lib.autostop import LoopPolicy
 from ..ezigen_lib.chart import similarity_chart
+from ..ezigen_lib.checks import latent_warnings
 from ..ezigen_lib.generate import GenerationSettings, run_generation
-from .common import MODES, autostop_inputs, similarity_chart_output
+from ..ezigen_lib.layout import require_conditioning_width
+from .common import MODES, autostop_inputs, require_valid_widgets, similarity_chart_output
 
 
 class EZIGenSampler(io.ComfyNode):
@@ -68,11 +70,15 @@ class EZIGenSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, latent_image, vae, seed: int, steps: int, cfg: float,
                 sampler_name: str, scheduler: str, split_ratio: float, loops: int, min_loops: int, max_loops: int,
                 sim_threshold: float, mode: str, loop_negative=None, clip_vision=None) -> io.NodeOutput:
+        require_valid_widgets(cls, locals())
+        for name, conditioning in (("positive", positive), ("negative", negative), ("loop_negative", loop_negative)):
+            require_conditioning_width(model, conditioning, name)
         settings = GenerationSettings(
             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, split_ratio=split_ratio,
             policy=LoopPolicy(loops=loops, min_loops=min_loops, max_loops=max_loops, threshold=sim_threshold),
             faithful=mode == "faithful")
         result = run_generation(model, positive, negative, latent_image, vae, settings, loop_negative, clip_vision)
+        result.report["warnings"] = latent_warnings(latent_image) + result.report.get("warnings", [])
         out_latent = {k: v for k, v in latent_image.items() if k != "noise_mask"}
         out_latent["samples"] = result.latent
         chart = similarity_chart(result.report["similarities"], sim_threshold, result.report["stop_reason"])

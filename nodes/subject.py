@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..ezigen_lib.capture import encode_subject
+from ..ezigen_lib.capture import encode_subject, subject_context
+from .common import require_valid_widgets
 from .types import EZIGenEncoderType, EZIGenSubjectType
 
 
@@ -37,6 +38,7 @@ class EZIGenEncodeSubject(io.ComfyNode):
 
     @classmethod
     def execute(cls, encoder, vae, subject_prompt, image, seed: int, resolution: int, mask=None) -> io.NodeOutput:
-        context = subject_prompt[0][0]
+        require_valid_widgets(cls, locals())
+        context = subject_context(subject_prompt)
         return io.NodeOutput(encode_subject(encoder.model, vae, context, image, mask, seed, resolution,
                                             encoder.info.widths))

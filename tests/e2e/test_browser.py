@@ -220,3 +220,26 @@ def test_missing_models_are_offered_for_download(page, tmp_path):
             assert editor.page_errors == []
         finally:
             editor.context.close()
+
+
+def test_editor_runs_the_frontend_this_host_is_pinned_to(page):
+    """The browser tests run the frontend scripts/constraints*.txt pins; on 0.8.0 that is newer than the one the
+    host's requirements.txt names (the newest on PyPI that passes these tests, 1.58.1)."""
+    import re
+
+    from comfy_root import comfy_root, comfy_version
+
+    from test_pack import REPO as ROOT
+
+    served = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+    host = ".".join(map(str, comfy_version()))
+    constraints = ROOT / "scripts" / ("constraints.txt" if host == "0.3.75" else f"constraints-{host}.txt")
+    pinned = re.search(r"^comfyui[-_]frontend[-_]package==(\S+)", constraints.read_text(), re.M | re.I).group(1)
+    named = re.search(r"^comfyui[-_]frontend[-_]package==(\S+)", (comfy_root() / "requirements.txt").read_text(),
+                      re.M | re.I).group(1)
+    assert served == pinned
+    as_tuple = lambda v: tuple(int(p) for p in v.split("."))  # noqa: E731
+    if comfy_version() >= (0, 8, 0):
+        assert as_tuple(served) > as_tuple(named), f"0.8.0 runs frontend {served}, not newer than its own {named}"
+    else:
+        assert served == named

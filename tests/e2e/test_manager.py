@@ -55,13 +55,14 @@ def git_url(tmp_path):
     git("commit", "-q", "-m", "snapshot under test", cwd=work)
     served = tmp_path / "git"
     served.mkdir()
-    git("clone", "-q", "--bare", str(work), str(served / f"{PACK}.git"), cwd=tmp_path)
-    git("update-server-info", cwd=served / f"{PACK}.git")
+    # at .../ComfyUI-EZIGen like a GitHub URL (the Manager names an unknown pack by the URL's last part)
+    git("clone", "-q", "--bare", str(work), str(served / PACK), cwd=tmp_path)
+    git("update-server-info", cwd=served / PACK)
     handler = functools.partial(QuietHandler, directory=str(served))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/{PACK}.git"
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/{PACK}"
     httpd.shutdown()
     httpd.server_close()
 

@@ -100,6 +100,7 @@ def test_missing_model_file_names_the_folder_and_the_file_expected(comfy_server,
         comfy_server.queue(prompt)
     text = str(info.value.node_errors)
     assert f"'missing.safetensors' is not in models/{folder}" in text and expected in text
+    assert str(comfy_server.base_dir) not in text  # no server paths or folder listings
 
 
 def test_every_node_has_a_docs_page_served_to_the_frontend(comfy_server):

@@ -55,12 +55,28 @@ def init_random(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-def tiny_model(seed: int = 0, context_dim: int = TINY_CONTEXT, model_channels: int = TINY_CHANNELS):
+def tiny_model(seed: int = 0, context_dim: int = TINY_CONTEXT, model_channels: int = TINY_CHANNELS,
+               dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype | None = None,
+               attn_precision: torch.dtype | None = None, round_to: torch.dtype | None = None):
+    """`dtype`: the weights, cast as ComfyUI stores them (on a CPU it then computes in fp32, as its
+    unet_manual_cast decides); `compute_dtype` forces the compute dtype as a GPU would (ModelComputeDtype);
+    `attn_precision` as SD2.x sets it (fp32 attention); `round_to`: weights rounded to that dtype but kept
+    in `dtype` (an fp32 reference with exactly a half-precision model's weights)."""
     config = TinySD(_unet_config(context_dim, model_channels))
+    config.set_inference_dtype(dtype, comfy.model_management.unet_manual_cast(dtype, torch.device("cpu")))
+    if attn_precision is not None:
+        config.unet_config["attn_precision"] = attn_precision
     base = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EPS, device="cpu")
-    init_random(base.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
+    init_random(base.diffusion_model, seed)  # the same values whatever the dtype, rounded to it
+    if round_to is not None:
+        with torch.no_grad():
+            for p in base.diffusion_model.parameters():
+                p.copy_(p.to(round_to).to(p.dtype))
+    patcher = comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                               offload_device=comfy.model_management.unet_offload_device())
+    if compute_dtype is not None:
+        patcher.set_model_compute_dtype(compute_dtype)
+    return patcher
 
 
 def random_adapter_state(seed: int = 1, model_channels: int = TINY_CHANNELS) -> dict[str, torch.Tensor]:
@@ -102,16 +118,18 @@ def tiny_vae(seed: int = 2):
     return comfy.sd.VAE(sd=module.state_dict())
 
 
-def tiny_encoder(adapter_seed: int = 1, model_seed: int = 0):
-    """An EZIGEN_ENCODER over a tiny model, built the way the loader node builds it."""
+def tiny_encoder(adapter_seed: int = 1, model_seed: int = 0, dtype: torch.dtype = torch.float32, **model_kw):
+    """An EZIGEN_ENCODER over a tiny model, built the way the loader node builds it (adapter in `dtype`)."""
     from ezigen_lib.checkpoint import AdapterInfo
     from ezigen_lib.encoder import EZIGenEncoder, adapter_patcher
     from ezigen_lib.slots import slot_widths
 
     info = AdapterInfo(widths=tuple(slot_widths(TINY_CHANNELS)), head_dim=TINY_HEAD_DIM, base_model="tiny",
                        source="test")
-    model = tiny_model(model_seed)
-    return EZIGenEncoder(model=model, adapter=adapter_patcher(random_adapter_state(adapter_seed), info), info=info)
+    model = tiny_model(model_seed, dtype=dtype, **model_kw)
+    round_to = model_kw.get("round_to") or dtype
+    state = {k: v.to(round_to).to(dtype) for k, v in random_adapter_state(adapter_seed).items()}
+    return EZIGenEncoder(model=model, adapter=adapter_patcher(state, info), info=info)
 
 
 def random_context(seed: int = 0, batch: int = 1, tokens: int = 7, width: int = TINY_CONTEXT) -> torch.Tensor:
@@ -161,13 +179,16 @@ def tiny_flux():
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
-def patched_tiny(start_percent: float, end_percent: float):
-    """A tiny model patched with a tiny subject, and its VAE: the EZIGen Sampler's and Edit's input."""
+def patched_tiny(start_percent: float, end_percent: float, dtype: torch.dtype = torch.float32, **model_kw):
+    """A tiny model patched with a tiny subject, and its VAE: the EZIGen Sampler's and Edit's input.
+    `dtype` and `model_kw` (compute_dtype, attn_precision) apply to both UNets and the adapter."""
     from ezigen_lib.capture import encode_subject
     from ezigen_lib.inject import apply_subject
 
-    encoder, vae = tiny_encoder(), tiny_vae()
+    encoder, vae = tiny_encoder(dtype=dtype, **model_kw), tiny_vae()
+    subject_image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(11))
     with torch.inference_mode():
-        subject = encode_subject(encoder.model, vae, random_context(), torch.rand(1, 64, 64, 3), None, 0, 64,
+        subject = encode_subject(encoder.model, vae, random_context(), subject_image, None, 0, 64,
                                  encoder.info.widths)
-    return apply_subject(tiny_model(7), encoder, subject, 1.0, start_percent, end_percent), vae
+    model = tiny_model(7, dtype=dtype, **model_kw)
+    return apply_subject(model, encoder, subject, 1.0, start_percent, end_percent), vae
