@@ -818,9 +818,11 @@ def ui_workflow_errors(
                 errors.append(
                     f"node {nid} ({ntype}): {len(values)} widget values, expected {len(slots)} {names}"
                 )
-            for name, value in zip(slots, values):
-                if name is not None and value is not None:
-                    errors += [f"node {nid} ({ntype}): widget {p}" for p in widget_value_problems(info, name, value)]
+            else:  # with the count wrong, positions name nothing: values are read by name only when it is right
+                for name, value in zip(slots, values):
+                    if name is not None and value is not None:
+                        errors += [f"node {nid} ({ntype}): widget {p}"
+                                   for p in widget_value_problems(info, name, value)]
         if nid in active:
             linked = {_ui_input_name(e) for e in node.get("inputs") or [] if e.get("link") is not None}
             widget_slots = set(_widget_slots(info, node, None))
