@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import json
 import shutil
 import subprocess
 import threading

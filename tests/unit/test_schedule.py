@@ -1,6 +1,5 @@
 """The reference's step arithmetic, re-noise level and loop-count rule, with the method doc's numbers."""
 import pytest
-import torch
 
 import comfy.samplers
 

@@ -1,10 +1,8 @@
 """What a user (or an attacker) can send: each bad value is refused up front with a message that names the
 input, or the run does the right thing and says so; no output stage throws a finished run away."""
-import math
 import os
 import time
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
