@@ -46,7 +46,8 @@ def generate(model_vae):
     model, vae = model_vae
     settings = GenerationSettings(seed=3, steps=4, split_ratio=0.5, sampler_name="euler", policy=LoopPolicy(loops=1))
     with torch.inference_mode():
-        return run_generation(model, POSITIVE, NEGATIVE, {"samples": torch.zeros(1, 4, 8, 8)}, vae, settings)
+        return run_generation(model, POSITIVE, NEGATIVE, {"samples": torch.zeros(1, 4, 8, 8)}, vae, settings,
+                              loop_negative=NEGATIVE)  # faithful loops need one (it stands for the empty prompt)
 
 
 def edit(model_vae):
