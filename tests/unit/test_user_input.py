@@ -51,7 +51,8 @@ class CountingVAE:
 
 
 SAMPLER_DEFAULTS = dict(seed=1, steps=4, cfg=5.0, sampler_name="euler", scheduler="ddim_uniform", split_ratio=0.5,
-                        loops=1, min_loops=1, max_loops=2, sim_threshold=0.99, mode="faithful")
+                        loops=1, min_loops=1, max_loops=2, sim_threshold=0.99, mode="faithful",
+                        loop_negative=NEGATIVE)  # faithful loops need one (it stands for the empty prompt)
 EDIT_DEFAULTS = dict(seed=1, steps=4, cfg=2.0, sampler_name="euler", scheduler="ddim_uniform", split_ratio=0.5,
                      loops=1, min_loops=1, max_loops=2, sim_threshold=0.99, mode="faithful", inversion="dpmpp_2m",
                      mask_mode="soft", short_side=64, output_size="source")
