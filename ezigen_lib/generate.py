@@ -23,7 +23,7 @@ from .inject import subject_injections
 from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent,
                        sampling_schedule, schedule_report, start_latent, with_window)
 from .schedule import (appearance_start_index, derive_seed, loop_start_index, reference_unet_calls,
-                       renoise_coefficients, vp_scale)
+                       renoise_coefficients, sampler_seed, vp_scale)
 from .vae_sample import encode_sample
 
 log = logging.getLogger("EZIGen")
@@ -112,7 +112,8 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
         first = model.model.process_latent_in(samples) + noise * vp_scale(sigmas[0])
         samples, noise = start_latent(model, first), torch.zeros_like(noise)
     x = comfy.sample.sample_custom(decoupled_model, noise, settings.cfg, sampler, sigmas, positive, negative,
-                                   samples, callback=progress.callback, disable_pbar=True, seed=settings.seed)
+                                   samples, callback=progress.callback, disable_pbar=True,
+                                   seed=sampler_seed(settings.seed))
     require_finite_latent(x, "the first pass")
     progress.finish_round(n)
     image = vae.decode(x)

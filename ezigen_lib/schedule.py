@@ -25,7 +25,13 @@ def derive_seed(seed: int, *path: int | str) -> int:
     noise streams; hashing the path gives every draw its own stream, deterministic per seed.
     """
     key = ":".join(str(part) for part in (seed % SEED_SPACE, *path)).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1  # < 2^63: see sampler_seed
+
+
+def sampler_seed(seed: int) -> int:
+    """The seed handed to ComfyUI's samplers for the first pass: the widget's own, as KSampler does,
+    except 2^64 - 1, which newer cores overflow (their CPU noise sampler seeds with seed + 1)."""
+    return seed if seed < SEED_SPACE - 1 else derive_seed(seed, "sampler", 0)
 
 
 def reference_timesteps(steps: int) -> list[int]:

@@ -68,7 +68,7 @@ def test_reference_timesteps_are_the_leading_spacing_and_distinct(steps):
 @given(seed=st.integers(min_value=0, max_value=SEED_SPACE - 1), a=st.integers(0, 100), b=st.integers(0, 1000))
 def test_derived_seeds_are_valid_generator_seeds(seed, a, b):
     derived = derive_seed(seed, "edit", a, b)
-    assert 0 <= derived < SEED_SPACE
+    assert 0 <= derived and derived + 1 < SEED_SPACE  # newer cores seed their CPU noise with seed + 1
     torch.Generator().manual_seed(derived)
     assert derived != derive_seed(seed, "edit", a, b + 1) and derived != derive_seed(seed, "edit", a + 1, b)
 
