@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = reference_unet_calls(args.steps, args.split, args.loops)
         print(f"{size:>6} {evals:>10} {ref:>9} {e:>9.2f} {p:>8.2f} {e / p:>6.3f}")
 
-    # editing: UNet evaluations against the reference's (method doc 9.3)
+    # editing: UNet evaluations against the reference's (docs/method.md section 14)
     source = torch.rand(1, args.sizes[0], args.sizes[0], 3)
     mask = torch.zeros(args.sizes[0], args.sizes[0])
     mask[: args.sizes[0] // 2] = 1

@@ -9,7 +9,7 @@ random values:
   ``CheckpointLoaderSimple`` detects them as SD2.x (EPS) and SD1.5.
 - ``ezigen-official/checkpoint-200000/model.safetensors``: an EZIGen accelerate checkpoint
   folder as the reference trainer writes it: the whole SD2.1-base UNet under diffusers names plus
-  the 16 attention adapters and ``learnable_weights`` (docs: ezigen-method.md section 4).
+  the 16 attention adapters and ``learnable_weights`` (docs/method.md section 5).
 
 Every tensor is drawn from its own generator, seeded from a base seed and the tensor's name, so
 the files are reproducible, independent of build order, and the EZIGen folder's base UNet equals
@@ -75,7 +75,7 @@ BANNER = (
 )
 
 # The 16 BasicTransformerBlocks that get an EZIGen adapter, in learnable_weights order
-# (execution order down -> mid -> up), with their channel width (ezigen-method.md 2.3 / 4.3).
+# (execution order down -> mid -> up), with their channel width (docs/method.md sections 2 and 5).
 EZIGEN_BLOCKS: tuple[tuple[str, int], ...] = (
     ("down_blocks.0.attentions.0", 320),
     ("down_blocks.0.attentions.1", 320),

@@ -1,4 +1,4 @@
-"""The reference's two training sources as subject/target pairs (method doc 7.2, 7.3).
+"""The reference's two training sources as subject/target pairs (docs/method.md section 15).
 
 - COCO 2014 (train2014 + val2014): the target is the whole image with its longest caption; the
   subjects are up to 4 of its instances (largest first; instances under 1000 px, or outside the

@@ -1,6 +1,6 @@
 """The training loop: frozen UNet + VAE + text encoder, trainable adapters, noise-prediction loss.
 
-One step, as the reference (method doc 7.5) with its bugs fixed by default:
+One step, as the reference (docs/method.md section 15) with its bugs fixed by default:
 1. the subject is VAE-encoded, noised to t = 1 and run through the frozen UNet (no grad), recording
    the 16 norm1 features with the same FeatureRecorder the Encode Subject node uses;
 2. with probability `subject_dropout` the features are zeroed for the step (reference: 0.8 by its

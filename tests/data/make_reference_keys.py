@@ -7,8 +7,8 @@ that as data. It deliberately imports nothing from ``ezigen_lib``: the tests com
 mapping (``ezigen_lib.slots.SLOTS``, ``ezigen_lib.checkpoint.reference_key``) with this independent list.
 
 Derived from github.com/ZichengDuan/EZIGen (Apache-2.0), read at commit 24738c2 (line numbers counted
-there; the function names are what matters), and from docs/ezigen-method.md sections 2.3, 3.1, 3.2, 3.5
-and 4.3 (which cite the same functions at commit 8a5137d):
+there, except those marked 8a5137d; the function names are what matters). docs/method.md sections 2, 4
+and 5 state the same facts:
 
 1. Which UNet blocks carry transformers, and their widths.
    ``models/main_unet/unet_main.py``, ``UNet2DConditionModel_main.__init__`` (class at L69, block
@@ -20,8 +20,8 @@ and 4.3 (which cite the same functions at commit 8a5137d):
    its Transformer2DModels in ``.attentions`` and each of those its BasicTransformerBlocks in
    ``.transformer_blocks``; with depth 1 there is only ``transformer_blocks.0``.
 2. What is registered onto each of them.
-   ``infer.py:register_adapter_and_configs`` (method doc: L353-393) and the same-named function of
-   ``train.py`` (method doc: L468-514, called from ``load_models_and_learnable_params`` L441-465, after
+   ``infer.py:register_adapter_and_configs`` (at 8a5137d: L353-393) and the same-named function of
+   ``train.py`` (at 8a5137d: L468-514, called from ``load_models_and_learnable_params`` L441-465, after
    the whole main UNet was frozen, so these are the only trainable tensors): for every block of
    ``down_blocks + [mid_block] + up_blocks`` with ``has_cross_attention``, for every ``attentions[j]``,
    ``transformer_blocks[0].adapter = Attention_Adapter(query_dim=C, heads=attn1.heads,
@@ -37,7 +37,7 @@ and 4.3 (which cite the same functions at commit 8a5137d):
    created; ``AttnProcessor2_0_Adapter`` is a plain class, not a module, so it adds no tensors. In a
    Transformer2DModel heads * dim_head equals the block width C, so all four matrices are C x C
    (torch Linear weights are stored as (out_features, in_features)).
-4. No ``module.`` prefix: the README's release was trained on one GPU (method doc section 4.3); the
+4. No ``module.`` prefix: the README's release was trained on one GPU; the
    loader is tested with and without it.
 
 Run ``python tests/data/make_reference_keys.py`` to rewrite the JSON next to this file,
@@ -81,7 +81,7 @@ def transformer_blocks() -> list[tuple[str, int]]:
     """(module path of the Transformer2DModel, width) in the registration's order: down, mid, up.
 
     This is also the order of the subject-feature list and of learnable_weights' entries, since the
-    features are produced and consumed in the UNet's execution order (method doc sections 2.3 and 3.2).
+    features are produced and consumed in the UNet's execution order (docs/method.md section 2).
     """
     found: list[tuple[str, int]] = []
     for i, (kind, width) in enumerate(DOWN_BLOCKS):
@@ -114,11 +114,11 @@ def derive() -> dict:
             "github.com/ZichengDuan/EZIGen@24738c2 models/main_unet/unet_main.py "
             "UNet2DConditionModel_main.__init__ L69-99 (block types, widths, layers per block)",
             "github.com/ZichengDuan/EZIGen@24738c2 infer.py register_adapter_and_configs "
-            "(docs/ezigen-method.md 3.1: L353-393) and train.py register_adapter_and_configs (L468-514, "
+            "(at 8a5137d: L353-393) and train.py register_adapter_and_configs (at 8a5137d: L468-514, "
             "called by load_models_and_learnable_params L441-465): adapter, adapter_norm, learnable_weights",
             "github.com/ZichengDuan/EZIGen@24738c2 models/main_unet/adapter.py Attention_Adapter.__init__ "
             "L31, L137-157 (to_q, to_k, to_v, to_out.0; no other parameters)",
-            "docs/ezigen-method.md sections 2.3, 3.1, 3.2, 3.5, 4.3",
+            "docs/method.md sections 2, 4 and 5",
         ],
         "base_model": "stabilityai/stable-diffusion-2-1-base",
         "slot_order": [prefix for prefix, _ in blocks],

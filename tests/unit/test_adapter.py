@@ -44,11 +44,11 @@ def test_state_dict_layout_is_the_converted_file_layout():
     assert keys == set(random_adapter_state(model_channels=320))
     assert len(keys) == 16 * 7 + 1
     params = sum(p.numel() for p in adapters.parameters())
-    assert params == 49_599_056  # the method doc's count of trainable parameters
+    assert params == 49_599_056  # docs/method.md section 5: the count of trainable parameters
     assert [b.heads for b in adapters.blocks] == [w // 64 for w in SD_WIDTHS]  # 5/10/20 heads as in SD2.1
 
 
-def test_slot_table_matches_the_method_doc():
+def test_slot_table_matches_docs_method_md():
     assert [s.comfy_block for s in SLOTS][:7] == [("input", 1), ("input", 2), ("input", 4), ("input", 5),
                                                  ("input", 7), ("input", 8), ("middle", 0)]
     assert [s.comfy_block[1] for s in SLOTS[7:]] == list(range(3, 12))

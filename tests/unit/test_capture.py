@@ -63,7 +63,7 @@ def test_features_are_norm1_of_the_block_input_at_timestep_one(parts):
         torch.testing.assert_close(subject.features[k], want)
     assert timesteps[0].tolist() == [float(SUBJECT_TIMESTEP)] * 2
     sigma = encoder.model.get_model_object("model_sampling").sigma(torch.tensor(1.0))
-    assert abs(float(1 / (1 + sigma ** 2) ** 0.5) - 0.99915) < 1e-5  # sqrt(alpha_bar_1) from the method doc
+    assert abs(float(1 / (1 + sigma ** 2) ** 0.5) - 0.99915) < 1e-5  # sqrt(alpha_bar_1), docs/method.md section 3
 
 
 def test_seeded_and_leaves_encoder_unpatched(parts):

@@ -96,7 +96,7 @@ def refusal(path: Path) -> str:
 def test_committed_list_is_the_references_113_tensors():
     """16 transformer blocks x 7 adapter tensors + learnable_weights, as the generator derives them today.
 
-    The parameter total is checked against docs/ezigen-method.md section 3.5, which counted it separately
+    The parameter total is checked against docs/method.md section 5, which counts it separately
     (sum over blocks of 4 C^2 + 3 C, plus 16).
     """
     assert len(TENSORS) == 113

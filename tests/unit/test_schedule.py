@@ -1,4 +1,4 @@
-"""The reference's step arithmetic, re-noise level and loop-count rule, with the method doc's numbers."""
+"""The reference's step arithmetic, re-noise level and loop-count rule, with the numbers of docs/method.md."""
 import pytest
 
 import comfy.samplers
@@ -35,7 +35,7 @@ def test_faithful_and_clean_renoise_levels(sd_sampling):
     sigmas = comfy.samplers.calculate_sigmas(sd_sampling, "ddim_uniform", 50)
     sigma_381 = float(sigmas[30])
     a, b = renoise_coefficients(sd_sampling, 0.4, sigma_381, faithful=True)
-    assert (round(a, 4), round(b, 4)) == (0.9656, 1.1244)  # method doc section 10: 0.96563 z + 1.12437 eps
+    assert (round(a, 4), round(b, 4)) == (0.9656, 1.1244)  # docs/method.md section 8: 0.96563 z + 1.12437 eps
     assert renoise_coefficients(sd_sampling, 0.4, sigma_381, faithful=False) == (1.0, pytest.approx(sigma_381))
 
 
