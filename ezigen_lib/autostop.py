@@ -1,4 +1,5 @@
-"""When the refinement loop stops: the reference's rule, with its defaults of 3..9 loops."""
+"""When the refinement loop stops: the reference's rule, with its defaults of 3..9 loops (docs/method.md
+section 9)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

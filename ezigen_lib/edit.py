@@ -4,31 +4,31 @@ Each round: invert the current image up to the loop's start (unpatched model, ex
 no CFG); denoise the last n_l steps with the subject injected at every step; after every step put
 the background back from the first round's inversion trajectory. Rounds repeat under the same
 autostop rule as generation. Work happens at the reference resolution (short side 512); the result
-is scaled back to the source size and pasted into the source outside the mask.
+is scaled back to the source size and pasted into the source outside the mask (docs/method.md
+sections 11 to 13).
 """
 from __future__ import annotations
 
 import functools
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import comfy.model_management
 import comfy.sample
 import comfy.samplers
 
-from .autostop import LoopPolicy
 from .checks import require_choice, require_finite
-from .inject import subject_injections
+from .inject import ALWAYS_ON, NEVER_ON, subject_injections
 from .inversion import SOLVERS, invert
-from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent,
-                       sampling_schedule, schedule_report, start_latent, with_window)
-from .schedule import derive_seed, loop_start_index, reference_inversion_timesteps, vp_scale
+from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, rounds_report,
+                     run_rounds)
+from .sampling import CallCounter, require_finite_latent, start_latent, with_window
+from .schedule import (derive_seed, reference_edit_unet_calls, reference_inversion_calls,
+                       reference_inversion_timesteps, vp_scale)
 from .vae_sample import encode_sample
 
 OUTPUT_SIZES = ("source", "reference")
@@ -40,15 +40,8 @@ class EditInputError(ValueError):
 
 
 @dataclass(frozen=True)
-class EditSettings:
-    seed: int
-    steps: int = 50
+class EditSettings(LoopSettings):
     cfg: float = 2.0  # the reference's editing guidance
-    sampler_name: str = "ddpm"
-    scheduler: str = "ddim_uniform"
-    split_ratio: float = 0.4
-    policy: LoopPolicy = field(default_factory=LoopPolicy)
-    faithful: bool = True
     solver: str = "dpmpp_2m"
     hard_mask: bool = False
     short_side: int = 512
@@ -65,17 +58,11 @@ class EditSettings:
         if self.sampler_name not in comfy.samplers.KSAMPLER_NAMES:
             raise EditInputError(f"sampler {self.sampler_name!r} cannot be stepped one interval at a time; use "
                                  f"one of {comfy.samplers.KSAMPLER_NAMES}")
+        super().__post_init__()
 
-
-@dataclass
-class EditResult:
-    image: torch.Tensor  # (1, H, W, 3) at the source size (or the processing size)
-    latent: torch.Tensor | None
-    round_images: torch.Tensor
-    report: dict
-
-    def report_text(self) -> str:
-        return json.dumps(self.report, indent=2)
+    @property
+    def mode(self) -> str:
+        return "reference" if self.reference_output else "faithful" if self.faithful else "clean"
 
 
 def check_edit_inputs(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,87 +221,97 @@ def backgrounds(vp: list[torch.Tensor], loop_steps: int, faithful: bool) -> list
     return [vp[len(vp) - 2 - i] for i in range(loop_steps - 1)] + [vp[0]]
 
 
+NO_SUBJECT = "The MODEL carries no EZIGen patch (connect Patch UNet Attention): editing without a subject."
+
+
 def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, mask: torch.Tensor, positive,
-             negative, settings: EditSettings, clip_vision=None) -> EditResult:
-    """`inversion_context` is the text for the inversion: `inversion.exceptional_prompt(clip)` as the reference."""
+             negative, settings: EditSettings, clip_vision=None) -> RoundsResult:
+    """Invert the source, then `run_rounds` of masked regeneration; the result is pasted into the source.
+    `inversion_context` is the text for the inversion: `inversion.exceptional_prompt(clip)` as the reference."""
     started = time.perf_counter()
     source, mask = check_edit_inputs(image, mask)
-    faithful = settings.faithful or settings.reference_output
     if settings.hard_mask and not settings.reference_output:
         mask = (mask >= 0.999).float()  # the reference keeps only fully painted pixels
-    warnings = []
-    if not subject_injections(model):
-        warnings.append("The MODEL carries no EZIGen patch (connect Patch UNet Attention): editing without a subject.")
+    warnings = [] if subject_injections(model) else [NO_SUBJECT]
     if float(mask.max()) == 0.0:
-        return EditResult(image=source, latent=None, round_images=source,
-                          report={"loops": 0, "stop_reason": "empty mask: the source is returned unchanged",
-                                  "unet_evaluations": 0, "inversion_evaluations": 0, "warnings": warnings})
+        report = rounds_report(None, "empty mask: the source is returned unchanged", 0, {"inversion_evaluations": 0},
+                               settings.mode, started, warnings)
+        return RoundsResult(latent=None, image=source, round_images=source, report=report)
 
     work = reference_processing(source, mask) if settings.reference_output else \
         pack_processing(source, mask, settings.short_side)
-    model_sampling = model.get_model_object("model_sampling")
-    sigmas, schedule_name = sampling_schedule(model_sampling, settings.scheduler, settings.steps, faithful)
-    n = len(sigmas) - 1
-    loop_sigmas = sigmas[loop_start_index(n, settings.split_ratio):]
-    loop_steps = len(loop_sigmas) - 1
-    levels = inversion_sigmas(model_sampling, loop_sigmas, n, settings.split_ratio, faithful)
-    inversion_counter, edit_counter = CallCounter(), CallCounter()
-    base_model = with_window(model, NEVER_ON, inversion_counter)
+    faithful = settings.faithful or settings.reference_output
+    plan = plan_loops(model.get_model_object("model_sampling"), settings, faithful)
+    inverter = Inverter(model, vae, inversion_context, plan, settings, faithful)
+    edit_counter = CallCounter()
     edit_model = with_window(model, ALWAYS_ON, edit_counter)
-    policy = settings.policy
-    progress = Progress(model, max(1, policy.most_loops) * loop_steps)
+    progress = Progress(model, max(1, settings.policy.most_loops) * plan.loop_steps)
     step_sampler = comfy.samplers.ksampler(settings.sampler_name)
 
-    def encode(pixels, edit_round):
-        if faithful:  # the reference encodes with a sample of the VAE posterior
-            return encode_sample(vae, pixels, derive_seed(settings.seed, "vae", edit_round))
-        return vae.encode(pixels)
-
-    def inverted_start(current_latent, edit_round):
-        """The inversion's end, placed at the editing start level as the reference hands it over."""
-        trajectory = invert(base_model, inversion_context, current_latent, levels, settings.solver)
-        require_finite_latent(trajectory[-1], f"the inversion of round {edit_round + 1}")
-        vp = _vp(trajectory, levels)
-        return vp, start_latent(model, vp[-1] * vp_scale(loop_sigmas[0]))
-
-    source_latent = encode(work.image, 0)
-    vp, start = inverted_start(source_latent, 0)
-    background = backgrounds(vp, loop_steps, faithful)
+    source_latent = inverter.encode(work.image, 0)
+    vp, first_start = inverter.start(source_latent, 0)
+    background = backgrounds(vp, plan.loop_steps, faithful)
     rounds = RoundLog(clip_vision, work.image, source_latent)  # the first round is compared with the source
-    while True:  # at least one round: editing has no first pass of its own
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        t = time.perf_counter()
-        sampler = _blend_sampler(step_sampler, background, work.latent_mask, settings.seed, rounds.loops)
-        x = comfy.sample.sample_custom(edit_model, torch.zeros_like(start), settings.cfg, sampler, loop_sigmas,
-                                       positive, negative, start, callback=progress.callback,
-                                       disable_pbar=True, seed=derive_seed(settings.seed, "edit", rounds.loops))
-        require_finite_latent(x, f"editing round {rounds.loops + 1}")
-        progress.finish_round(loop_steps)
-        image_now = rounds.add(vae, x, t)
-        go_on, reason = policy.next_step(rounds.loops, rounds.last_similarity)
-        if not go_on:
-            break
-        current = encode(image_now[..., :3], rounds.loops) if faithful else x
-        start = inverted_start(current, rounds.loops)[1]
-    progress.finish()
 
-    result_image = finish_image(image_now[..., :3], source, mask, work, settings)
-    report = {
-        **rounds.report(),
-        "stop_reason": reason,
-        "unet_evaluations": edit_counter.calls,
-        "inversion_evaluations": inversion_counter.calls,
-        "reference_unet_evaluations": n + rounds.loops * loop_steps,
-        "reference_inversion_evaluations": rounds.loops * (len(levels) - 1),
+    def sample_round(k: int) -> torch.Tensor:
+        """Round k regenerates the masked region from the inversion of round k - 1's image."""
+        start = first_start if k == 1 else inverter.start(inverter.current(rounds, k - 1), k - 1)[1]
+        sampler = _blend_sampler(step_sampler, background, work.latent_mask, settings.seed, k - 1)
+        return comfy.sample.sample_custom(edit_model, torch.zeros_like(start), settings.cfg, sampler, plan.loop_sigmas,
+                                          positive, negative, start, callback=progress.callback, disable_pbar=True,
+                                          seed=derive_seed(settings.seed, "edit", k - 1))
+
+    reason = run_rounds(rounds, settings.policy, sample_round, vae, progress, plan.loop_steps, "editing round {}",
+                        first_round_always=True)
+    progress.finish()
+    result_image = finish_image(rounds.last_image[..., :3], source, mask, work, settings)
+    details = edit_details(plan, inverter, work, result_image, settings, rounds.loops)
+    report = rounds_report(rounds, reason, edit_counter.calls, details, settings.mode, started, warnings)
+    return RoundsResult(latent=rounds.last_latent, image=result_image, round_images=rounds.all_images(), report=report)
+
+
+class Inverter:
+    """Takes a round's image back to the editing start: encode, invert along `levels` with the
+    unpatched model and the inversion prompt (no CFG), hand the end over in the reference's VP form."""
+
+    def __init__(self, model, vae, context: torch.Tensor, plan: LoopPlan, settings: EditSettings, faithful: bool):
+        self.model, self.vae, self.context, self.plan = model, vae, context, plan
+        self.settings, self.faithful = settings, faithful
+        self.model_sampling = model.get_model_object("model_sampling")
+        self.levels = inversion_sigmas(self.model_sampling, plan.loop_sigmas, plan.steps, settings.split_ratio,
+                                       faithful)
+        self.counter = CallCounter()
+        self.base_model = with_window(model, NEVER_ON, self.counter)
+
+    def encode(self, pixels: torch.Tensor, edit_round: int) -> torch.Tensor:
+        if self.faithful:  # the reference encodes with a sample of the VAE posterior
+            return encode_sample(self.vae, pixels, derive_seed(self.settings.seed, "vae", edit_round))
+        return self.vae.encode(pixels)
+
+    def current(self, rounds: RoundLog, edit_round: int) -> torch.Tensor:
+        """The latent the next round inverts: faithful re-encodes the decoded image, clean keeps the latent."""
+        return self.encode(rounds.last_image[..., :3], edit_round) if self.faithful else rounds.last_latent
+
+    def start(self, latent: torch.Tensor, edit_round: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(the trajectory in VP form, the inversion's end placed at the editing start level)."""
+        trajectory = invert(self.base_model, self.context, latent, self.levels, self.settings.solver)
+        require_finite_latent(trajectory[-1], f"the inversion of round {edit_round + 1}")
+        vp = _vp(trajectory, self.levels)
+        return vp, start_latent(self.model, vp[-1] * vp_scale(self.plan.loop_sigmas[0]))
+
+
+def edit_details(plan: LoopPlan, inverter: Inverter, work: WorkInputs, result_image: torch.Tensor,
+                 settings: EditSettings, loops: int) -> dict:
+    ms, inversion_steps = inverter.model_sampling, len(inverter.levels) - 1
+    return {
+        "inversion_evaluations": inverter.counter.calls,
+        "reference_unet_evaluations": reference_edit_unet_calls(plan.steps, settings.split_ratio, loops),
+        "reference_inversion_evaluations": reference_inversion_calls(inversion_steps, loops),
         "processing_size": list(work.image.shape[1:3]), "output_size": list(result_image.shape[1:3]),
-        "inversion": f"{settings.solver} over {len(levels) - 1} steps",
-        "inversion_timesteps": [round(float(model_sampling.timestep(s)), 2) for s in levels],
-        **schedule_report(model_sampling, sigmas, schedule_name, settings.steps),
-        "mode": "reference" if settings.reference_output else "faithful" if faithful else "clean",
-        "seconds": {"loops_s": rounds.seconds, "total_s": round(time.perf_counter() - started, 3)},
-        "warnings": warnings,
+        "inversion": f"{settings.solver} over {inversion_steps} steps",
+        "inversion_timesteps": [round(float(ms.timestep(s)), 2) for s in inverter.levels],
+        **plan.schedule_report(ms, settings.steps),
     }
-    return EditResult(image=result_image, latent=x, round_images=rounds.all_images(), report=report)
 
 
 def finish_image(decoded: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, work: WorkInputs,

@@ -2,61 +2,33 @@
 
 Cost is N + L * n_l UNet evaluations (+1 encoder pass): the reference's two diagnostic passes
 ("simple" and "pure text" images) are not computed, since the decoupled pass already contains the
-text-only layout steps.
+text-only layout steps (docs/method.md sections 6, 8 and 14).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-import comfy.model_management
 import comfy.sample
 import comfy.samplers
 
-from .autostop import LoopPolicy
-from .checks import require_finite
-from .inject import subject_injections
-from .sampling import (ALWAYS_ON, NEVER_ON, CallCounter, Progress, RoundLog, require_finite_latent,
-                       sampling_schedule, schedule_report, start_latent, with_window)
-from .schedule import (appearance_start_index, derive_seed, loop_start_index, reference_unet_calls,
-                       renoise_coefficients, sampler_seed, vp_scale)
+from .inject import ALWAYS_ON, NEVER_ON, subject_injections
+from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, rounds_report,
+                     run_rounds)
+from .sampling import CallCounter, require_finite_latent, start_latent, with_window
+from .schedule import (appearance_start_index, derive_seed, reference_unet_calls, renoise_coefficients,
+                       sampler_seed, vp_scale)
 from .vae_sample import encode_sample
 
 log = logging.getLogger("EZIGen")
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    seed: int
-    steps: int = 50
-    cfg: float = 7.5
-    sampler_name: str = "ddpm"
-    scheduler: str = "ddim_uniform"
-    split_ratio: float = 0.4
-    policy: LoopPolicy = field(default_factory=LoopPolicy)
-    faithful: bool = True
-
-    def __post_init__(self):
-        require_finite("cfg", self.cfg)
-        if not 0.0 <= self.split_ratio <= 1.0:
-            raise ValueError(f"split_ratio must be in [0, 1], got {self.split_ratio}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-
-
-@dataclass
-class GenerationResult:
-    latent: torch.Tensor  # raw VAE space, like any LATENT
-    image: torch.Tensor
-    round_images: torch.Tensor  # every round's image, round-major along the batch
-    report: dict
-
-    def report_text(self) -> str:
-        return json.dumps(self.report, indent=2)
+class GenerationSettings(LoopSettings):
+    """The EZIGen Sampler's settings: the shared loop settings with generation's defaults."""
 
 
 LOOP_NEGATIVE_NEEDED = (
@@ -66,9 +38,72 @@ LOOP_NEGATIVE_NEEDED = (
 
 
 def run_generation(model, positive, negative, latent: dict, vae, settings: GenerationSettings,
-                   loop_negative=None, clip_vision=None) -> GenerationResult:
+                   loop_negative=None, clip_vision=None) -> RoundsResult:
+    """The decoupled pass, then `run_rounds` of re-noise-and-refine loops."""
     started = time.perf_counter()
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    samples = checked_latent(model, latent["samples"])
+    model_sampling = model.get_model_object("model_sampling")
+    plan = plan_loops(model_sampling, settings, settings.faithful)
+    warnings = generation_warnings(model, plan, settings)
+    loop_negative = choose_loop_negative(loop_negative, negative, plan, settings)
+    sampler = comfy.samplers.sampler_object(settings.sampler_name)
+    counter = CallCounter()
+    progress = Progress(model, plan.steps + settings.policy.most_loops * plan.loop_steps)
+    batch_index = latent.get("batch_index")
+
+    first_started = time.perf_counter()
+    x = decoupled_pass(model, samples, batch_index, positive, negative, sampler, plan, settings, counter, progress)
+    image = vae.decode(x)
+    first_pass_s = round(time.perf_counter() - first_started, 3)
+    rounds = RoundLog(clip_vision, image, x)
+
+    loop_model = with_window(model, ALWAYS_ON, counter)
+    a, b = renoise_coefficients(model_sampling, settings.split_ratio, float(plan.loop_sigmas[0]), settings.faithful)
+
+    def sample_loop(loop: int) -> torch.Tensor:
+        """Re-noise the last round to the loop start (a z + b eps) and refine it with the subject."""
+        if settings.faithful:  # the reference re-encodes the decoded image, sampling the posterior
+            z = encode_sample(vae, rounds.last_image[..., :3], derive_seed(settings.seed, "vae", loop))
+        else:
+            z = rounds.last_latent
+        eps = comfy.sample.prepare_noise(z, derive_seed(settings.seed, "renoise", loop), batch_index)
+        start = start_latent(model, model.model.process_latent_in(z) * a + eps * b)
+        return comfy.sample.sample_custom(loop_model, torch.zeros_like(start), settings.cfg, sampler, plan.loop_sigmas,
+                                          positive, loop_negative, start, callback=progress.callback,
+                                          disable_pbar=True, seed=derive_seed(settings.seed, "sampler", loop))
+
+    reason = "no steps to refine"
+    if plan.loop_steps > 0:
+        reason = run_rounds(rounds, settings.policy, sample_loop, vae, progress, plan.loop_steps, "loop {}")
+    progress.finish()
+    details = generation_details(model_sampling, plan, settings, rounds.loops)
+    mode = "faithful" if settings.faithful else "clean"
+    report = rounds_report(rounds, reason, counter.calls, details, mode, started, warnings,
+                           seconds={"decoupled_s": first_pass_s})
+    return RoundsResult(latent=rounds.last_latent, image=rounds.last_image, round_images=rounds.all_images(),
+                        report=report)
+
+
+def decoupled_pass(model, samples, batch_index, positive, negative, sampler, plan: LoopPlan,
+                   settings: GenerationSettings, counter: CallCounter, progress: Progress) -> torch.Tensor:
+    """Text alone lays out the first steps; the subject joins from the appearance start on."""
+    i0 = appearance_start_index(plan.steps, settings.split_ratio)
+    window = (float(plan.sigmas[i0]), 0.0) if i0 < plan.steps else NEVER_ON
+    noise = comfy.sample.prepare_noise(samples, settings.seed, batch_index)
+    if settings.faithful:  # the reference starts from unit-variance noise at its first timestep
+        first = model.model.process_latent_in(samples) + noise * vp_scale(plan.sigmas[0])
+        samples, noise = start_latent(model, first), torch.zeros_like(noise)
+    x = comfy.sample.sample_custom(with_window(model, window, counter), noise, settings.cfg, sampler, plan.sigmas,
+                                   positive, negative, samples, callback=progress.callback, disable_pbar=True,
+                                   seed=sampler_seed(settings.seed))
+    require_finite_latent(x, "the first pass")
+    progress.finish_round(plan.steps)
+    return x
+
+
+def checked_latent(model, samples: torch.Tensor) -> torch.Tensor:
+    """The LATENT's samples, refused with a message when they are not this model's image latents."""
+    samples = comfy.sample.fix_empty_latent_channels(model, samples)
     channels = model.get_model_object("latent_format").latent_channels
     if samples.ndim != 4:
         raise ValueError(f"The LATENT has {samples.ndim} dimensions (shape {tuple(samples.shape)}) but the EZIGen "
@@ -78,77 +113,35 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
         raise ValueError(f"The LATENT has shape {tuple(samples.shape)} but this model works on {channels}-channel "
                          "latents: make it with EmptyLatentImage or VAEEncode and the SD checkpoint's VAE (a FLUX or "
                          "SDXL-family latent cannot be used; decode it to an IMAGE first).")
+    return samples
+
+
+def generation_warnings(model, plan: LoopPlan, settings: GenerationSettings) -> list[str]:
     warnings = []
     if not subject_injections(model):
         warnings.append("The MODEL carries no EZIGen patch (connect Patch UNet Attention): sampling without a subject.")
         log.warning("EZIGen Sampler: %s", warnings[-1])
+    if plan.loop_steps == 0 and settings.policy.most_loops > 0:
+        warnings.append(f"split_ratio {settings.split_ratio} leaves no steps to refine: no loops run.")
+    return warnings
 
-    s, policy, faithful = settings.split_ratio, settings.policy, settings.faithful
-    model_sampling = model.get_model_object("model_sampling")
-    sigmas, schedule_name = sampling_schedule(model_sampling, settings.scheduler, settings.steps, faithful)
-    n = len(sigmas) - 1  # ComfyUI's ddim_uniform can give one step more than asked
-    i0 = appearance_start_index(n, s)
-    k = loop_start_index(n, s)
-    loop_sigmas = sigmas[k:]
-    loop_steps = n - k
-    if loop_steps == 0 and policy.most_loops > 0:
-        warnings.append(f"split_ratio {s} leaves no steps to refine: no loops run.")
-    if loop_negative is None:
-        if faithful and loop_steps > 0 and policy.most_loops > 0:
-            raise ValueError(LOOP_NEGATIVE_NEEDED)
-        loop_negative = negative
-    sampler = comfy.samplers.sampler_object(settings.sampler_name)
-    counter = CallCounter()
-    decoupled_window = (float(sigmas[i0]), 0.0) if i0 < n else NEVER_ON
-    decoupled_model = with_window(model, decoupled_window, counter)
-    loop_model = with_window(model, ALWAYS_ON, counter)
-    progress = Progress(model, n + policy.most_loops * loop_steps)
-    timings = {}
 
-    batch_inds = latent.get("batch_index")
-    noise = comfy.sample.prepare_noise(samples, settings.seed, batch_inds)
-    t = time.perf_counter()
-    if faithful:  # the reference starts from unit-variance noise at its first timestep
-        first = model.model.process_latent_in(samples) + noise * vp_scale(sigmas[0])
-        samples, noise = start_latent(model, first), torch.zeros_like(noise)
-    x = comfy.sample.sample_custom(decoupled_model, noise, settings.cfg, sampler, sigmas, positive, negative,
-                                   samples, callback=progress.callback, disable_pbar=True,
-                                   seed=sampler_seed(settings.seed))
-    require_finite_latent(x, "the first pass")
-    progress.finish_round(n)
-    image = vae.decode(x)
-    timings["decoupled_s"] = round(time.perf_counter() - t, 3)
-    rounds = RoundLog(clip_vision, image, x)
-    reason = "no loops requested" if loop_steps else "no steps to refine"
-    a, b = renoise_coefficients(model_sampling, s, float(loop_sigmas[0]), faithful)
-    while loop_steps > 0:
-        go_on, reason = policy.next_step(rounds.loops, rounds.last_similarity)
-        if not go_on:
-            break
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        t = time.perf_counter()
-        loop = rounds.loops + 1
-        z = encode_sample(vae, image[..., :3], derive_seed(settings.seed, "vae", loop)) if faithful else x
-        eps = comfy.sample.prepare_noise(z, derive_seed(settings.seed, "renoise", loop), batch_inds)
-        start = start_latent(model, model.model.process_latent_in(z) * a + eps * b)
-        x = comfy.sample.sample_custom(loop_model, torch.zeros_like(start), settings.cfg, sampler, loop_sigmas,
-                                       positive, loop_negative, start, callback=progress.callback,
-                                       disable_pbar=True, seed=derive_seed(settings.seed, "sampler", loop))
-        require_finite_latent(x, f"loop {loop}")
-        progress.finish_round(loop_steps)
-        image = rounds.add(vae, x, t)
-    progress.finish()
+def choose_loop_negative(loop_negative, negative, plan: LoopPlan, settings: GenerationSettings):
+    """The loops' negative: the wired one; else faithful mode refuses (the reference uses the empty
+    prompt, which this node cannot make) and clean mode reuses the first pass's."""
+    if loop_negative is not None:
+        return loop_negative
+    if settings.faithful and plan.loop_steps > 0 and settings.policy.most_loops > 0:
+        raise ValueError(LOOP_NEGATIVE_NEEDED)
+    return negative
 
-    report = {
-        **rounds.report(),
-        "stop_reason": reason,
-        "unet_evaluations": counter.calls,
-        "reference_unet_evaluations": reference_unet_calls(n, s, rounds.loops),
-        "steps": settings.steps, "schedule_steps": n, "split_ratio": s, "appearance_start_step": i0,
-        "loop_start_step": k, "loop_steps": loop_steps,
-        **schedule_report(model_sampling, sigmas, schedule_name, settings.steps),
-        "mode": "faithful" if faithful else "clean",
-        "seconds": {**timings, "loops_s": rounds.seconds, "total_s": round(time.perf_counter() - started, 3)},
-        "warnings": warnings,
+
+def generation_details(model_sampling, plan: LoopPlan, settings: GenerationSettings, loops: int) -> dict:
+    s = settings.split_ratio
+    return {
+        "reference_unet_evaluations": reference_unet_calls(plan.steps, s, loops),
+        "steps": settings.steps, "schedule_steps": plan.steps, "split_ratio": s,
+        "appearance_start_step": appearance_start_index(plan.steps, s),
+        "loop_start_step": plan.loop_start, "loop_steps": plan.loop_steps,
+        **plan.schedule_report(model_sampling, settings.steps),
     }
-    return GenerationResult(latent=x, image=image, round_images=rounds.all_images(), report=report)

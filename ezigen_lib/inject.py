@@ -1,6 +1,9 @@
 """Injection: a list-based ``middle_patch`` that adds the adapter's output right after each
-block's self-attention (before cross-attention), where the reference inserts it."""
+block's self-attention (before cross-attention), where the reference inserts it (docs/method.md
+sections 4 and 6)."""
 from __future__ import annotations
+
+import copy
 
 import torch
 from comfy.patcher_extension import WrappersMP
@@ -12,8 +15,8 @@ from .schedule import appearance_start_index
 from .slots import SLOT_COUNT
 
 KV_WRAPPER_KEY = "ezigen_subject_kv"
-# transformer_options key through which the EZIGen Sampler overrides every patch's sigma window
-SIGMA_WINDOW_OPTION = "ezigen_sigma_window"
+ALWAYS_ON = (float("inf"), 0.0)
+NEVER_ON = (-1.0, -1.0)
 
 
 class SubjectInjection:
@@ -33,6 +36,7 @@ class SubjectInjection:
         self.model_sampling = model_sampling
         # without a known schedule: active while sigma_end <= sigma <= sigma_start
         self.sigma_start, self.sigma_end = percent_sigma_range(model_sampling, start_percent, end_percent)
+        self.window: tuple[float, float] | None = None  # set by `with_window` only
         self._kv_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ComfyUI patch-object protocol -------------------------------------------------------------
@@ -59,19 +63,27 @@ class SubjectInjection:
         per-run subject keys/values so no device tensors outlive the run."""
         self.release_cache()
 
-    # the patch ------------------------------------------------------------------------------------
-    def active_mask(self, sigmas: torch.Tensor | None, batch: int, window: tuple[float, float] | None = None,
+    # the gate -------------------------------------------------------------------------------------
+    def with_window(self, window: tuple[float, float]) -> SubjectInjection:
+        """This subject gated by a fixed sigma window (on while window[1] <= sigma <= window[0]) in place
+        of its percents: how the EZIGen Sampler and Edit switch the adapter on at exactly their own
+        steps (`ALWAYS_ON`, `NEVER_ON`, the appearance stage). Shares the adapter and the per-run cache."""
+        gated = copy.copy(self)
+        gated.window = window
+        return gated
+
+    def active_mask(self, sigmas: torch.Tensor | None, batch: int,
                     schedule: torch.Tensor | None = None) -> torch.Tensor | None:
         """Per-sample gate (None = all on); the UNet batch is the latent batch times the cond chunks.
 
-        `window` (the EZIGen nodes' own) wins; else a whole schedule gates by step index as the
-        reference does; else the sigma window of the percents."""
+        A fixed `window` wins; else a whole schedule gates by step index as the reference does;
+        else the sigma window of the percents."""
         if sigmas is None:
             return None
         sigmas = sigmas.flatten().float()
-        on = self._step_gate(sigmas, schedule) if window is None else None
+        on = self._step_gate(sigmas, schedule) if self.window is None else None
         if on is None:
-            sigma_start, sigma_end = window if window is not None else (self.sigma_start, self.sigma_end)
+            sigma_start, sigma_end = self.window or (self.sigma_start, self.sigma_end)
             on = (sigmas <= sigma_start) & (sigmas >= sigma_end)
         if batch % on.numel() == 0:
             return on.repeat(batch // on.numel())
@@ -110,8 +122,7 @@ class SubjectInjection:
         slot = extra_options.get("transformer_index")
         if slot is None or not 0 <= slot < SLOT_COUNT:
             return x
-        on = self.active_mask(extra_options.get("sigmas"), x.shape[0], extra_options.get(SIGMA_WINDOW_OPTION),
-                              extra_options.get("sample_sigmas"))
+        on = self.active_mask(extra_options.get("sigmas"), x.shape[0], extra_options.get("sample_sigmas"))
         if on is not None and not bool(on.any()):
             return x
         subject_k, subject_v = self.subject_kv(slot, x.device, x.dtype)
@@ -147,6 +158,18 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
     patched.set_model_patch(injection, "middle_patch")
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, injection.outer_sample_wrapper)
     return patched
+
+
+def gate_subjects(model, window: tuple[float, float]):
+    """A clone of `model` whose subject patches all follow `window` (see `SubjectInjection.with_window`);
+    other patches and the input model are untouched."""
+    gated = model.clone()
+    options = gated.model_options["transformer_options"]
+    patches = dict(options.get("patches", {}))
+    patches["middle_patch"] = [p.with_window(window) if isinstance(p, SubjectInjection) else p
+                               for p in patches.get("middle_patch", [])]
+    options["patches"] = patches
+    return gated
 
 
 def subject_injections(model) -> list[SubjectInjection]:

@@ -6,6 +6,8 @@ N = steps, s = split_ratio (the share of the schedule that transfers appearance)
 - Loops start at index int(N - s * N) of the same schedule: n_l = N - that index steps.
 - Faithful re-noise: the reference noises the loop latent to DDPM t = int(s * 1000) (400) but
   denoises from the schedule's timestep at the loop start (381 for the defaults).
+
+docs/method.md sections 6 (gate), 7 (timesteps), 8 (loops), 10 (seeds), 11 (inversion grid), 14 (cost).
 """
 from __future__ import annotations
 
@@ -103,6 +105,16 @@ def renoise_coefficients(model_sampling, split: float, sigma_start: float, faith
 def reference_unet_calls(steps: int, split: float, loops: int) -> int:
     """CFG-batched UNet calls of the reference generation: stages B, C, D (3N) plus the loops."""
     return 3 * steps + loops * loop_step_count(steps, split)
+
+
+def reference_edit_unet_calls(steps: int, split: float, loops: int) -> int:
+    """CFG-batched UNet calls of the reference's editing: its unused stage B (N) plus the rounds."""
+    return steps + loops * loop_step_count(steps, split)
+
+
+def reference_inversion_calls(inversion_steps: int, loops: int) -> int:
+    """Unguided inversion calls of the reference's editing: every round inverts its image anew."""
+    return loops * inversion_steps
 
 
 def ezigen_unet_calls(steps: int, split: float, loops: int) -> int:

@@ -47,24 +47,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class UsageError(Exception):
+    """A bad command line or input: printed as `error: ...` with exit status 2."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import_comfy(cpu=True if args.cpu else None)
-    import torch
-    from tqdm import tqdm
-
     import comfy.model_management
     import comfy.sd
 
-    from .training.data import FolderDataset, TrainingDataError
-    from .training.reference_data import CocoPairs, YtvisPairs
-    from .training.trainer import Trainer, TrainSettings, distributed_from_env
+    from .training.trainer import Trainer, distributed_from_env
 
     distributed_from_env()
-    if not (args.data or args.coco or args.ytvis):
-        print("error: give training data: --data FOLDER (manifest.jsonl), --coco ROOT and/or --ytvis ROOT",
-              file=sys.stderr)
+    try:
+        dataset = training_dataset(args)
+        if not args.checkpoint.is_file():
+            raise UsageError(f"checkpoint {args.checkpoint} not found (a single-file SD1.x/SD2.x .safetensors)")
+        model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(args.checkpoint))
+        settings = train_settings(args, type(model.model.model_config).__name__)
+        try:
+            trainer = Trainer(model, vae, text_encoder(clip), dataset, args.out, settings,
+                              device=comfy.model_management.get_torch_device())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        if args.resume:
+            trainer.resume(args.resume)
+        log, close = progress_logger(args, trainer, settings.steps)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    out = trainer.run(log)
+    close()
+    if args.reference_folder:
+        trainer.export_reference_folder(args.out / "reference-checkpoint")
+    if trainer.rank == 0:
+        print(out)
+    return 0
+
+
+def training_dataset(args: argparse.Namespace):
+    """The training pairs of every source given (a folder with manifest.jsonl, COCO, YouTube-VIS)."""
+    import torch
+
+    from .training.data import FolderDataset, TrainingDataError
+    from .training.reference_data import CocoPairs, YtvisPairs
+
+    if not (args.data or args.coco or args.ytvis):
+        raise UsageError("give training data: --data FOLDER (manifest.jsonl), --coco ROOT and/or --ytvis ROOT")
     try:
         sources = []
         if args.data:
@@ -76,42 +106,44 @@ def main(argv: list[str] | None = None) -> int:
             sources.append(YtvisPairs(args.ytvis, annotations, args.resolution, limit=args.limit_per_source,
                                       seed=args.seed))
     except TrainingDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    dataset = sources[0] if len(sources) == 1 else torch.utils.data.ConcatDataset(sources)
-    if not args.checkpoint.is_file():
-        print(f"error: checkpoint {args.checkpoint} not found (a single-file SD1.x/SD2.x .safetensors)", file=sys.stderr)
-        return 2
-    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(args.checkpoint))
-    family = type(model.model.model_config).__name__
-    device = comfy.model_management.get_torch_device()
+        raise UsageError(str(exc)) from exc
+    return sources[0] if len(sources) == 1 else torch.utils.data.ConcatDataset(sources)
 
-    def encode_text(captions: list[str]) -> torch.Tensor:
-        return torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in captions])
 
-    settings = TrainSettings(
+def train_settings(args: argparse.Namespace, family: str):
+    from .training.trainer import TrainSettings
+
+    return TrainSettings(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
         subject_dropout=args.subject_dropout, faithful=args.faithful_dropout, text_dropout=args.text_dropout,
         faithful_padding=args.faithful_padding,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         save_every=args.save_every, head_dim=args.head_dim, base_model=FAMILY_NAMES.get(family, family),
         data_name="+".join(str(p.name) for p in (args.data, args.coco, args.ytvis) if p))
-    try:
-        trainer = Trainer(model, vae, encode_text, dataset, args.out, settings, device=device)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.resume:
-        trainer.resume(args.resume)
+
+
+def text_encoder(clip):
+    """The checkpoint's frozen text encoder as the trainer calls it: captions -> (B, 77, D)."""
+    import torch
+
+    def encode_text(captions: list[str]) -> torch.Tensor:
+        return torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in captions])
+
+    return encode_text
+
+
+def progress_logger(args: argparse.Namespace, trainer, steps: int):
+    """(log(step, loss, samples_per_s), close()): a progress bar on rank 0, and TensorBoard if asked."""
+    from tqdm import tqdm
+
     writer = None
     if args.tensorboard and trainer.rank == 0:
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            print("error: --tensorboard needs the tensorboard package: pip install tensorboard", file=sys.stderr)
-            return 2
+        except ImportError as exc:
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
         writer = SummaryWriter(str(args.tensorboard))
-    bar = tqdm(total=settings.steps, initial=trainer.step, disable=trainer.rank != 0, desc="EZIGen training")
+    bar = tqdm(total=steps, initial=trainer.step, disable=trainer.rank != 0, desc="EZIGen training")
 
     def log(step: int, loss: float, samples_per_s: float) -> None:
         bar.update(1)
@@ -120,13 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.add_scalar("train/loss", loss, step)
             writer.add_scalar("train/samples_per_s", samples_per_s, step)
 
-    out = trainer.run(log)
-    bar.close()
-    if args.reference_folder:
-        trainer.export_reference_folder(args.out / "reference-checkpoint")
-    if trainer.rank == 0:
-        print(out)
-    return 0
+    return log, bar.close
 
 
 if __name__ == "__main__":

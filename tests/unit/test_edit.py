@@ -8,7 +8,8 @@ from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.edit import EditInputError, EditSettings, processing_size, run_edit
 from ezigen_lib.inversion import invert
 from ezigen_lib.schedule import reference_inversion_timesteps
-from ezigen_lib.sampling import NEVER_ON, CallCounter, with_window
+from ezigen_lib.inject import NEVER_ON
+from ezigen_lib.sampling import CallCounter, with_window
 
 from .tiny import patched_tiny, random_context
 
@@ -81,6 +82,14 @@ def test_faithful_counts_and_sizes(parts):
     assert result.round_images.shape == (3, 64, 88, 3)  # the source, then two rounds
     reference = edit(parts, output_size="reference")
     assert reference.image.shape == (1, 64, 88, 3)
+
+
+def test_the_first_round_always_runs(parts):
+    """Editing has no first pass of its own: loops = 0 still regenerates once; the policy counts after it."""
+    once = edit(parts, policy=LoopPolicy(loops=0))
+    assert once.report["loops"] == 1 and once.report["unet_evaluations"] == 4
+    assert once.round_images.shape[0] == 2  # the source, then the one round
+    assert once.report["stop_reason"] == "ran the requested 0 loops"
 
 
 def test_empty_and_full_masks(parts):

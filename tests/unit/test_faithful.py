@@ -19,7 +19,8 @@ from ezigen_lib.edit import EditSettings, run_edit
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.inject import SubjectInjection
 from ezigen_lib.inversion import invert
-from ezigen_lib.sampling import NEVER_ON, CallCounter, with_window
+from ezigen_lib.inject import NEVER_ON
+from ezigen_lib.sampling import CallCounter, with_window
 
 from .tiny import patched_tiny, random_context, sample, tiny_encoder, tiny_model
 
@@ -309,7 +310,7 @@ def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
 def test_autostop_compares_each_round_with_the_round_before(parts):
     """Latent cosine (no CLIP vision): round 2 repeats round 1 but is orthogonal to the first image, so
     the rule stops after loop 2 only if it compares consecutive rounds, as the reference does."""
-    from ezigen_lib.sampling import RoundLog
+    from ezigen_lib.rounds import RoundLog
 
     g = torch.Generator().manual_seed(0)
     first = torch.randn(1, 4, 8, 8, generator=g)

@@ -6,7 +6,7 @@ import torch
 
 from ezigen_lib.adapter import AdapterSet, BlockAdapter
 from ezigen_lib.capture import encode_subject
-from ezigen_lib.inject import SIGMA_WINDOW_OPTION, SubjectInjection, apply_subject
+from ezigen_lib.inject import SubjectInjection, apply_subject
 from ezigen_lib.layout import UnsupportedModelError
 
 from .tiny import random_context, sample, tiny_encoder, tiny_flux, tiny_model, tiny_sdxl_like, tiny_vae
@@ -82,8 +82,8 @@ def test_mixed_sigmas_in_one_batch_gate_per_sample(setup):
     base, encoder, subject = setup
     injection = SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"))
     x = torch.randn(4, 16, 64)  # 2 latents x (cond, uncond)
-    out = injection(x, {"transformer_index": 0, "sigmas": torch.tensor([5.0, 0.5]), "attn_precision": None,
-                        SIGMA_WINDOW_OPTION: (1.0, 0.0)})
+    out = injection.with_window((1.0, 0.0))(x, {"transformer_index": 0, "sigmas": torch.tensor([5.0, 0.5]),
+                                                "attn_precision": None})
     changed = [(out[i] - x[i]).abs().max().item() > 0 for i in range(4)]
     assert changed == [False, True, False, True]
 
