@@ -82,9 +82,44 @@ def subject_context(conditioning) -> torch.Tensor:
     return conditioning[0][0]
 
 
-def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None,
-                   seed: int, resolution: int, widths: tuple[int, ...]) -> SubjectFeatures:
-    """Run the encoder MODEL once on the noised subject latents and return the 16 features."""
+def subject_sigma(model_sampling) -> torch.Tensor:
+    """The noise level of timestep 1 in ComfyUI's sampling space (sigma, where x = z + sigma * eps)."""
+    return model_sampling.sigma(torch.tensor(float(SUBJECT_TIMESTEP)))
+
+
+def capture_features(base_model, latent: torch.Tensor, noise: torch.Tensor, context: torch.Tensor,
+                     device: torch.device, store_device: torch.device, store_dtype: torch.dtype,
+                     transformer_options: dict | None = None, sigma: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The one subject capture (Encode Subject's and the trainer's): noise the clean `latent` (model space,
+    B images) with `noise` to timestep 1, run the UNet of `base_model` (a BaseModel whose weights are
+    ready on `device`) once and return norm1(x) of its 16 self-attentions, each (B, HW_k, C_k), stored
+    on `store_device` in `store_dtype`.
+
+    `context` is one text row for all images or one per image. `transformer_options` are the caller's
+    (a ModelPatcher's), the recorder is added to a copy. `sigma`: timestep 1's noise level when the
+    caller has already evaluated it (Encode Subject does so before ComfyUI moves the model to its device).
+    """
+    if sigma is None:
+        sigma = subject_sigma(base_model.model_sampling)
+    x = latent + noise * sigma  # ComfyUI's variance-exploding form of sqrt(a)z + sqrt(1-a)eps at t=1
+    batch = latent.shape[0]
+    recorder = FeatureRecorder(store_device, store_dtype)
+    options = dict(transformer_options or {})
+    patches = dict(options.get("patches", {}))
+    patches["attn1_patch"] = patches.get("attn1_patch", []) + [recorder]
+    options["patches"] = patches
+    with torch.no_grad():
+        base_model.apply_model(x.to(device), sigma.expand(batch).to(device),
+                               c_crossattn=context.expand(batch, -1, -1).to(device), transformer_options=options)
+    if sorted(recorder.features) != list(range(SLOT_COUNT)):
+        raise UnsupportedModelError(
+            f"The model ran {len(recorder.calls)} self-attentions with indices {sorted(recorder.features)}, "
+            f"expected {SLOT_COUNT} (0..{SLOT_COUNT - 1}); another patch may be replacing its blocks.")
+    return [recorder.features[k] for k in range(SLOT_COUNT)]
+
+
+def _check_subject_inputs(encoder, context: torch.Tensor, images: torch.Tensor, widths: tuple[int, ...]):
+    """The encoder's layout, after refusing a text context or prompt batch it cannot take."""
     layout = require_ezigen_layout(encoder, widths, "encoder model")
     if context.ndim != 3 or context.shape[-1] != layout.context_dim:
         raise UnsupportedModelError(
@@ -95,35 +130,33 @@ def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, ma
     if rows not in (1, images.shape[0]):
         raise ValueError(f"The subject prompt is a batch of {rows} prompts but there are {images.shape[0]} subject "
                          "images: give one prompt for all images, or one per image in the same order.")
+    return layout
+
+
+def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None,
+                   seed: int, resolution: int, widths: tuple[int, ...]) -> SubjectFeatures:
+    """Run the encoder MODEL once on the noised subject latents and return the 16 features."""
+    layout = _check_subject_inputs(encoder, context, images, widths)
     pixels = prepare_subject_pixels(images, mask, resolution)
     latent = encode_sample(vae, pixels, derive_seed(seed, "vae"))  # the reference samples the posterior
     if latent.shape[1] != layout.latent_channels:
         raise UnsupportedModelError(
             f"The VAE makes {latent.shape[1]}-channel latents but the encoder ({layout.family}) needs "
             f"{layout.latent_channels}: use the VAE of the encoder's checkpoint (SD1.x/SD2.x).")
-    batch = latent.shape[0]
-    base = encoder.model
-    z = base.process_latent_in(latent.float())
-    sigma = encoder.get_model_object("model_sampling").sigma(torch.tensor(float(SUBJECT_TIMESTEP)))
+    z = encoder.model.process_latent_in(latent.float())
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(z.shape, generator=generator, dtype=torch.float32)
-    x = z + noise * sigma  # ComfyUI's variance-exploding form of sqrt(a)z + sqrt(1-a)eps at t=1
+    return subject_from_latents(encoder, z, noise, context, resolution)
 
-    store = comfy.model_management.intermediate_device()
-    recorder = FeatureRecorder(store)
-    patcher = encoder.clone()
-    patcher.set_model_attn1_patch(recorder)
-    comfy.model_management.load_models_gpu([patcher])
-    device = patcher.load_device
-    transformer_options = dict(patcher.model_options["transformer_options"])
-    with torch.no_grad():
-        patcher.model.apply_model(x.to(device), sigma.expand(batch).to(device),
-                                  c_crossattn=context.expand(batch, -1, -1).to(device),  # 1 row, or 1 per image
-                                  transformer_options=transformer_options)
-    if sorted(recorder.features) != list(range(SLOT_COUNT)):
-        raise UnsupportedModelError(
-            f"The encoder ran {len(recorder.calls)} self-attentions with indices {sorted(recorder.features)}, "
-            f"expected {SLOT_COUNT} (0..{SLOT_COUNT - 1}); another patch may be replacing the encoder's blocks.")
-    features = tuple(recorder.features[k].reshape(1, -1, recorder.features[k].shape[-1]) for k in range(SLOT_COUNT))
-    return SubjectFeatures(features=features, image_count=batch, resolution=resolution)
 
+def subject_from_latents(encoder, latent: torch.Tensor, noise: torch.Tensor, context: torch.Tensor,
+                         resolution: int) -> SubjectFeatures:
+    """Encode Subject from its clean latents (model space) and its timestep-1 noise: the node's path after
+    the VAE and the seeded draw, public so a test can give it and the trainer the very same inputs."""
+    sigma = subject_sigma(encoder.get_model_object("model_sampling"))  # evaluated before the model moves
+    comfy.model_management.load_models_gpu([encoder])
+    features = capture_features(encoder.model, latent, noise, context, encoder.load_device,
+                                comfy.model_management.intermediate_device(), FEATURE_DTYPE,
+                                transformer_options=encoder.model_options["transformer_options"], sigma=sigma)
+    return SubjectFeatures(features=tuple(f.reshape(1, -1, f.shape[-1]) for f in features),  # images' tokens in one row
+                           image_count=latent.shape[0], resolution=resolution)

@@ -2,7 +2,7 @@
 
 One step, as the reference (docs/method.md section 15) with its bugs fixed by default:
 1. the subject is VAE-encoded, noised to t = 1 and run through the frozen UNet (no grad), recording
-   the 16 norm1 features with the same FeatureRecorder the Encode Subject node uses;
+   the 16 norm1 features with the same capture_features the Encode Subject node uses;
 2. with probability `subject_dropout` the features are zeroed for the step (reference: 0.8 by its
    inverted comparison; ours 0.2 as its config says; `faithful=True` restores 0.8);
 3. the target is noised at a random t and the UNet predicts the noise (or v) with the adapters on
@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 import comfy.model_base
 
 from ..adapter import AdapterSet
-from ..capture import FeatureRecorder
+from ..capture import capture_features
 from ..checkpoint import REFERENCE_TENSOR_NAMES, AdapterInfo, AdapterWeights, reference_key, save_adapter
 from ..slots import SLOT_COUNT
 from .data import MAX_SUBJECTS, collate
@@ -168,14 +168,17 @@ class Trainer:
         if self.settings.faithful_padding:  # grey images in the empty slots, as the reference pads them
             subject_sets = [torch.cat([s, torch.full((MAX_SUBJECTS - len(s), *s.shape[1:]), 0.5)]) for s in subject_sets]
             caption_sets = [c + [""] * (MAX_SUBJECTS - len(c)) for c in caption_sets]
-        counts = [len(s) for s in subject_sets]
         z_s = self._latents(torch.cat(subject_sets))
         with torch.no_grad():
             context = self.encode_text([c for captions in caption_sets for c in captions]).to(self.device)
-            recorder = FeatureRecorder(self.device, torch.float32)
-            one = torch.ones(len(z_s), dtype=torch.long, device=self.device)
-            self._unet(self._noised(z_s, one, torch.randn_like(z_s)), one, context, "attn1_patch", recorder)
-        return [[f.reshape(1, -1, f.shape[-1]) for f in recorder.features[k].split(counts)] for k in range(SLOT_COUNT)]
+        return self.features_from_latents(z_s, torch.randn_like(z_s), context, [len(s) for s in subject_sets])
+
+    def features_from_latents(self, latent: torch.Tensor, noise: torch.Tensor, context: torch.Tensor,
+                              counts: list[int]) -> list[list[torch.Tensor]]:
+        """subject_features after the VAE, text encoder and noise draw (clean latents in model space, one
+        context row per subject image), public so a test can give it and Encode Subject the same inputs."""
+        features = capture_features(self.base, latent, noise, context, self.device, self.device, torch.float32)
+        return [[f.reshape(1, -1, f.shape[-1]) for f in features[k].split(counts)] for k in range(SLOT_COUNT)]
 
     def loss(self, batch: dict) -> torch.Tensor:
         s = self.settings

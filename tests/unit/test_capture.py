@@ -1,12 +1,14 @@
-"""Subject encoding: 16 captures of norm1(x), in execution order, at timestep 1."""
+"""Subject encoding: 16 captures of norm1(x), in execution order, at timestep 1; the trainer's the same."""
 import pytest
 import torch
 
-from ezigen_lib.capture import FeatureRecorder, SUBJECT_TIMESTEP, encode_subject, prepare_subject_pixels
+from ezigen_lib.capture import (FeatureRecorder, SUBJECT_TIMESTEP, encode_subject, prepare_subject_pixels,
+                                subject_from_latents)
 from ezigen_lib.layout import UnsupportedModelError
 from ezigen_lib.slots import SLOTS
 
 from .tiny import random_context, tiny_encoder, tiny_vae
+from .training_fixtures import encode_text, tiny_trainer, write_training_folder
 
 IMAGES = torch.rand(2, 48, 40, 3, generator=torch.Generator().manual_seed(9))
 
@@ -92,3 +94,33 @@ def test_mask_changes_the_features(parts):
 def test_wrong_conditioning_width_is_a_clear_error(parts):
     with pytest.raises(UnsupportedModelError, match="48-wide but the encoder .* expects 32-wide"):
         encode(parts, context=random_context(width=48))
+
+
+# --- the trainer captures what Encode Subject captures ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("capture")
+    return tiny_trainer(write_training_folder(root / "data"), root / "out")
+
+
+@pytest.mark.parametrize("counts", [[1], [2], [2, 1]], ids=["one-image", "two-image-set", "two-examples"])
+def test_trainer_and_encode_subject_capture_the_same_features(trainer, counts):
+    """Same clean latents, timestep-1 noise and one text row per subject image: each example's features
+    from the trainer are the Encode Subject tokens of its images, concatenated in order. The node stores
+    fp16 and the trainer fp32, so they may differ by fp16 rounding alone: at most 2^-11 relative (round to
+    nearest, normal range) or 2^-25 absolute (half the subnormal spacing)."""
+    images = sum(counts)
+    g = torch.Generator().manual_seed(3)
+    latent, noise = torch.randn(images, 4, 8, 8, generator=g), torch.randn(images, 4, 8, 8, generator=g)
+    context = encode_text([f"a photo of subject {i}" for i in range(images)])
+    with torch.no_grad():
+        trained = trainer.features_from_latents(latent, noise, context, counts)
+    with torch.inference_mode():
+        encoded = subject_from_latents(trainer.model, latent, noise, context, 64)
+    assert len(trained) == len(encoded.features) == 16 and encoded.image_count == images
+    for slot, (ours, theirs) in enumerate(zip(encoded.features, trained)):
+        per_image = ours.shape[1] // images
+        assert [f.shape[1] for f in theirs] == [n * per_image for n in counts]
+        assert theirs[0].dtype == torch.float32
+        torch.testing.assert_close(ours.float(), torch.cat(theirs, dim=1), rtol=2 ** -11, atol=2 ** -25,
+                                   msg=lambda m, slot=slot: f"slot {slot}: {m}")
