@@ -6,7 +6,7 @@ import torch
 
 from ezigen_lib.adapter import AdapterSet, BlockAdapter
 from ezigen_lib.capture import encode_subject
-from ezigen_lib.inject import SubjectInjection, apply_subject
+from ezigen_lib.inject import NEVER_ON, SubjectInjection, apply_subject, gate_subjects
 from ezigen_lib.layout import UnsupportedModelError
 
 from .tiny import random_context, sample, tiny_encoder, tiny_flux, tiny_model, tiny_sdxl_like, tiny_vae
@@ -182,3 +182,19 @@ def test_attention_precision_reaches_the_adapter_attention(setup, monkeypatch):
     injection(torch.randn(1, 16, 64), {"transformer_index": 0, "sigmas": torch.tensor([0.5]),
                                        "attn_precision": torch.float32})
     assert seen == [torch.float32]
+
+
+def test_gating_a_clone_leaves_the_patched_model_as_it_was(setup):
+    """The Sampler's and Edit's gate (`gate_subjects`) acts on a clone: the user's patched MODEL keeps its
+    percents, the clone's subject follows the window and shares the per-run cache (one release clears it)."""
+    patched = patch(setup, start=0.2, end=0.9)
+    original = patched.model_options["transformer_options"]["patches"]["middle_patch"][0]
+    gated = gate_subjects(patched, NEVER_ON)
+    windowed = gated.model_options["transformer_options"]["patches"]["middle_patch"][0]
+    assert patched.model_options["transformer_options"]["patches"]["middle_patch"][0] is original
+    assert original.window is None and windowed.window == NEVER_ON and windowed is not original
+    assert windowed._kv_cache is original._kv_cache
+    x = torch.randn(2, 16, 64)
+    options = {"transformer_index": 0, "sigmas": torch.tensor([1.0]), "attn_precision": None}
+    assert torch.equal(windowed(x, options), x)  # never on
+    assert not torch.equal(original(x, options), x)  # sigma 1.0 lies in the percents' window
