@@ -7,6 +7,7 @@ import torch
 import comfy.samplers
 from comfy.patcher_extension import WrappersMP
 
+from .checks import InputValueError
 from .inject import gate_subjects
 from .schedule import reference_sigmas, reference_timesteps
 
@@ -37,7 +38,11 @@ def sampling_schedule(model_sampling, scheduler: str, steps: int, faithful: bool
     (ComfyUI's own ddim_uniform has N + 1 steps when 1000 % N is large)."""
     if faithful and scheduler == "ddim_uniform":
         return reference_sigmas(model_sampling, steps), "reference (DDPM leading spacing)"
-    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu(), scheduler
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).cpu()
+    if not bool(torch.isfinite(sigmas).all()):  # e.g. ComfyUI's kl_optimal divides by steps - 1
+        raise InputValueError(f"the {scheduler} scheduler gives no usable schedule for {steps} step(s) (ComfyUI computes "
+                              "non-finite noise levels for it): use more steps or another scheduler")
+    return sigmas, scheduler
 
 
 def schedule_report(model_sampling, sigmas: torch.Tensor, name: str, steps: int) -> dict:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import comfy.samplers
 
 from ezigen_lib.autostop import LoopPolicy
+from ezigen_lib.checks import InputValueError
 from ezigen_lib.edit import EditSettings, inversion_sigmas, run_edit
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.sampling import sampling_schedule
@@ -25,10 +26,33 @@ SCHEDULERS = st.sampled_from(list(comfy.samplers.KSampler.SCHEDULERS))
 EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def schedule_or_refusal(scheduler: str, steps: int, faithful: bool) -> torch.Tensor | None:
+    """The schedule sampled; None where the host's own schedule is not finite (ComfyUI's kl_optimal at 1 step),
+    which must be refused with a message naming the scheduler rather than sampled."""
+    host = comfy.samplers.calculate_sigmas(MODEL_SAMPLING, scheduler, steps)
+    if not bool(torch.isfinite(host).all()) and not (faithful and scheduler == "ddim_uniform"):
+        with pytest.raises(InputValueError, match=f"the {scheduler} scheduler gives no usable schedule"):
+            sampling_schedule(MODEL_SAMPLING, scheduler, steps, faithful)
+        return None
+    return sampling_schedule(MODEL_SAMPLING, scheduler, steps, faithful)[0]
+
+
+def test_kl_optimal_at_one_step_is_refused_by_name_or_sampled_as_the_host_gives_it():
+    """Found by the property tests: ComfyUI (0.3.75, 0.8.0) computes kl_optimal's 1-step schedule as NaN."""
+    host = comfy.samplers.calculate_sigmas(MODEL_SAMPLING, "kl_optimal", 1).cpu()
+    if bool(torch.isfinite(host).all()):  # a host that fixed it
+        assert torch.equal(sampling_schedule(MODEL_SAMPLING, "kl_optimal", 1, faithful=False)[0], host)
+        return
+    with pytest.raises(InputValueError, match="kl_optimal scheduler gives no usable schedule for 1 step"):
+        sampling_schedule(MODEL_SAMPLING, "kl_optimal", 1, faithful=False)
+
+
 @EXAMPLES
 @given(steps=STEPS, split=SPLITS, scheduler=SCHEDULERS, faithful=st.booleans())
 def test_generation_schedule_arithmetic(steps, split, scheduler, faithful):
-    sigmas, _ = sampling_schedule(MODEL_SAMPLING, scheduler, steps, faithful)
+    sigmas = schedule_or_refusal(scheduler, steps, faithful)
+    if sigmas is None:
+        return
     n = len(sigmas) - 1
     assert n >= 1 and bool(torch.isfinite(sigmas).all()) and float(sigmas[-1]) == 0.0
     assert bool((sigmas[1:] <= sigmas[:-1]).all())
@@ -41,7 +65,9 @@ def test_generation_schedule_arithmetic(steps, split, scheduler, faithful):
 @EXAMPLES
 @given(steps=STEPS, split=EDIT_SPLITS, scheduler=SCHEDULERS, faithful=st.booleans())
 def test_inversion_grid_rises_strictly_to_the_editing_start(steps, split, scheduler, faithful):
-    sigmas, _ = sampling_schedule(MODEL_SAMPLING, scheduler, steps, faithful)
+    sigmas = schedule_or_refusal(scheduler, steps, faithful)
+    if sigmas is None:
+        return
     n = len(sigmas) - 1
     loop_sigmas = sigmas[loop_start_index(n, split):]
     levels = inversion_sigmas(MODEL_SAMPLING, loop_sigmas, n, split, faithful)
