@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import comfy.model_management
     import comfy.sd
 
+    from ezigen_lib.train import text_encoder
     from ezigen_lib.training.data import FolderDataset
     from ezigen_lib.training.trainer import Trainer, TrainSettings, peak_memory_mb
     from unit.training_fixtures import write_training_folder
@@ -53,14 +54,10 @@ def main(argv: list[str] | None = None) -> int:
           f"mixed precision {args.mixed_precision}, gradient checkpointing {args.gradient_checkpointing}")
     for checkpoint in args.checkpoint:
         model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(checkpoint))
-
-        def encode_text(captions):
-            return torch.cat([clip.encode_from_tokens(clip.tokenize(c)) for c in captions])
-
         settings = TrainSettings(steps=args.steps + 1, batch_size=args.batch_size, save_every=0,
                                  mixed_precision=args.mixed_precision,
                                  gradient_checkpointing=args.gradient_checkpointing)
-        trainer = Trainer(model, vae, encode_text, FolderDataset(data, args.resolution), base / "out", settings, device)
+        trainer = Trainer(model, vae, text_encoder(clip), FolderDataset(data, args.resolution), base / "out", settings, device)
         batches = trainer.batches()
         trainer.train_step(next(batches))  # warm-up
         if device.type == "cuda":
