@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from comfy_root import bootstrap_inprocess
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+
+from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-bench-")), cpu=not torch.cuda.is_available())
-    sys.path.append(str(REPO))  # appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
     import comfy.model_management
     import comfy.sample
     import comfy.sd

@@ -19,11 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_host import VIRTUAL_NODE_TYPES, ComfyServer, widgets_values_from_names  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
+sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+
+from comfy_host import VIRTUAL_NODE_TYPES, ComfyServer, widgets_values_from_names  # noqa: E402
 
 WORKFLOWS = REPO / "workflows"
 

@@ -43,7 +43,7 @@ from typing import Any, Iterable, Mapping
 
 import requests
 
-from comfy_root import comfy_root
+from ezigen_lib.host import comfy_root
 
 __all__ = [
     "ComfyServer",

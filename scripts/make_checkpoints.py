@@ -40,10 +40,10 @@ from typing import Any, Literal
 
 import torch
 
-_SCRIPTS = str(Path(__file__).resolve().parent)
-if _SCRIPTS not in sys.path:  # importable both as a script and from tests that add scripts/ themselves
-    sys.path.insert(0, _SCRIPTS)
-from comfy_root import bootstrap_inprocess  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a command; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+    sys.path.append(str(REPO_ROOT))
+from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
 __all__ = [
     "BANNER",
@@ -63,7 +63,6 @@ __all__ = [
 
 SdKind = Literal["sd21base", "sd15"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / ".cache" / "models"
 SD_FILE_NAMES: dict[str, str] = {"sd21base": "sd21base_random.safetensors", "sd15": "sd15_random.safetensors"}
 EZIGEN_FOLDER = Path("ezigen-official") / "checkpoint-200000"

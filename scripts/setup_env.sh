@@ -10,7 +10,8 @@
 # tools come too: pytest, Playwright driving Debian's Chromium (installed with apt when missing), diffusers for
 # parity tests against the reference's schedulers, tensorboard for the trainer's logs.
 # Idempotent: a stamp file records what was installed, so a second run is instant.
-# The venv's python finds its host through <venv>/ezigen-comfyui-root (see scripts/comfy_root.py).
+# The venv's python finds its host through <venv>/ezigen-comfyui-root (see ezigen_lib/host.py, the one ComfyUI
+# bootstrap of the trainer, scripts/ and tests/).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 host=${HOST:-0.3.75}

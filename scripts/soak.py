@@ -21,6 +21,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "e2e")]
+sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
 
 from comfy_host import ComfyServer, set_inputs  # noqa: E402
 
@@ -119,7 +120,7 @@ def soak(server: ComfyServer, rounds: int, warmup_rounds: int = 1, size: int = 6
 def demo_server(base: Path) -> ComfyServer:
     """The test suite's server layout: this pack, the stand-in checkpoints, the demo inputs."""
     import make_checkpoints
-    from comfy_root import bootstrap_inprocess
+    from ezigen_lib.host import bootstrap_inprocess
     from demo_inputs import write_source_image, write_subject_image
 
     bootstrap_inprocess(base / "inprocess")

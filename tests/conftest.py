@@ -1,4 +1,5 @@
-"""Shared test set-up: make the repo's scripts/ importable (ComfyUI bootstrap, fixtures, server harness)."""
+"""Shared test set-up: make the repo's scripts/ (fixtures, server harness) and ezigen_lib (the ComfyUI bootstrap)
+importable."""
 import sys
 from pathlib import Path
 
