@@ -64,8 +64,8 @@ else
   # ComfyUI-Manager ships as a pip package from 0.8.0 on (main.py --enable-manager turns it on)
   extra_req=(-r "$comfy_root/manager_requirements.txt")
 fi
-rm -f "$venv/ezigen-comfyui-root"
-if [ "$host" != 0.3.75 ] || [ -n "${COMFYUI_PATH:-}" ]; then echo "$comfy_root" > "$venv/ezigen-comfyui-root"; fi
+# Written for every host (0.3.75 too): it outranks the ComfyUI a checkout inside custom_nodes/ is installed in.
+echo "$comfy_root" > "$venv/ezigen-comfyui-root"
 
 # ComfyUI's requirements without torch*, and without the frontend's exact pin: the constraints choose the frontend
 # (for 0.8.0 the newest one its browser tests pass with, newer than the one it names).
