@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .training.host import import_comfy
+from .host import bootstrap_inprocess
 
 FAMILY_NAMES = {"SD15": "sd1.5", "SD20": "sd2.x", "SD21UnclipL": "sd2.1-unclip", "SD21UnclipH": "sd2.1-unclip"}
 
@@ -53,7 +53,7 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import_comfy(cpu=True if args.cpu else None)
+    bootstrap_inprocess(cpu=True if args.cpu else None)  # the GPU when there is one, unless --cpu
     import comfy.model_management
     import comfy.sd
 

@@ -1,10 +1,12 @@
 """Benchmark: EZIGen Sampler against a plain KSampler doing the same number of UNet evaluations.
 
-    python scripts/benchmark_sampler.py [--sizes 64 256] [--steps 10] [--loops 2] [--models DIR]
+    python scripts/benchmark_sampler.py [--sizes 64 256] [--steps 10] [--split 0.4] [--loops 2]
+        [--subject-resolution 512] [--repeats 1] [--checkpoint FILE] [--adapter FILE_OR_FOLDER]
 
-Both runs happen in this process on the same loaded SD2.1-base model (random-weight stand-in unless
---models gives a ComfyUI models folder with v2-1_512-ema-pruned.safetensors and an EZIGen adapter).
-Prints the time ratio (EZIGen / plain) and the UNet evaluation count against the reference's.
+Both runs happen in this process on the same loaded SD2.1-base model: --checkpoint (e.g.
+v2-1_512-ema-pruned.safetensors) and --adapter (an EZIGen adapter file or checkpoint folder); either one
+not given is a random-weight stand-in. Prints the time ratio (EZIGen / plain) per image size (--sizes,
+the best of --repeats runs) and the UNet evaluation count against the reference's, then an edit's.
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from pathlib import Path
 
 import torch
 
-from comfy_root import bootstrap_inprocess
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
+sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+
+from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-bench-")), cpu=not torch.cuda.is_available())
-    sys.path.append(str(REPO))  # appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
     import comfy.model_management
     import comfy.sample
     import comfy.sd

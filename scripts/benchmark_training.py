@@ -16,9 +16,12 @@ from pathlib import Path
 
 import torch
 
-from comfy_root import bootstrap_inprocess
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
+sys.path.insert(0, str(REPO / "tests"))  # the unit tests' training data writer
+sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+
+from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
 
     base = Path(tempfile.mkdtemp(prefix="ezigen-train-bench-"))
     bootstrap_inprocess(base / "comfy", cpu=not torch.cuda.is_available())
-    sys.path.append(str(REPO))  # appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
-    sys.path.insert(0, str(REPO / "tests"))
     import comfy.model_management
     import comfy.sd
 

@@ -26,10 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from comfy_host import ComfyServer, host_understands, set_inputs, ui_to_api
-from comfy_root import comfy_root, comfy_version
-from demo_inputs import write_source_image, write_subject_image
-from run_workflow import PACK_NAME, REPO, _extra_paths_yaml, _shrink, _use_stand_ins
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
+sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+
+from comfy_host import ComfyServer, host_understands, set_inputs, ui_to_api  # noqa: E402
+from demo_inputs import write_source_image, write_subject_image  # noqa: E402
+from ezigen_lib.host import comfy_root, comfy_version  # noqa: E402
+from run_workflow import PACK_NAME, _extra_paths_yaml, _shrink, _use_stand_ins  # noqa: E402
 
 WORKFLOWS = ("ezigen_generate.json", "ezigen_edit.json")
 DYNAMIC_OFF = "--disable-dynamic-vram"
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ezigen-gpu-check-"))
     models, made = {}, None
     if not args.models:
-        from comfy_root import bootstrap_inprocess
+        from ezigen_lib.host import bootstrap_inprocess
         bootstrap_inprocess(work / "inprocess")
         import make_checkpoints
         made = make_checkpoints.make_all()

@@ -15,10 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from comfy_host import ComfyServer, ui_to_api, ui_workflow_errors
-from demo_inputs import SUBJECT_IMAGE, write_source_image, write_subject_image
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
+sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+
+from comfy_host import ComfyServer, ui_to_api, ui_workflow_errors  # noqa: E402
+from demo_inputs import SUBJECT_IMAGE, write_source_image, write_subject_image  # noqa: E402
+
 PACK_NAME = "ComfyUI-EZIGen"
 STAND_IN_WARNING = """
 ############################################################################################
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--extra-model-paths-config", str(_extra_paths_yaml(args.models.resolve(), base))]
     else:
         print(STAND_IN_WARNING, file=sys.stderr, flush=True)
-        from comfy_root import bootstrap_inprocess
+        from ezigen_lib.host import bootstrap_inprocess
         bootstrap_inprocess(base / "inprocess")
         import make_checkpoints
         made = make_checkpoints.make_all()

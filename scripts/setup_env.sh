@@ -10,7 +10,8 @@
 # tools come too: pytest, Playwright driving Debian's Chromium (installed with apt when missing), diffusers for
 # parity tests against the reference's schedulers, tensorboard for the trainer's logs.
 # Idempotent: a stamp file records what was installed, so a second run is instant.
-# The venv's python finds its host through <venv>/ezigen-comfyui-root (see scripts/comfy_root.py).
+# The venv's python finds its host through <venv>/ezigen-comfyui-root (see ezigen_lib/host.py, the one ComfyUI
+# bootstrap of the trainer, scripts/ and tests/).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 host=${HOST:-0.3.75}
@@ -63,8 +64,8 @@ else
   # ComfyUI-Manager ships as a pip package from 0.8.0 on (main.py --enable-manager turns it on)
   extra_req=(-r "$comfy_root/manager_requirements.txt")
 fi
-rm -f "$venv/ezigen-comfyui-root"
-if [ "$host" != 0.3.75 ] || [ -n "${COMFYUI_PATH:-}" ]; then echo "$comfy_root" > "$venv/ezigen-comfyui-root"; fi
+# Written for every host (0.3.75 too): it outranks the ComfyUI a checkout inside custom_nodes/ is installed in.
+echo "$comfy_root" > "$venv/ezigen-comfyui-root"
 
 # ComfyUI's requirements without torch*, and without the frontend's exact pin: the constraints choose the frontend
 # (for 0.8.0 the newest one its browser tests pass with, newer than the one it names).

@@ -4,7 +4,8 @@ printing the server's resident memory (RSS) after every prompt and its slope aft
     python scripts/soak.py [--rounds 10] [--warmup 1] [--size 64]
 
 Without a models folder it uses the random-weight stand-ins of the test suite (.cache/models, made on
-first use). ezigen_flux_to_edit.json needs FLUX weights; its EZIGen part is ezigen_edit.json, soaked here.
+first use by tests/harness/make_checkpoints.py). ezigen_flux_to_edit.json needs FLUX weights; its EZIGen
+part is ezigen_edit.json, soaked here.
 A short version runs in the test suite (tests/e2e/test_soak.py) and bounds the growth.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "e2e")]
+sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
+sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
 
 from comfy_host import ComfyServer, set_inputs  # noqa: E402
 
@@ -119,7 +121,7 @@ def soak(server: ComfyServer, rounds: int, warmup_rounds: int = 1, size: int = 6
 def demo_server(base: Path) -> ComfyServer:
     """The test suite's server layout: this pack, the stand-in checkpoints, the demo inputs."""
     import make_checkpoints
-    from comfy_root import bootstrap_inprocess
+    from ezigen_lib.host import bootstrap_inprocess
     from demo_inputs import write_source_image, write_subject_image
 
     bootstrap_inprocess(base / "inprocess")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from comfy_host import ComfyServer
-from comfy_root import bootstrap_inprocess
+from ezigen_lib.host import bootstrap_inprocess
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "ComfyUI-EZIGen"

@@ -227,7 +227,7 @@ def test_editor_runs_the_frontend_this_host_is_pinned_to(page):
     host's requirements.txt names (the newest on PyPI that passes these tests, 1.58.1)."""
     import re
 
-    from comfy_root import comfy_root, comfy_version
+    from ezigen_lib.host import comfy_root, comfy_version
 
     from test_pack import REPO as ROOT
 

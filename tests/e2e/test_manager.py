@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from comfy_host import ComfyServer
-from comfy_root import comfy_root
+from ezigen_lib.host import comfy_root
 
 from test_pack import OUR_NODES, tracked_files
 

@@ -55,7 +55,7 @@ def test_pyproject_meets_the_registry_rules():
         assert key in comfy
     from packaging.specifiers import SpecifierSet
 
-    from comfy_root import comfy_version
+    from ezigen_lib.host import comfy_version
 
     tested = SpecifierSet(comfy["requires-comfyui"])
     hosts = re.findall(r"^\s*([0-9.]+)\)\s*venv=", (REPO / "scripts" / "setup_env.sh").read_text(), re.M)

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
-    from comfy_root import comfy_root
+    from ezigen_lib.host import comfy_root
 
     env = {**os.environ, "COMFYUI_PATH": str(comfy_root())}  # the host under test, as a user points at theirs
     return subprocess.run([sys.executable, "-m", "ezigen_lib.train", *args], cwd=REPO, capture_output=True,

@@ -2,7 +2,7 @@
 import tempfile
 from pathlib import Path
 
-from comfy_root import bootstrap_inprocess
+from ezigen_lib.host import bootstrap_inprocess
 
 BASE_DIR = Path(tempfile.mkdtemp(prefix="ezigen-unit-"))
 bootstrap_inprocess(BASE_DIR)

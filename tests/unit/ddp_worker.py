@@ -5,10 +5,10 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
-sys.path[:0] = [str(REPO / "scripts"), str(TESTS)]
-sys.path.append(str(REPO))
+sys.path.insert(0, str(TESTS))
+sys.path.append(str(REPO))  # appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
 
-from comfy_root import bootstrap_inprocess  # noqa: E402
+from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
 bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-ddp-")))
 

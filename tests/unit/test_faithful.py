@@ -104,7 +104,7 @@ def edit(parts, model=None, steps=30, rounds=1, **kw):
 
 
 # --- 0. start noise -------------------------------------------------------------------------------
-@pytest.mark.parametrize("steps", [10, 50])
+@pytest.mark.parametrize("steps", [10, pytest.param(50, marks=pytest.mark.slow)])
 def test_first_pass_starts_from_unit_variance_noise(parts, steps):
     spy = ModelInputs(parts[0])
     generate(parts, model=spy.model, steps=steps, policy=LoopPolicy(loops=0))
@@ -123,7 +123,8 @@ def test_clean_mode_keeps_comfyuis_start(parts):
 
 
 # --- 3. timesteps for any N ----------------------------------------------------------------------------
-@pytest.mark.parametrize("steps", [20, 30, 50, 70])
+@pytest.mark.parametrize("steps", [20, 30, pytest.param(50, marks=pytest.mark.slow),
+                                   pytest.param(70, marks=pytest.mark.slow)])
 def test_faithful_generation_samples_the_reference_timesteps(parts, model_sampling, steps):
     spy = ModelInputs(parts[0])
     result = generate(parts, model=spy.model, steps=steps, split_ratio=0.4, policy=LoopPolicy(loops=1))
@@ -136,7 +137,8 @@ def test_faithful_generation_samples_the_reference_timesteps(parts, model_sampli
         assert expected[math.floor((1 - 0.4) * 30)] == 364
 
 
-@pytest.mark.parametrize("steps", [20, 30, 50, 70])
+@pytest.mark.parametrize("steps", [20, 30, pytest.param(50, marks=pytest.mark.slow),
+                                   pytest.param(70, marks=pytest.mark.slow)])
 def test_faithful_edit_inverts_and_edits_on_the_reference_grids(parts, model_sampling, steps):
     spy = ModelInputs(parts[0])
     result = edit(parts, model=spy.model, steps=steps)
@@ -166,6 +168,7 @@ def test_edit_starts_from_the_inverted_latent_as_the_reference_hands_it_over(par
 
 
 # --- the faithful re-noise as used ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_loop_starts_at_the_references_renoise(parts, monkeypatch):
     """Loop 1's first UNet input is sqrt(a400) z + sqrt(1 - a400) eps (the reference's t = 400 noise),
     denoised as if at t = 381, with z the re-encoded first image; a, b from the SD schedule written out."""
@@ -186,6 +189,7 @@ def test_loop_starts_at_the_references_renoise(parts, monkeypatch):
 
 
 # --- 1. every (round, step) its own noise -------------------------------------------------------------------
+@pytest.mark.slow
 def test_edit_rounds_draw_fresh_noise_at_every_step(parts, monkeypatch):
     draws = []
     original = comfy.k_diffusion.sampling.default_noise_sampler
@@ -259,6 +263,7 @@ def test_patch_gates_by_the_references_step_index_on_a_whole_schedule(monkeypatc
 
 
 # --- 4. reference-exact editing -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
     """Source 50x70: the reference works at 512x716 (PIL bicubic, 8-bit), keeps only mask pixels that
     stay 255, squashes that mask to 512x512 and interpolates it to the 64x89 latent grid, and returns the

@@ -62,6 +62,7 @@ def relative_error(value, reference):
     return float((value.float() - reference.float()).norm() / reference.float().norm())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_generation_and_editing_in_half_precision_are_finite_and_close_to_fp32(dtype):
     reference = parts(round_to=dtype)

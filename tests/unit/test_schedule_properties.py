@@ -123,8 +123,10 @@ def test_largest_seeds_run_every_loop(parts, seed):
 
 
 @pytest.mark.parametrize("steps,scheduler,faithful,inversion_steps", [
-    (1000, "normal", True, 50), (1000, "ddim_uniform", True, 50),
-    (1000, "karras", False, 49),  # karras ends at sigma_min itself: the clean latent is placed there, one step fewer
+    pytest.param(1000, "normal", True, 50, marks=pytest.mark.slow),
+    pytest.param(1000, "ddim_uniform", True, 50, marks=pytest.mark.slow),
+    # karras ends at sigma_min itself: the clean latent is placed there, one step fewer
+    pytest.param(1000, "karras", False, 49, marks=pytest.mark.slow),
     (10, "karras", False, 0),  # one editing step, from sigma_min: nothing to invert
 ])
 def test_extreme_step_counts_edit_finite_images(parts, steps, scheduler, faithful, inversion_steps):

@@ -24,6 +24,7 @@ def eval_loss(trainer, batch) -> float:
         return sum(float(trainer.loss(batch)) for _ in range(8)) / 8
 
 
+@pytest.mark.slow
 def test_loss_decreases(folder, tmp_path):
     trainer = tiny_trainer(folder, tmp_path, steps=40, learning_rate=2e-3, save_every=0, batch_size=2)
     batch = next(trainer.batches())
@@ -95,6 +96,7 @@ def test_data_errors(tmp_path, folder):
             FolderDataset(bad, 64)
 
 
+@pytest.mark.slow
 def test_two_processes_with_torchrun_stay_in_step(folder, tmp_path):
     import subprocess
     import sys

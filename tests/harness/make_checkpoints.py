@@ -18,7 +18,7 @@ the UNet inside ``sd21base_random.safetensors`` whether or not that file is pass
 Files are written to a temporary name and renamed, so an interrupted run never leaves a file
 that a later run would mistake for a finished one; existing files are skipped.
 
-Usage: ``python scripts/make_checkpoints.py [--out DIR] [--only sd21base,sd15,ezigen] [--verify]``
+Usage: ``python tests/harness/make_checkpoints.py [--out DIR] [--only sd21base,sd15,ezigen] [--verify]``
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from typing import Any, Literal
 
 import torch
 
-_SCRIPTS = str(Path(__file__).resolve().parent)
-if _SCRIPTS not in sys.path:  # importable both as a script and from tests that add scripts/ themselves
-    sys.path.insert(0, _SCRIPTS)
-from comfy_root import bootstrap_inprocess  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # run as a command; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+    sys.path.append(str(REPO_ROOT))
+from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
 __all__ = [
     "BANNER",
@@ -63,7 +63,6 @@ __all__ = [
 
 SdKind = Literal["sd21base", "sd15"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / ".cache" / "models"
 SD_FILE_NAMES: dict[str, str] = {"sd21base": "sd21base_random.safetensors", "sd15": "sd15_random.safetensors"}
 EZIGEN_FOLDER = Path("ezigen-official") / "checkpoint-200000"
@@ -450,7 +449,7 @@ def make_sd_checkpoint(kind: str, path: Path, *, seed: int = 0, overwrite: bool 
         )
     if sum(key.startswith(_UNET_PREFIX) for key in tensors) != len(unet_plan):
         raise RuntimeError("not every UNet parameter reached the saved state dict")
-    metadata = {"ezigen_random_weights": "true", "kind": kind, "seed": str(seed), "made_by": "scripts/make_checkpoints.py"}
+    metadata = {"ezigen_random_weights": "true", "kind": kind, "seed": str(seed), "made_by": "tests/harness/make_checkpoints.py"}
     write_safetensors(path, tensors, metadata)
     del state, tensors
     gc.collect()

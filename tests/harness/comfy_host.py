@@ -1,4 +1,4 @@
-"""Drive a real, headless ComfyUI from tests and developer scripts.
+"""Drive a real, headless ComfyUI from tests and developer scripts (the test harness, tests/harness/).
 
 Two halves:
 
@@ -43,7 +43,7 @@ from typing import Any, Iterable, Mapping
 
 import requests
 
-from comfy_root import comfy_root
+from ezigen_lib.host import comfy_root
 
 __all__ = [
     "ComfyServer",
