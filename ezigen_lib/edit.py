@@ -22,7 +22,8 @@ import comfy.sample
 import comfy.samplers
 
 from .checks import require_choice, require_finite
-from .inject import ALWAYS_ON, NEVER_ON, subject_injections
+from .inject import ALWAYS_ON, NEVER_ON, require_region_batches, subject_injections, subject_reports
+from .regions import share_outside
 from .inversion import SOLVERS, invert
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, rounds_report,
                      run_rounds)
@@ -232,10 +233,11 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     source, mask = check_edit_inputs(image, mask)
     if settings.hard_mask and not settings.reference_output:
         mask = (mask >= 0.999).float()  # the reference keeps only fully painted pixels
-    warnings = [] if subject_injections(model) else [NO_SUBJECT]
+    require_region_batches(model, 1)
+    subjects, warnings = edit_subjects(model, mask)
     if float(mask.max()) == 0.0:
         report = rounds_report(None, "empty mask: the source is returned unchanged", 0, {"inversion_evaluations": 0},
-                               settings.mode, started, warnings)
+                               settings.mode, started, warnings, subjects=subjects)
         return RoundsResult(latent=None, image=source, round_images=source, report=report)
 
     work = reference_processing(source, mask) if settings.reference_output else \
@@ -266,8 +268,26 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     progress.finish()
     result_image = finish_image(rounds.last_image[..., :3], source, mask, work, settings)
     details = edit_details(plan, inverter, work, result_image, settings, rounds.loops)
-    report = rounds_report(rounds, reason, edit_counter.calls, details, settings.mode, started, warnings)
+    report = rounds_report(rounds, reason, edit_counter.calls, details, settings.mode, started, warnings,
+                           subjects=subjects)
     return RoundsResult(latent=rounds.last_latent, image=result_image, round_images=rounds.all_images(), report=report)
+
+
+def edit_subjects(model, mask: torch.Tensor) -> tuple[list[dict], list[str]]:
+    """Each subject's report, with the share of its region outside the edit mask (allowed: it acts only
+    where the edit regenerates; reported so a misplaced mask is seen), and the warnings."""
+    injections = subject_injections(model)
+    warnings = [] if injections else [NO_SUBJECT]
+    subjects = subject_reports(model)
+    for k, (injection, report) in enumerate(zip(injections, subjects), start=1):
+        if injection.region is None:
+            continue
+        outside = share_outside(injection.region, mask)
+        report["outside_edit_mask"] = round(outside, 4)
+        if outside > 0.005:
+            warnings.append(f"{outside:.0%} of subject {k}'s mask lies outside the edit mask: the subject acts only "
+                            "inside the edit mask.")
+    return subjects, warnings
 
 
 class Inverter:

@@ -11,6 +11,7 @@ from comfy.patcher_extension import WrappersMP
 from .capture import SubjectFeatures
 from .checks import InputValueError, require_finite
 from .layout import require_ezigen_layout
+from .regions import block_grid, per_batch_item, resize_region, subject_region
 from .schedule import appearance_start_index
 from .slots import SLOT_COUNT
 
@@ -27,7 +28,7 @@ class SubjectInjection:
     """
 
     def __init__(self, adapter_patcher, subject: SubjectFeatures, strength: float,
-                 start_percent: float, end_percent: float, model_sampling):
+                 start_percent: float, end_percent: float, model_sampling, region: torch.Tensor | None = None):
         self.adapter_patcher = adapter_patcher
         self.subject = subject
         self.strength = float(strength)
@@ -37,7 +38,9 @@ class SubjectInjection:
         # without a known schedule: active while sigma_end <= sigma <= sigma_start
         self.sigma_start, self.sigma_end = percent_sigma_range(model_sampling, start_percent, end_percent)
         self.window: tuple[float, float] | None = None  # set by `with_window` only
+        self.region = region  # (masks, H, W) in [0, 1] on the CPU, or None: everywhere
         self._kv_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._region_cache: dict[tuple, torch.Tensor] = {}
 
     # ComfyUI patch-object protocol -------------------------------------------------------------
     def to(self, device_or_dtype):
@@ -57,6 +60,7 @@ class SubjectInjection:
 
     def release_cache(self) -> None:
         self._kv_cache.clear()
+        self._region_cache.clear()
 
     def cleanup(self) -> None:
         """Patch-object protocol of newer cores (called after sampling, like ControlNet's): drop the
@@ -116,6 +120,20 @@ class SubjectInjection:
             self._kv_cache[key] = cached
         return cached
 
+    # the region --------------------------------------------------------------------------------
+    def region_weights(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor | None:
+        """The region mask on this block's token grid, one row per UNet batch item: (B or 1, HW, 1);
+        None without a region. Area resizing keeps a mask of ones exactly one and of zeros exactly zero."""
+        if self.region is None:
+            return None
+        grid = block_grid(x.shape[1], extra_options)
+        key = (grid, x.device, x.dtype)
+        resized = self._region_cache.get(key)
+        if resized is None:
+            resized = resize_region(self.region, grid).reshape(len(self.region), -1, 1).to(x.device, x.dtype)
+            self._region_cache[key] = resized
+        return per_batch_item(resized, x.shape[0], len(extra_options.get("cond_or_uncond") or [0]))
+
     def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
         if self.strength == 0.0:
             return x
@@ -125,11 +143,16 @@ class SubjectInjection:
         on = self.active_mask(extra_options.get("sigmas"), x.shape[0], extra_options.get("sample_sigmas"))
         if on is not None and not bool(on.any()):
             return x
+        region = self.region_weights(x, extra_options)
+        if region is not None and not bool(region.any()):
+            return x
         subject_k, subject_v = self.subject_kv(slot, x.device, x.dtype)
         delta = self.adapter_patcher.model.blocks[slot].residual(
             x, subject_k, subject_v, attn_precision=extra_options.get("attn_precision"))
         if on is not None and not bool(on.all()):
             delta = delta * on.to(device=delta.device, dtype=delta.dtype)[:, None, None]
+        if region is not None:
+            delta = delta * region
         return x + self.strength * delta
 
 
@@ -139,8 +162,9 @@ def percent_sigma_range(model_sampling, start_percent: float, end_percent: float
 
 
 def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
-                  start_percent: float, end_percent: float):
-    """A patched clone of `model`; the input MODEL is left untouched."""
+                  start_percent: float, end_percent: float, mask: torch.Tensor | None = None):
+    """A patched clone of `model`; the input MODEL is left untouched. With a `mask` the subject acts only
+    where it is 1 (stretched to the image): chain patches with masks to place several subjects."""
     for name, value in (("strength", strength), ("start_percent", start_percent), ("end_percent", end_percent)):
         require_finite(name, value)
     if start_percent > end_percent:
@@ -152,8 +176,9 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
         if feature.shape[-1] != width:
             raise ValueError(f"subject feature {k} is {feature.shape[-1]}-wide but the adapter expects {width}: "
                              "encode the subject with the same EZIGen encoder")
+    region = subject_region(mask)
     injection = SubjectInjection(encoder.adapter, subject, strength, start_percent, end_percent,
-                                 model.get_model_object("model_sampling"))
+                                 model.get_model_object("model_sampling"), region)
     patched = model.clone()
     patched.set_model_patch(injection, "middle_patch")
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, injection.outer_sample_wrapper)
@@ -175,3 +200,19 @@ def gate_subjects(model, window: tuple[float, float]):
 def subject_injections(model) -> list[SubjectInjection]:
     patches = model.model_options.get("transformer_options", {}).get("patches", {}).get("middle_patch", [])
     return [p for p in patches if isinstance(p, SubjectInjection)]
+
+
+def subject_reports(model) -> list[dict]:
+    """What the Sampler and Edit report of each subject patch on `model`, in patch order."""
+    return [{"strength": p.strength, "images": p.subject.image_count, "resolution": p.subject.resolution,
+             "region": "everywhere" if p.region is None else {"masks": len(p.region),
+                                                             "share": round(float(p.region.mean()), 4)}}
+            for p in subject_injections(model)]
+
+
+def require_region_batches(model, batch: int) -> None:
+    """Refuse, before sampling, subject masks that cannot be matched to the latent batch."""
+    for k, p in enumerate(subject_injections(model), start=1):
+        if p.region is not None and len(p.region) not in (1, batch):
+            raise InputValueError(f"Subject {k}'s mask holds {len(p.region)} masks but the latent batch is {batch}: "
+                                  "give its Patch UNet Attention one mask, or one mask per latent.")

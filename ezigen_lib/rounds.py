@@ -180,15 +180,18 @@ class RoundsResult:
 
 
 def rounds_report(rounds: RoundLog | None, stop_reason: str, unet_evaluations: int, details: dict, mode: str,
-                  started: float, warnings: list[str], seconds: dict | None = None) -> dict:
+                  started: float, warnings: list[str], seconds: dict | None = None,
+                  subjects: list[dict] | None = None) -> dict:
     """The report both modes give: the rounds (none when nothing was sampled), why they stopped, the
-    UNet calls, the mode's own `details`, then mode, seconds (`seconds`, the loops', the total), warnings."""
+    UNet calls, the mode's own `details`, the subject patches, then mode, seconds (`seconds`, the loops',
+    the total), warnings."""
     summary = rounds.report() if rounds else {"loops": 0, "similarities": [], "similarity_metric": "none"}
     return {
         **summary,
         "stop_reason": stop_reason,
         "unet_evaluations": unet_evaluations,
         **details,
+        "subjects": subjects or [],
         "mode": mode,
         "seconds": {**(seconds or {}), "loops_s": rounds.seconds if rounds else [],
                     "total_s": round(time.perf_counter() - started, 3)},

@@ -16,7 +16,8 @@ class EZIGenPatchUNetAttention(io.ComfyNode):
             category="EZIGen",
             description="Returns a copy of the MODEL whose 16 transformer blocks attend to the subject after "
                         "self-attention. Use it with any KSampler: EZIGen's default is the adapter off for the first "
-                        "60% of sampling (text sets the layout) and on for the rest (appearance).",
+                        "60% of sampling (text sets the layout) and on for the rest (appearance). With a mask the "
+                        "subject acts only in that region.",
             inputs=[
                 io.Model.Input("model", tooltip="SD1.x or SD2.x model to patch (the official adapter was trained "
                                                 "on SD2.1-base)."),
@@ -29,12 +30,15 @@ class EZIGenPatchUNetAttention(io.ComfyNode):
                                        "(0.6 = EZIGen's split ratio 0.4)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Sampling progress at which injection stops."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Where this subject may act (1 = here, 0 = not at all; any size, stretched to "
+                                      "the image). Chain two Patch nodes with two masks to place two subjects."),
             ],
             outputs=[io.Model.Output(tooltip="The patched copy of the model.")],
         )
 
     @classmethod
     def execute(cls, model, encoder, subject, strength: float, start_percent: float,
-                end_percent: float) -> io.NodeOutput:
+                end_percent: float, mask=None) -> io.NodeOutput:
         require_valid_widgets(cls, locals())
-        return io.NodeOutput(apply_subject(model, encoder, subject, strength, start_percent, end_percent))
+        return io.NodeOutput(apply_subject(model, encoder, subject, strength, start_percent, end_percent, mask))

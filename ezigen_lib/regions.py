@@ -1,0 +1,74 @@
+"""A subject's region: the optional MASK of Patch UNet Attention, placed on each block's token grid
+(docs/method.md section 6)."""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .checks import InputValueError
+
+log = logging.getLogger("EZIGen")
+
+
+def subject_region(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A MASK input -> (masks, H, W) float32 on the CPU, clamped to [0, 1]; refused when it is not a mask."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or 0 in mask.shape:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputValueError(f"The subject mask must be a MASK of shape (H, W) or (batch, H, W), got {shape}: "
+                              "connect a mask (e.g. from Solid Mask, Load Image's mask, or a mask editor).")
+    region = mask.detach().float().cpu()
+    if not bool(torch.isfinite(region).all()):
+        raise InputValueError("The subject mask contains NaN or infinite values: give a mask with values in [0, 1].")
+    region = region.clamp(0.0, 1.0)
+    if region.ndim == 2:
+        region = region[None]
+    if not bool(region.any()):
+        log.warning("EZIGen: the subject mask is empty (all zero): this subject will act nowhere.")
+    return region.contiguous()
+
+
+def resize_region(region: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(masks, H, W) -> (masks, h, w) stretched to the new frame. Area resizing gives each cell the share
+    of it the mask covers, and keeps a mask of ones exactly one and of zeros exactly zero."""
+    return F.interpolate(region[:, None], size=size, mode="area")[:, 0]
+
+
+def block_grid(tokens: int, extra_options: dict) -> tuple[int, int]:
+    """(h, w) of the block's token grid: the block's activations when the core says them, else the
+    latent's size halved (rounding up, as the UNet's stride-2 convolutions do) until it fits."""
+    shape = extra_options.get("activations_shape")
+    if shape is not None and len(shape) == 4 and shape[2] * shape[3] == tokens:
+        return int(shape[2]), int(shape[3])
+    original = extra_options.get("original_shape")
+    if original is not None:
+        h, w = int(original[-2]), int(original[-1])
+        while h * w > tokens:
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        if h * w == tokens:
+            return h, w
+    raise RuntimeError(f"EZIGen: cannot tell the token grid of a block with {tokens} tokens, so the subject's mask "
+                       "cannot be placed (this ComfyUI gives neither activations_shape nor original_shape).")
+
+
+def per_batch_item(masks: torch.Tensor, batch: int, chunks: int) -> torch.Tensor:
+    """One mask for every UNet batch item: the UNet batch is `chunks` copies (cond, uncond, ...) of the
+    latent batch, so masks[i] goes to latent i in every chunk."""
+    if len(masks) == 1:
+        return masks
+    per_chunk = batch // chunks if batch % chunks == 0 else batch
+    if len(masks) != per_chunk:
+        raise InputValueError(f"The subject mask holds {len(masks)} masks but the latent batch is {per_chunk}: give "
+                              "Patch UNet Attention one mask, or one mask per latent in the batch.")
+    return masks.repeat(batch // per_chunk, 1, 1)
+
+
+def share_outside(region: torch.Tensor, mask: torch.Tensor) -> float:
+    """The share of a subject's region (masks, H, W) that lies where `mask` (1, h, w) is 0, in the mask's frame."""
+    placed = resize_region(region.float(), tuple(mask.shape[-2:])).mean(dim=0)
+    total = float(placed.sum())
+    return float((placed * (1.0 - mask[0].float().cpu())).sum()) / total if total > 0 else 0.0

@@ -1,0 +1,219 @@
+"""Regional subjects: Patch UNet Attention's mask weights the adapter's contribution per block token."""
+import copy
+import math
+
+import pytest
+import torch
+
+from ezigen_lib.capture import encode_subject
+from ezigen_lib.checks import InputValueError
+from ezigen_lib.inject import SubjectInjection, apply_subject
+from ezigen_lib.regions import block_grid, per_batch_item
+
+from .tiny import random_context, sample, tiny_encoder, tiny_model, tiny_vae
+
+
+@pytest.fixture(scope="module")
+def setup():
+    encoder = tiny_encoder()
+    with torch.inference_mode():
+        subjects = [encode_subject(encoder.model, tiny_vae(), random_context(), torch.rand(1, 64, 64, 3, generator=g),
+                                   None, 0, 64, encoder.info.widths)
+                    for g in (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))]
+    return tiny_model(seed=7), encoder, subjects
+
+
+@pytest.fixture
+def blocks(monkeypatch):
+    """Every subject-patch call: the patch, its block's input and output, the output the same patch gives
+    without a region, and the core's activations shape of the block."""
+    calls = []
+    original = SubjectInjection.__call__
+
+    def spy(self, x, extra):
+        out = original(self, x, extra)
+        whole = copy.copy(self)
+        whole.region = None
+        calls.append({"patch": self, "x": x.clone(), "out": out.clone(), "whole": original(whole, x, extra),
+                      "slot": extra["transformer_index"], "shape": tuple(extra["activations_shape"]),
+                      "sigma": extra["sigmas"].max()})
+        return out
+
+    monkeypatch.setattr(SubjectInjection, "__call__", spy)
+    return calls
+
+
+def patched(setup, masks, model=None):
+    model, encoder, subjects = setup if model is None else (model, setup[1], setup[2])
+    for subject, mask in zip(subjects, masks):
+        model = apply_subject(model, encoder, subject, 1.0, 0.0, 1.0, mask)
+    return model
+
+
+def left_half(height: int, width: int, columns: int) -> torch.Tensor:
+    mask = torch.zeros(1, height, width)
+    mask[..., :columns] = 1.0
+    return mask
+
+
+def test_a_mask_of_zeros_changes_nothing_in_any_block(setup, blocks):
+    plain = sample(setup[0], seed=3, steps=2)
+    masked = sample(patched(setup, [torch.zeros(40, 24)]), seed=3, steps=2)
+    assert torch.equal(masked, plain)
+    assert sorted({c["slot"] for c in blocks}) == list(range(16))
+    assert all(torch.equal(c["out"], c["x"]) for c in blocks)
+    assert any(not torch.equal(c["whole"], c["x"]) for c in blocks)  # the same patch without a mask acts
+
+
+def test_a_mask_of_ones_is_the_unmasked_patch_in_every_block(setup, blocks):
+    unmasked = sample(patched(setup, [None]), seed=3, steps=2)
+    masked = sample(patched(setup, [torch.ones(1, 17, 30)]), seed=3, steps=2)
+    assert torch.equal(masked, unmasked)
+    assert sorted({c["slot"] for c in blocks}) == list(range(16))
+    assert all(torch.equal(c["out"], c["whole"]) for c in blocks)
+    assert all(not torch.equal(c["out"], c["x"]) for c in blocks)
+
+
+def test_a_non_square_latent_gets_the_mask_on_each_blocks_own_grid(setup, blocks):
+    """72x136 px: a 9x17 latent, then 5x9, 3x5 and 2x3 grids. A left-half mask (68 of 136 px) must leave
+    every token grid column right of the boundary untouched and act fully left of it."""
+    noise = torch.randn((1, 4, 9, 17), generator=torch.Generator().manual_seed(4))
+    sample(patched(setup, [left_half(72, 136, 68)]), seed=3, steps=2, noise=noise)
+    grids = {c["shape"][2:] for c in blocks}
+    assert grids == {(9, 17), (5, 9), (3, 5), (2, 3)}
+    for c in blocks:
+        h, w = c["shape"][2:]
+        delta = (c["out"] - c["x"]).reshape(-1, h, w, c["x"].shape[-1])
+        for j in range(w):
+            first_px, last_px = math.floor(j * 136 / w), math.ceil((j + 1) * 136 / w)  # the cell's pixel columns
+            if first_px >= 68:
+                assert torch.equal(delta[:, :, j], torch.zeros_like(delta[:, :, j])), (h, w, j)
+            elif last_px <= 68:
+                whole = (c["whole"] - c["x"]).reshape(delta.shape)
+                assert torch.equal(delta[:, :, j], whole[:, :, j]), (h, w, j)
+                assert delta[:, :, j].abs().max() > 0
+
+
+def test_the_grid_from_the_latent_size_matches_the_cores_activations(setup, blocks):
+    """The fallback for cores that do not say a block's shape: halving the latent, rounding up."""
+    noise = torch.randn((1, 4, 9, 17), generator=torch.Generator().manual_seed(4))
+    sample(patched(setup, [torch.ones(8, 8)]), seed=3, steps=1, noise=noise)
+    for c in blocks:
+        tokens = c["x"].shape[1]
+        assert block_grid(tokens, {"original_shape": [2, 4, 9, 17]}) == c["shape"][2:]
+    with pytest.raises(RuntimeError, match="token grid"):
+        block_grid(7, {})
+
+
+def test_two_disjoint_masks_each_act_only_in_their_region(setup, blocks):
+    left, right = left_half(64, 64, 32), 1.0 - left_half(64, 64, 32)
+    two = patched(setup, [left, right])
+    out = sample(two, seed=3, steps=2)
+    assert not torch.equal(out, sample(setup[0], seed=3, steps=2))
+    patches = two.model_options["transformer_options"]["patches"]["middle_patch"]
+    for k, patch in enumerate(patches):
+        own = [c for c in blocks if c["patch"] is patch]
+        assert sorted({c["slot"] for c in own}) == list(range(16))
+        acted = False
+        for c in own:
+            h, w = c["shape"][2:]
+            region = torch.nn.functional.interpolate(patch.region[:, None], size=(h, w), mode="area").reshape(-1)
+            delta = (c["out"] - c["x"]).abs().amax(dim=(0, 2))
+            assert torch.equal(delta[region == 0], torch.zeros_like(delta[region == 0])), (k, h, w)
+            acted = acted or bool((delta[region == 1] > 0).any())
+        assert acted, k
+
+
+def test_cond_and_uncond_halves_share_a_mask_and_batches_take_one_each(setup):
+    masks = torch.stack([torch.full((3, 1), 0.25), torch.full((3, 1), 0.75)])
+    rows = per_batch_item(masks, batch=4, chunks=2)  # (cond 0, cond 1, uncond 0, uncond 1)
+    assert rows[:, 0, 0].tolist() == [0.25, 0.75, 0.25, 0.75]
+    assert per_batch_item(masks[:1], batch=4, chunks=2).shape[0] == 1
+    with pytest.raises(InputValueError, match="holds 2 masks but the latent batch is 3"):
+        per_batch_item(masks, batch=6, chunks=2)
+
+
+def test_a_batch_of_two_with_a_mask_each_matches_each_sample_alone(setup):
+    noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+    masks = torch.stack([left_half(8, 8, 4)[0], 1.0 - left_half(8, 8, 4)[0]])
+    both = sample(patched(setup, [masks]), seed=3, steps=2, noise=noise)
+    swapped = sample(patched(setup, [masks.flip(0)]), seed=3, steps=2, noise=noise)
+    for i in range(2):
+        alone = sample(patched(setup, [masks[i]]), seed=3, steps=2, noise=noise[i:i + 1])
+        torch.testing.assert_close(both[i:i + 1], alone, atol=1e-3, rtol=1e-4)
+        assert (swapped[i] - alone[0]).abs().max() > 1e-2  # the test can tell which mask went where
+
+
+@pytest.mark.parametrize("mask,message", [
+    (torch.ones(1, 1, 8, 8), "shape"),
+    (torch.full((8, 8), float("nan")), "NaN"),
+    (torch.ones(0, 8), "shape"),
+])
+def test_bad_masks_are_refused_before_patching(setup, mask, message):
+    model = setup[0]
+    before = dict(model.model_options["transformer_options"])
+    with pytest.raises(InputValueError, match=message):
+        patched(setup, [mask])
+    assert model.model_options["transformer_options"] == before
+
+
+POSITIVE = [[random_context(100), {}]]
+NEGATIVE = [[random_context(101), {}]]
+
+
+def two_subject_model(setup, start=0.0, end=0.0):
+    """Two subjects, left and right halves; percents that would never fire: the sampler must gate both."""
+    model, encoder, subjects = setup
+    for subject, mask in zip(subjects, (left_half(64, 64, 32), 1.0 - left_half(64, 64, 32))):
+        model = apply_subject(model, encoder, subject, 1.0, start, end, mask)
+    return model
+
+
+def test_the_sampler_gates_every_subject_by_the_split_and_reports_each(setup, blocks):
+    from ezigen_lib.autostop import LoopPolicy
+    from ezigen_lib.generate import GenerationSettings, run_generation
+
+    import comfy.samplers
+
+    settings = GenerationSettings(seed=1, steps=6, split_ratio=0.5, sampler_name="euler", faithful=False,
+                                  policy=LoopPolicy(min_loops=1, max_loops=2, threshold=2.0))
+    model = two_subject_model(setup)
+    with torch.inference_mode():
+        result = run_generation(model, POSITIVE, NEGATIVE, {"samples": torch.zeros(1, 4, 8, 8)}, tiny_vae(), settings,
+                                loop_negative=NEGATIVE)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", 6)
+    start = float(sigmas[result.report["appearance_start_step"]])
+    for subject in setup[2]:
+        acted = [c for c in blocks if c["patch"].subject is subject and not torch.equal(c["out"], c["x"])]
+        assert acted and all(float(c["sigma"]) <= start * (1 + 1e-5) for c in acted)
+        assert len({round(float(c["sigma"]), 4) for c in acted if c["slot"] == 0}) == result.report["loop_steps"]
+    assert result.report["loops"] == 2 and result.report["stop_reason"] == "reached max_loops=2"
+    assert [s["region"] for s in result.report["subjects"]] == [{"masks": 1, "share": 0.5}] * 2
+    assert [s["images"] for s in result.report["subjects"]] == [1, 1]
+
+
+def test_edit_reports_a_subject_mask_outside_the_edit_mask(setup):
+    from ezigen_lib.autostop import LoopPolicy
+    from ezigen_lib.edit import EditSettings, run_edit
+
+    source = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(4))
+    edit_mask = left_half(64, 64, 32)  # the left half is regenerated: the right subject lies all outside
+    settings = EditSettings(seed=1, steps=6, short_side=64, sampler_name="euler", policy=LoopPolicy(loops=0))
+    with torch.inference_mode():
+        result = run_edit(two_subject_model(setup), random_context(5), tiny_vae(), source, edit_mask, POSITIVE,
+                          NEGATIVE, settings)
+    left, right = result.report["subjects"]
+    assert left["outside_edit_mask"] == 0.0 and right["outside_edit_mask"] == 1.0
+    assert result.report["warnings"] == ["100% of subject 2's mask lies outside the edit mask: the subject acts only "
+                                         "inside the edit mask."]
+    assert torch.equal(result.image[:, :, 32:], source[:, :, 32:])
+
+
+def test_a_mask_batch_that_fits_no_latent_batch_is_refused_before_sampling(setup):
+    from ezigen_lib.autostop import LoopPolicy
+    from ezigen_lib.generate import GenerationSettings, run_generation
+
+    model = apply_subject(setup[0], setup[1], setup[2][0], 1.0, 0.0, 1.0, torch.ones(2, 8, 8))
+    settings = GenerationSettings(seed=1, steps=2, sampler_name="euler", policy=LoopPolicy(loops=0))
+    with pytest.raises(InputValueError, match="Subject 1's mask holds 2 masks but the latent batch is 3"):
+        run_generation(model, POSITIVE, NEGATIVE, {"samples": torch.zeros(3, 4, 8, 8)}, tiny_vae(), settings)
