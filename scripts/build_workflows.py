@@ -233,25 +233,36 @@ def single_pass() -> WF:
     return w
 
 
-def generate() -> WF:
-    w = WF("ezigen_generate.json")
-    p = subject_pipeline(w, loop_negative=True)
+def ezigen_sampler_part(w: WF, p: dict[str, int], model_src: int, x0: int = 1240) -> tuple[int, int]:
+    """CLIP ViT-B/32 loader, EZIGen Sampler on `model_src`'s MODEL, its savers and report; (sampler, report) ids."""
     clipv = w.node("EZIGenLoadCLIPVision", (840, 720), {"clip_name": "clip_vit_b32.safetensors"}, outputs=[("CLIP_VISION", "CLIP_VISION")],
                    size=(340, 80), title="CLIP ViT-B/32 for autostop (bypass if you have none)",
                    props={"models": [CLIP_B32_FILE]})
-    sm = w.node("EZIGenSampler", (1240, 0), {"seed": 3154, "steps": 50, "cfg": 7.5, "sampler_name": "ddpm", "scheduler": "ddim_uniform",
+    sm = w.node("EZIGenSampler", (x0, 0), {"seed": 3154, "steps": 50, "cfg": 7.5, "sampler_name": "ddpm", "scheduler": "ddim_uniform",
                                         "split_ratio": 0.4, "loops": -1, "min_loops": 3, "max_loops": 9, "sim_threshold": 0.99,
                                         "mode": "faithful"},
                 inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
                         ("vae", "VAE"), ("loop_negative", "CONDITIONING"), ("clip_vision", "CLIP_VISION")],
                 outputs=[("latent", "LATENT"), ("image", "IMAGE"), ("rounds", "IMAGE"), ("report", "STRING"),
                          ("similarity_chart", "IMAGE")], size=(340, 440))
-    save = w.node("SaveImage", (1640, 0), {"filename_prefix": "EZIGen"}, inputs=[("images", "IMAGE")], size=(400, 450), title="Result")
-    saver = w.node("SaveImage", (2080, 0), {"filename_prefix": "EZIGen_rounds"}, inputs=[("images", "IMAGE")], size=(400, 450),
+    save = w.node("SaveImage", (x0 + 400, 0), {"filename_prefix": "EZIGen"}, inputs=[("images", "IMAGE")], size=(400, 450), title="Result")
+    saver = w.node("SaveImage", (x0 + 840, 0), {"filename_prefix": "EZIGen_rounds"}, inputs=[("images", "IMAGE")], size=(400, 450),
                    title="Every round (first pass first)")
-    rep = w.node("PreviewAny", (1640, 500), {}, inputs=[("source", "*")], size=(400, 300), title="Report")
-    chart = w.node("SaveImage", (2080, 500), {"filename_prefix": "EZIGen_similarity"}, inputs=[("images", "IMAGE")], size=(400, 320),
+    rep = w.node("PreviewAny", (x0 + 400, 500), {}, inputs=[("source", "*")], size=(400, 300), title="Report")
+    chart = w.node("SaveImage", (x0 + 840, 500), {"filename_prefix": "EZIGen_similarity"}, inputs=[("images", "IMAGE")], size=(400, 320),
                    title="Autostop: similarity per loop")
+    w.link(model_src, 0, sm, "model"); w.link(p["pos"], 0, sm, "positive"); w.link(p["neg"], 0, sm, "negative")
+    w.link(p["latent"], 0, sm, "latent_image")
+    w.link(p["ckpt"], 2, sm, "vae"); w.link(p["loopneg"], 0, sm, "loop_negative"); w.link(clipv, 0, sm, "clip_vision")
+    w.link(sm, 1, save, "images"); w.link(sm, 2, saver, "images"); w.link(sm, 4, chart, "images")
+    w.link_any(sm, 3, rep, 0)
+    return sm, rep
+
+
+def generate() -> WF:
+    w = WF("ezigen_generate.json")
+    p = subject_pipeline(w, loop_negative=True)
+    ezigen_sampler_part(w, p, p["patch"])
     w.node("Note", (0, 700), ["EZIGen generation: decoupled pass + refinement loops with autostop.\n\n"
         "Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 (vision, "
         "safetensors) in models/clip_vision. No ViT-B/32? Bypass its loader (Ctrl+B): the sampler then compares "
@@ -263,11 +274,6 @@ def generate() -> WF:
         "strength (Patch UNet Attention): 1 = as trained. Its start/end are ignored by the EZIGen Sampler, which "
         "sets the gate from split_ratio.\n"
         "mode faithful = the reference's loop; clean = exact re-noise of the latent."], size=(780, 260), title="How this works")
-    w.link(p["patch"], 0, sm, "model"); w.link(p["pos"], 0, sm, "positive"); w.link(p["neg"], 0, sm, "negative")
-    w.link(p["latent"], 0, sm, "latent_image")
-    w.link(p["ckpt"], 2, sm, "vae"); w.link(p["loopneg"], 0, sm, "loop_negative"); w.link(clipv, 0, sm, "clip_vision")
-    w.link(sm, 1, save, "images"); w.link(sm, 2, saver, "images"); w.link(sm, 4, chart, "images")
-    w.link_any(sm, 3, rep, 0)
     return w
 
 
@@ -324,7 +330,57 @@ def flux_to_edit() -> WF:
     return finish(w, ed, rep)
 
 
-GRAPHS = (single_pass, generate, edit, flux_to_edit)
+def two_subjects() -> WF:
+    """Two subjects in one picture: each Patch UNet Attention gets its own subject and rectangle mask."""
+    w = WF("ezigen_two_subjects.json")
+    p = subject_pipeline(w, loop_negative=True)
+    w.nodes[p["pos"] - 1]["title"] = "Prompt (mentions both subjects)"
+    w.named[p["pos"]]["text"] = "a dog and a cat sitting side by side on a sofa"
+    first_patch = p["patch"]
+    w.nodes[first_patch - 1]["title"] = "Patch UNet Attention (subject 1, left)"
+    img2 = w.node("LoadImage", (0, 1000), {"image": "ezigen_subject2.png"}, outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                  size=(315, 320), title="Subject 2 image")
+    txt2 = w.node("CLIPTextEncode", (380, 1000), {"text": "a cat"}, inputs=[("clip", "CLIP")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90), title="Subject 2 prompt (its class)")
+    enc = next(n["id"] for n in w.nodes if n["type"] == "EZIGenLoadEncoder")
+    es2 = w.node("EZIGenEncodeSubject", (840, 1000), {"seed": 0, "resolution": 512},
+                 inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
+                         ("mask", "MASK")], outputs=[("subject", "EZIGEN_SUBJECT")], size=(340, 170), title="Encode Subject 2")
+    canvas = w.node("SolidMask", (380, 1150), {"value": 0.0, "width": 512, "height": 512}, outputs=[("MASK", "MASK")],
+                    size=(315, 106), title="Mask canvas (image size)")
+    half = w.node("SolidMask", (380, 1290), {"value": 1.0, "width": 256, "height": 512}, outputs=[("MASK", "MASK")],
+                  size=(315, 106), title="Region size (half the width)")
+    left = w.node("MaskComposite", (380, 1430), {"x": 0, "y": 0, "operation": "add"},
+                  inputs=[("destination", "MASK"), ("source", "MASK")], outputs=[("MASK", "MASK")], size=(315, 130),
+                  title="Subject 1 region (left half)")
+    right = w.node("MaskComposite", (380, 1590), {"x": 256, "y": 0, "operation": "add"},
+                   inputs=[("destination", "MASK"), ("source", "MASK")], outputs=[("MASK", "MASK")], size=(315, 130),
+                   title="Subject 2 region (right half)")
+    patch2 = w.node("EZIGenPatchUNetAttention", (840, 1220), {"strength": 1.0, "start_percent": 0.6, "end_percent": 1.0},
+                    inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT"), ("mask", "MASK")],
+                    outputs=[("MODEL", "MODEL")], size=(340, 170), title="Patch UNet Attention (subject 2, right)")
+    w.nodes[first_patch - 1]["inputs"].append({"name": "mask", "type": "MASK", "link": None})
+    w.nodes[first_patch - 1]["size"] = [340, 170]
+    sm, _ = ezigen_sampler_part(w, p, patch2, x0=1240)
+    w.link(p["ckpt"], 1, txt2, "clip")
+    w.link(enc, 0, es2, "encoder"); w.link(p["ckpt"], 2, es2, "vae"); w.link(txt2, 0, es2, "subject_prompt")
+    w.link(img2, 0, es2, "image")
+    for region in (left, right):
+        w.link(canvas, 0, region, "destination"); w.link(half, 0, region, "source")
+    w.link(left, 0, first_patch, "mask")
+    w.link(first_patch, 0, patch2, "model"); w.link(enc, 0, patch2, "encoder"); w.link(es2, 0, patch2, "subject")
+    w.link(right, 0, patch2, "mask")
+    w.node("Note", (0, 1750), ["EZIGen with two subjects: each Patch UNet Attention carries one subject and a mask "
+        "(1 = that subject may act there), chained one after the other; the EZIGen Sampler gates both by split_ratio "
+        "and reports each in its report.\n\n"
+        "The masks here are rectangles (Solid Mask + Mask Composite): the left and right halves of a 512x512 image. "
+        "Any MASK works (painted, from a segmentation node, any size: it is stretched to the image). Keep the regions "
+        "apart and mention both subjects in the prompt. Pick your own subject images and their class words.\n"
+        + ADAPTER_NOTE], size=(780, 220), title="How this works")
+    return w
+
+
+GRAPHS = (single_pass, generate, edit, flux_to_edit, two_subjects)
 
 
 def named_widgets() -> dict[str, dict[int, dict[str, Any]]]:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI
 sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
 
 from comfy_host import ComfyServer, ui_to_api, ui_workflow_errors  # noqa: E402
-from demo_inputs import SUBJECT_IMAGE, write_source_image, write_subject_image  # noqa: E402
+from demo_inputs import SUBJECT_IMAGE, write_second_subject_image, write_source_image, write_subject_image  # noqa: E402
 
 PACK_NAME = "ComfyUI-EZIGen"
 STAND_IN_WARNING = """
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(args.subject, base / "input" / SUBJECT_IMAGE)
     else:
         write_subject_image(base / "input")
+    write_second_subject_image(base / "input")  # the two-subject workflow's second subject
     write_source_image(base / "input")  # the edit workflows' source, unless the workflow is pointed elsewhere
 
     with ComfyServer(base, custom_nodes={PACK_NAME: REPO}, models=models, extra_args=extra) as server:

@@ -77,10 +77,11 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory, stand_in_models: dict
 
 @pytest.fixture(scope="session")
 def server(comfy_server: ComfyServer) -> ComfyServer:
-    """The session server with the demo subject and edit source in its input/ folder."""
-    from demo_inputs import write_source_image, write_subject_image
+    """The session server with the demo subjects and edit source in its input/ folder."""
+    from demo_inputs import write_second_subject_image, write_source_image, write_subject_image
 
     write_subject_image(comfy_server.base_dir / "input")
+    write_second_subject_image(comfy_server.base_dir / "input")
     write_source_image(comfy_server.base_dir / "input")
     return comfy_server
 

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 SUBJECT_IMAGE = "ezigen_subject.png"  # the file name the shipped workflows load
+SECOND_SUBJECT_IMAGE = "ezigen_subject2.png"  # the two-subject workflow's second subject
 
 
 def write_subject_image(input_dir: Path, name: str = SUBJECT_IMAGE, size: int = 96) -> Path:
@@ -15,6 +16,16 @@ def write_subject_image(input_dir: Path, name: str = SUBJECT_IMAGE, size: int = 
     img = np.full((size, size, 3), 255, np.uint8)
     c, r = size / 2, size * 0.32
     img[(yy - c) ** 2 + (xx - c) ** 2 < r ** 2] = (230, 120, 30)
+    input_dir.mkdir(parents=True, exist_ok=True)
+    path = input_dir / name
+    Image.fromarray(img).save(path)
+    return path
+
+
+def write_second_subject_image(input_dir: Path, name: str = SECOND_SUBJECT_IMAGE, size: int = 96) -> Path:
+    """A blue square on white, so the two subjects differ at a glance."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = (40, 90, 200)
     input_dir.mkdir(parents=True, exist_ok=True)
     path = input_dir / name
     Image.fromarray(img).save(path)

@@ -30,7 +30,9 @@ def small(prompt: dict[str, Any], seed: int, size: int = 64) -> dict[str, Any]:
         if node["class_type"] == "CheckpointLoaderSimple":
             node["inputs"]["ckpt_name"] = SD21
     set_inputs(p, "EZIGenLoadEncoder", adapter_name=ADAPTER)
-    set_inputs(p, "EZIGenEncodeSubject", resolution=64, seed=seed)
+    for node in p.values():  # every subject (the two-subject workflow has two)
+        if node["class_type"] == "EZIGenEncodeSubject":
+            node["inputs"].update(resolution=64, seed=seed)
     if any(n["class_type"] == "EmptyLatentImage" for n in p.values()):
         set_inputs(p, "EmptyLatentImage", width=size, height=size)
     if any(n["class_type"] == "EZIGenLoadCLIPVision" for n in p.values()):
