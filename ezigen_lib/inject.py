@@ -39,6 +39,7 @@ class SubjectInjection:
         self.sigma_start, self.sigma_end = percent_sigma_range(model_sampling, start_percent, end_percent)
         self.window: tuple[float, float] | None = None  # set by `with_window` only
         self.region = region  # (masks, H, W) in [0, 1] on the CPU, or None: everywhere
+        self.acts_somewhere = region is None or bool(region.any())  # resizing keeps a non-zero mask non-zero
         self._kv_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._region_cache: dict[tuple, torch.Tensor] = {}
 
@@ -135,7 +136,7 @@ class SubjectInjection:
         return per_batch_item(resized, x.shape[0], len(extra_options.get("cond_or_uncond") or [0]))
 
     def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        if self.strength == 0.0:
+        if self.strength == 0.0 or not self.acts_somewhere:
             return x
         slot = extra_options.get("transformer_index")
         if slot is None or not 0 <= slot < SLOT_COUNT:
@@ -144,8 +145,6 @@ class SubjectInjection:
         if on is not None and not bool(on.any()):
             return x
         region = self.region_weights(x, extra_options)
-        if region is not None and not bool(region.any()):
-            return x
         subject_k, subject_v = self.subject_kv(slot, x.device, x.dtype)
         delta = self.adapter_patcher.model.blocks[slot].residual(
             x, subject_k, subject_v, attn_precision=extra_options.get("attn_precision"))

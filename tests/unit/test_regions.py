@@ -33,7 +33,7 @@ def blocks(monkeypatch):
     def spy(self, x, extra):
         out = original(self, x, extra)
         whole = copy.copy(self)
-        whole.region = None
+        whole.region, whole.acts_somewhere = None, True
         calls.append({"patch": self, "x": x.clone(), "out": out.clone(), "whole": original(whole, x, extra),
                       "slot": extra["transformer_index"], "shape": tuple(extra["activations_shape"]),
                       "sigma": extra["sigmas"].max()})
