@@ -18,7 +18,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
-sys.path.insert(0, str(REPO / "tests"))  # the unit tests' training data writer
 sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
 
 from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from ezigen_lib.train import text_encoder
     from ezigen_lib.training.data import FolderDataset
     from ezigen_lib.training.trainer import Trainer, TrainSettings, peak_memory_mb
-    from unit.training_fixtures import write_training_folder
+    from training_data import write_training_folder
 
     if not args.checkpoint:
         import make_checkpoints

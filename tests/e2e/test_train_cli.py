@@ -20,7 +20,7 @@ def train(*args: str) -> subprocess.CompletedProcess:
 def test_train_save_resume_and_export(tmp_path, stand_in_models):
     from ezigen_lib.checkpoint import load_adapter  # imports ComfyUI: only once the session bootstrapped it
     from unit.test_reference_data import write_coco
-    from unit.training_fixtures import write_training_folder
+    from training_data import write_training_folder
 
     data = write_training_folder(tmp_path / "data", count=2)
     coco = write_coco(tmp_path / "coco")

@@ -102,6 +102,11 @@ LOGIT_SCALE = math.log(100.0)  # what trained CLIP text encoders carry; unused b
 InitRule = Literal["normal", "zeros", "ones", "logit_scale"]
 
 
+def bootstrap() -> None:
+    """ComfyUI importable; on the CPU unless the caller (a benchmark on a GPU) has already chosen its device."""
+    bootstrap_inprocess(cpu=None if "comfy.model_management" in sys.modules else True)
+
+
 # --------------------------------------------------------------------------------------------
 # Seeded, name-keyed random values
 # --------------------------------------------------------------------------------------------
@@ -388,7 +393,7 @@ _KL_VAE_DDCONFIG: dict[str, Any] = {
 
 def _sd_model_config(kind: SdKind) -> Any:
     """Let ComfyUI pick its model config for our UNet config, and insist it is the intended one."""
-    bootstrap_inprocess()
+    bootstrap()
     import comfy.model_detection  # noqa: PLC0415
 
     config = comfy.model_detection.model_config_from_unet_config(_sd_unet_config(kind))
@@ -420,7 +425,7 @@ def make_sd_checkpoint(kind: str, path: Path, *, seed: int = 0, overwrite: bool 
         return path
     sd_kind: SdKind = kind  # type: ignore[assignment]
 
-    bootstrap_inprocess()
+    bootstrap()
     import comfy.ldm.models.autoencoder  # noqa: PLC0415
 
     dtype = torch.float16
@@ -463,7 +468,7 @@ def make_sd_checkpoint(kind: str, path: Path, *, seed: int = 0, overwrite: bool 
 
 def _ldm_to_diffusers_names(ldm_keys: Sequence[str]) -> dict[str, str]:
     """Map SD2.1-base UNet keys from ComfyUI/ldm names to diffusers names, via ComfyUI's own table."""
-    bootstrap_inprocess()
+    bootstrap()
     import comfy.utils  # noqa: PLC0415
 
     wanted = set(ldm_keys)
@@ -594,7 +599,7 @@ def verify_sd_checkpoint(path: Path, *, sample: bool = True, seed: int = 0) -> d
     decode of a random latent and a 2-step 64x64 Euler sample give finite, non-constant output.
     Raises AssertionError on any non-finite or degenerate result.
     """
-    bootstrap_inprocess()
+    bootstrap()
     import comfy.sample  # noqa: PLC0415
     import comfy.sd  # noqa: PLC0415
 
@@ -647,7 +652,7 @@ def make_clip_vit_b32(path: Path, *, seed: int = 0, overwrite: bool = False) -> 
     path = Path(path)
     if path.exists() and not overwrite:
         return path
-    bootstrap_inprocess()
+    bootstrap()
     import comfy.clip_model  # noqa: PLC0415
     import comfy.ops  # noqa: PLC0415
 

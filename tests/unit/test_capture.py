@@ -7,8 +7,10 @@ from ezigen_lib.capture import (FeatureRecorder, SUBJECT_TIMESTEP, encode_subjec
 from ezigen_lib.layout import UnsupportedModelError
 from ezigen_lib.slots import SLOTS
 
+from training_data import write_training_folder
+
 from .tiny import random_context, tiny_encoder, tiny_vae
-from .training_fixtures import encode_text, tiny_trainer, write_training_folder
+from .training_fixtures import encode_text, tiny_trainer
 
 IMAGES = torch.rand(2, 48, 40, 3, generator=torch.Generator().manual_seed(9))
 

@@ -335,7 +335,9 @@ def test_autostop_compares_each_round_with_the_round_before(parts):
 def test_trainer_subject_features_equal_encode_subject(tmp_path):
     from ezigen_lib.capture import encode_subject
 
-    from .training_fixtures import encode_text, tiny_trainer, write_training_folder
+    from training_data import write_training_folder
+
+    from .training_fixtures import encode_text, tiny_trainer
 
     trainer = tiny_trainer(write_training_folder(tmp_path / "data"), tmp_path / "out")
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(11))

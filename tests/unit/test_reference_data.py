@@ -9,7 +9,9 @@ from PIL import Image
 from ezigen_lib.training.data import TrainingDataError, collate
 from ezigen_lib.training.reference_data import CocoPairs, YtvisPairs, rle_to_mask
 
-from .training_fixtures import tiny_trainer, write_training_folder
+from training_data import write_training_folder
+
+from .training_fixtures import tiny_trainer
 
 
 def mask_counts(mask: np.ndarray) -> list[int]:

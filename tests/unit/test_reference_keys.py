@@ -27,8 +27,10 @@ from ezigen_lib.checkpoint import (LEARNABLE_WEIGHTS, REFERENCE_TENSOR_NAMES, Ad
                                    reference_key)
 from ezigen_lib.slots import SD_WIDTHS, SLOT_COUNT, SLOTS
 
+from training_data import write_training_folder
+
 from .tiny import TINY_CHANNELS, random_adapter_state
-from .training_fixtures import tiny_trainer, write_training_folder
+from .training_fixtures import tiny_trainer
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 KEYS_JSON = DATA / "reference_checkpoint_keys.json"

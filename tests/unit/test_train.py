@@ -8,8 +8,10 @@ from ezigen_lib.checkpoint import load_adapter
 from ezigen_lib.training.data import FolderDataset, TrainingDataError
 from ezigen_lib.training.trainer import TrainSettings, checkpoint_steps
 
+from training_data import write_training_folder
+
 from .tiny import sample, tiny_model, tiny_vae, random_context
-from .training_fixtures import tiny_trainer, write_training_folder
+from .training_fixtures import tiny_trainer
 
 
 @pytest.fixture(scope="module")
