@@ -167,7 +167,7 @@ def next_subject_path(folder: str | os.PathLike, prefix: str, folder_shown: str,
     while True:
         path = directory / f"{base}_{counter:0{COUNTER_DIGITS}d}{SUFFIX}"
         name = os.path.relpath(path, root)  # ComfyUI's file lists use the OS separator too
-        if not path.exists() and not taken(name):
+        if not taken(name):  # a file of the same number here was counted above
             return path, name
         counter += 1
 

@@ -213,7 +213,13 @@ def test_nodes_save_then_list_then_load(subject, encoder):
     assert nodes.EZIGenLoadSubject.validate_inputs(subject_name=name) is True
     loaded, prompt = nodes.EZIGenLoadSubject.execute(encoder=encoder, subject_name=name).args
     assert prompt == "a dog" and all(torch.equal(a, b) for a, b in zip(subject.features, loaded.features, strict=True))
+    # a filesystem with coarse mtimes (FAT, some network shares) may leave the folder's mtime as it was, which
+    # ComfyUI's cached list would trust: the node drops the cached list itself
+    folder = os.path.join(folder_paths.models_dir, "ezigen_subjects", "unit")
+    before = os.stat(folder)
+    folder_paths.get_filename_list("ezigen_subjects")
     again = nodes.EZIGenSaveSubject.execute(subject=loaded, filename_prefix="unit/dog").args[0]
+    os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert again != name and again in folder_paths.get_filename_list("ezigen_subjects")
     with pytest.raises(ValueError, match="encoder of layout SD15"):
         nodes.EZIGenLoadSubject.execute(encoder=encoder, subject_name=nodes.EZIGenSaveSubject.execute(
