@@ -55,7 +55,8 @@ def test_round_trip_is_bit_identical_and_samples_the_same(tmp_path, subject, enc
     save_subject(path, subject, "a dog")
     loaded, metadata = load_subject(path, "models/ezigen_subjects/dog.safetensors")
     for fresh, back in zip(subject.features, loaded.features, strict=True):
-        assert back.dtype == fresh.dtype == torch.float16 and back.device == comfy.model_management.intermediate_device()
+        assert back.dtype == fresh.dtype == torch.float16
+        assert back.device == comfy.model_management.intermediate_device()
         assert torch.equal(back, fresh)
     assert (loaded.image_count, loaded.resolution, loaded.family, loaded.adapter) == (2, 64, "TinySD", ADAPTER)
     assert metadata["subject_prompt"] == "a dog" and metadata["format"] == "ezigen-subject"
@@ -90,8 +91,9 @@ BAD_FILES = {
                         "it holds 1 tensor(s) that are not subject features (e.g. 'extra')"),
     "fp32 features": (lambda p, s: _write_variant(p, s, lambda t, m: t.update({"features.3": t["features.3"].float()})),
                       "tensor 'features.3' is torch.float32, expected torch.float16"),
-    "a feature of rank 2": (lambda p, s: _write_variant(p, s, lambda t, m: t.update({"features.0": t["features.0"][0]})),
-                            "tensor 'features.0' has shape (128, 64), expected (1, tokens, 64)"),
+    "a feature of rank 2": (
+        lambda p, s: _write_variant(p, s, lambda t, m: t.update({"features.0": t["features.0"][0]})),
+        "tensor 'features.0' has shape (128, 64), expected (1, tokens, 64)"),
     "widths not matching the tensors": (
         lambda p, s: _write_variant(p, s, lambda t, m: m.update(widths=",".join(["64"] * 16))),
         "tensor 'features.2' has shape"),
@@ -174,7 +176,8 @@ def test_numbered_names_in_subfolders_never_overwrite(tmp_path, subject):
     folder = tmp_path / "ezigen_subjects"
     first = save_new_subject(folder, "dogs/rex", subject, "a dog", "models/ezigen_subjects")
     second = save_new_subject(folder, "dogs/rex", subject, "", "models/ezigen_subjects")
-    assert (first, second) == (os.path.join("dogs", "rex_00001.safetensors"), os.path.join("dogs", "rex_00002.safetensors"))
+    assert first == os.path.join("dogs", "rex_00001.safetensors")
+    assert second == os.path.join("dogs", "rex_00002.safetensors")
     (folder / "dogs" / "rex_00007.safetensors").write_bytes(b"someone else's")
     assert save_new_subject(folder, "./dogs//rex", subject, "", "models/ezigen_subjects") == os.path.join(
         "dogs", "rex_00008.safetensors")  # counts on from the highest number; the other file stays as it was
@@ -184,7 +187,8 @@ def test_numbered_names_in_subfolders_never_overwrite(tmp_path, subject):
     with pytest.raises(FileExistsError):
         save_subject(folder / first, subject)
     # a name used in another location of the folder (extra_model_paths.yaml) is skipped too
-    path, name = next_subject_path(folder, "cat", "models/ezigen_subjects", taken=lambda n: n == "cat_00001.safetensors")
+    path, name = next_subject_path(folder, "cat", "models/ezigen_subjects",
+                                   taken=lambda n: n == "cat_00001.safetensors")
     assert name == "cat_00002.safetensors" and path == folder / name
 
 
