@@ -138,9 +138,9 @@ def prefix_parts(prefix: str, folder_shown: str) -> list[str]:
     if ".." in parts:
         raise SubjectFileError(f"filename_prefix '{prefix}' uses '..', which would leave {folder_shown}; give a "
                                "name inside it, e.g. 'subject' or 'dogs/rex'.")
-    if text[-1] in "/\\":
-        raise SubjectFileError(f"filename_prefix '{prefix}' ends with a folder separator: add a file name, e.g. "
-                               f"'{text}subject'.")
+    if parts[-1] in ("", "."):
+        raise SubjectFileError(f"filename_prefix '{prefix}' does not end with a file name: add one, e.g. 'dogs/rex' "
+                               f"saves {folder_shown}/dogs/rex_00001.safetensors.")
     bad = sorted(set(_UNSAFE_NAME.findall(text)))
     if bad:
         raise SubjectFileError(f"filename_prefix '{prefix}' contains {', '.join(repr(c) for c in bad)}, which "

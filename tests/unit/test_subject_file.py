@@ -160,7 +160,10 @@ def test_a_subject_that_does_not_say_what_made_it_is_not_saved(tmp_path, subject
     ("../s", "uses '..', which would leave models/ezigen_subjects"),
     ("dogs/../../s", "uses '..'"),
     ("dogs\\..\\..\\s", "uses '..'"),
-    ("dogs/", "ends with a folder separator: add a file name, e.g. 'dogs/subject'"),
+    ("dogs/", "does not end with a file name: add one, e.g. 'dogs/rex' saves "
+              "models/ezigen_subjects/dogs/rex_00001.safetensors"),
+    (".", "does not end with a file name"),
+    ("dogs/.", "does not end with a file name"),
     ("dog:1", "contains ':'"),
     ("dogs/rex?", "contains '?'"),
 ])
