@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import comfy.model_management
 
-from .layout import UnsupportedModelError, require_ezigen_layout
+from .layout import UnsupportedModelError, model_family, require_ezigen_layout
 from .schedule import derive_seed
 from .slots import SLOT_COUNT
 from .vae_sample import encode_sample
@@ -20,10 +20,17 @@ FEATURE_DTYPE = torch.float16
 
 @dataclass(frozen=True)
 class SubjectFeatures:
-    """Per-slot subject tokens, each (1, images * HW_k, C_k), on ComfyUI's intermediate device."""
+    """Per-slot subject tokens, each (1, images * HW_k, C_k), on ComfyUI's intermediate device.
+
+    `family` (ComfyUI's model family of the encoder UNet, e.g. SD20) and `adapter` (the adapter file the
+    encoder was loaded with, as Load EZIGen Encoder lists it) say what the subject was made for, so that a
+    saved subject can refuse an encoder of another layout; None where unknown.
+    """
     features: tuple[torch.Tensor, ...]
     image_count: int
     resolution: int
+    family: str | None = None
+    adapter: str | None = None
 
     @property
     def token_counts(self) -> tuple[int, ...]:
@@ -134,8 +141,10 @@ def _check_subject_inputs(encoder, context: torch.Tensor, images: torch.Tensor, 
 
 
 def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None,
-                   seed: int, resolution: int, widths: tuple[int, ...]) -> SubjectFeatures:
-    """Run the encoder MODEL once on the noised subject latents and return the 16 features."""
+                   seed: int, resolution: int, widths: tuple[int, ...],
+                   adapter: str | None = None) -> SubjectFeatures:
+    """Run the encoder MODEL once on the noised subject latents and return the 16 features.
+    `adapter`: the adapter file's name, recorded in the subject (see `SubjectFeatures`)."""
     layout = _check_subject_inputs(encoder, context, images, widths)
     pixels = prepare_subject_pixels(images, mask, resolution)
     latent = encode_sample(vae, pixels, derive_seed(seed, "vae"))  # the reference samples the posterior
@@ -146,11 +155,11 @@ def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, ma
     z = encoder.model.process_latent_in(latent.float())
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(z.shape, generator=generator, dtype=torch.float32)
-    return subject_from_latents(encoder, z, noise, context, resolution)
+    return subject_from_latents(encoder, z, noise, context, resolution, adapter)
 
 
 def subject_from_latents(encoder, latent: torch.Tensor, noise: torch.Tensor, context: torch.Tensor,
-                         resolution: int) -> SubjectFeatures:
+                         resolution: int, adapter: str | None = None) -> SubjectFeatures:
     """Encode Subject from its clean latents (model space) and its timestep-1 noise: the node's path after
     the VAE and the seeded draw, public so a test can give it and the trainer the very same inputs."""
     sigma = subject_sigma(encoder.get_model_object("model_sampling"))  # evaluated before the model moves
@@ -159,4 +168,5 @@ def subject_from_latents(encoder, latent: torch.Tensor, noise: torch.Tensor, con
                                 comfy.model_management.intermediate_device(), FEATURE_DTYPE,
                                 transformer_options=encoder.model_options["transformer_options"], sigma=sigma)
     return SubjectFeatures(features=tuple(f.reshape(1, -1, f.shape[-1]) for f in features),  # images' tokens in one row
-                           image_count=latent.shape[0], resolution=resolution)
+                           image_count=latent.shape[0], resolution=resolution, family=model_family(encoder),
+                           adapter=adapter)

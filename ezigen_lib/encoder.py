@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import comfy.model_management
 import comfy.model_patcher
@@ -23,6 +24,7 @@ class EZIGenEncoder:
     model: object  # ModelPatcher of the frozen base UNet (never patched in place)
     adapter: object  # ModelPatcher around an AdapterSet, so model_management loads/offloads it
     info: AdapterInfo
+    name: str | None = None  # the adapter file as Load EZIGen Encoder lists it: saved subjects record it
 
     def models(self) -> list:
         """The ModelPatchers this bundle holds, for ComfyUI's model tracking (what patches expose
@@ -41,8 +43,10 @@ def adapter_patcher(state_dict: dict, info: AdapterInfo):
                    offload_device=comfy.model_management.unet_offload_device())
 
 
-def load_encoder(adapter_path: str | os.PathLike, encoder_model, shown: str | None = None) -> EZIGenEncoder:
-    """`shown`: how messages name the adapter file (see `load_adapter`)."""
+def load_encoder(adapter_path: str | os.PathLike, encoder_model, shown: str | None = None,
+                 name: str | None = None) -> EZIGenEncoder:
+    """`shown`: how messages name the adapter file (see `load_adapter`); `name`: the file as its folder's
+    dropdown lists it (by default the file name), recorded in the subjects this encoder makes."""
     weights = load_adapter(adapter_path, shown)
     layout = require_ezigen_layout(encoder_model, weights.info.widths, "encoder model")
     if weights.info.base_model.startswith("sd2") and layout.family != "SD20":
@@ -50,4 +54,4 @@ def load_encoder(adapter_path: str | os.PathLike, encoder_model, shown: str | No
                     "use the SD2.1-base checkpoint as the encoder for faithful results.",
                     weights.info.base_model, layout.family)
     return EZIGenEncoder(model=encoder_model, adapter=adapter_patcher(weights.state_dict, weights.info),
-                         info=weights.info)
+                         info=weights.info, name=name if name is not None else Path(adapter_path).name)

@@ -5,8 +5,9 @@ from .loaders import EZIGenLoadCLIPVision, EZIGenLoadEncoder
 from .patch import EZIGenPatchUNetAttention
 from .sampler import EZIGenSampler
 from .subject import EZIGenEncodeSubject
+from .subject_files import EZIGenLoadSubject, EZIGenSaveSubject
 
 NODE_LIST = [EZIGenLoadEncoder, EZIGenEncodeSubject, EZIGenPatchUNetAttention, EZIGenSampler,
-             EZIGenLoadCLIPVision, EZIGenEdit]
+             EZIGenLoadCLIPVision, EZIGenEdit, EZIGenSaveSubject, EZIGenLoadSubject]
 
 __all__ = ["NODE_LIST", "register_model_folder"]

@@ -1,4 +1,5 @@
-"""The models/ezigen folder, registered so that paths from extra_model_paths.yaml survive."""
+"""The pack's model folders (models/ezigen, models/ezigen_subjects), registered so that paths from
+extra_model_paths.yaml survive."""
 from __future__ import annotations
 
 import os
@@ -6,24 +7,39 @@ import os
 import folder_paths
 
 EZIGEN_FOLDER = "ezigen"
+SUBJECTS_FOLDER = "ezigen_subjects"
+SUBJECT_EXTENSIONS = {".safetensors"}  # Save EZIGen Subject writes only safetensors; nothing else is read
+
+
+def _register(folder: str, extensions: set[str]) -> None:
+    # extra_model_paths.yaml is read before custom nodes load and may already have created this entry
+    # (with an empty extension set): keep its paths, add the default folder, set the extensions.
+    default = os.path.join(folder_paths.models_dir, folder)
+    paths: list[str] = []
+    if folder in folder_paths.folder_names_and_paths:
+        paths = list(folder_paths.folder_names_and_paths[folder][0])
+    if default not in paths:
+        paths.append(default)
+    folder_paths.folder_names_and_paths[folder] = (paths, set(extensions))
 
 
 def register_model_folder() -> None:
-    # extra_model_paths.yaml is read before custom nodes load and may already have created this entry
-    # (with an empty extension set): keep its paths, add the default folder, set the extensions.
-    default = os.path.join(folder_paths.models_dir, EZIGEN_FOLDER)
-    paths: list[str] = []
-    if EZIGEN_FOLDER in folder_paths.folder_names_and_paths:
-        paths = list(folder_paths.folder_names_and_paths[EZIGEN_FOLDER][0])
-    if default not in paths:
-        paths.append(default)
-    folder_paths.folder_names_and_paths[EZIGEN_FOLDER] = (paths, set(folder_paths.supported_pt_extensions))
+    _register(EZIGEN_FOLDER, set(folder_paths.supported_pt_extensions))
+    _register(SUBJECTS_FOLDER, SUBJECT_EXTENSIONS)
+
+
+def subjects_save_folder() -> str:
+    """Where Save EZIGen Subject writes: the default models/ezigen_subjects (not a folder from
+    extra_model_paths.yaml, which may be shared or read-only), so the README's path is where files land."""
+    return os.path.join(folder_paths.models_dir, SUBJECTS_FOLDER)
 
 
 EXPECTED_FILES = {
     EZIGEN_FOLDER: ("the EZIGen adapter: the official checkpoint folder (checkpoint-200000 from the EZIGen release, "
                     "linked from github.com/ZichengDuan/EZIGen) or its model.safetensors, or a small adapter file made "
                     "with `python -m ezigen_lib.convert CHECKPOINT_DIR ezigen_sd21base.safetensors`"),
+    SUBJECTS_FOLDER: ("a subject file written by Save EZIGen Subject (a .safetensors with the 16 subject features; "
+                      "queue a workflow with Encode Subject -> Save EZIGen Subject to make one)"),
     "clip_vision": ("an image encoder for the autostop: OpenAI CLIP ViT-B/32 vision weights as safetensors (the vision "
                     "tower of openai/clip-vit-base-patch32), as the reference uses, or any CLIP vision model ComfyUI "
                     "loads, e.g. CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),

@@ -45,7 +45,8 @@ class EZIGenLoadEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, adapter_name: str, encoder_model) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(EZIGEN_FOLDER, adapter_name)
-        return io.NodeOutput(load_encoder(path, encoder_model, f"models/{EZIGEN_FOLDER}/{adapter_name}"))
+        return io.NodeOutput(load_encoder(path, encoder_model, f"models/{EZIGEN_FOLDER}/{adapter_name}",
+                                          name=adapter_name))
 
 
 class EZIGenLoadCLIPVision(io.ComfyNode):

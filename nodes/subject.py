@@ -41,4 +41,4 @@ class EZIGenEncodeSubject(io.ComfyNode):
         require_valid_widgets(cls, locals())
         context = subject_context(subject_prompt)
         return io.NodeOutput(encode_subject(encoder.model, vae, context, image, mask, seed, resolution,
-                                            encoder.info.widths))
+                                            encoder.info.widths, adapter=encoder.name))

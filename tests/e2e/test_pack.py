@@ -13,7 +13,7 @@ from comfy_host import ComfyServer, PromptRejected
 
 REPO = Path(__file__).resolve().parents[2]
 OUR_NODES = {"EZIGenLoadEncoder", "EZIGenEncodeSubject", "EZIGenPatchUNetAttention", "EZIGenSampler",
-             "EZIGenLoadCLIPVision", "EZIGenEdit"}
+             "EZIGenLoadCLIPVision", "EZIGenEdit", "EZIGenSaveSubject", "EZIGenLoadSubject"}
 
 
 def tracked_files() -> list[str]:
@@ -89,13 +89,19 @@ def test_every_node_explains_itself(comfy_server):
 @pytest.mark.parametrize("node,widget,folder,expected", [
     ("EZIGenLoadEncoder", "adapter_name", "ezigen", "ezigen_lib.convert"),
     ("EZIGenLoadCLIPVision", "clip_name", "clip_vision", "clip-vit-base-patch32"),
+    ("EZIGenLoadSubject", "subject_name", "ezigen_subjects", "written by Save EZIGen Subject"),
 ])
 def test_missing_model_file_names_the_folder_and_the_file_expected(comfy_server, node, widget, folder, expected):
     prompt = {"1": {"class_type": node, "inputs": {widget: "missing.safetensors"}},
               "9": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
-    if node == "EZIGenLoadEncoder":
+    if node in ("EZIGenLoadEncoder", "EZIGenLoadSubject"):
         prompt["2"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd21base_random.safetensors"}}
+    if node == "EZIGenLoadEncoder":
         prompt["1"]["inputs"]["encoder_model"] = ["2", 0]
+    if node == "EZIGenLoadSubject":  # a valid encoder, so that only the missing subject is refused
+        prompt["3"] = {"class_type": "EZIGenLoadEncoder",
+                       "inputs": {"adapter_name": "checkpoint-200000/model.safetensors", "encoder_model": ["2", 0]}}
+        prompt["1"]["inputs"]["encoder"] = ["3", 0]
     with pytest.raises(PromptRejected) as info:
         comfy_server.queue(prompt)
     text = str(info.value.node_errors)
@@ -104,7 +110,7 @@ def test_missing_model_file_names_the_folder_and_the_file_expected(comfy_server,
 
 
 def test_every_node_has_a_docs_page_served_to_the_frontend(comfy_server):
-    """web/docs/<NodeId>.md for all six nodes, each input named in it, its pictures served beside it."""
+    """web/docs/<NodeId>.md for every node, each input named in it, its pictures served beside it."""
     import requests
 
     info = comfy_server.object_info()

@@ -1,0 +1,285 @@
+"""The EZIGen subject file: an encoded subject (the 16 features of one Encode Subject run) on disk.
+
+A subject is costly to make (a VAE pass and a UNet pass over every subject image) and is the same every
+time for the same images, prompt and seed, so it can be saved once and loaded in later workflows. The
+file is a plain safetensors (no pickles):
+
+- tensors ``features.0`` .. ``features.15``: slot k's tokens, (1, images * HW_k, C_k), exactly as Encode
+  Subject keeps them (fp16), so a loaded subject gives bit-identical results to the fresh one;
+- metadata (strings): ``format`` = ``ezigen-subject``, ``format_version``, ``family`` (ComfyUI's model
+  family of the encoder UNet, e.g. SD20), ``widths`` (the 16 feature widths), ``adapter`` (the adapter
+  file the encoder was loaded with, as Load EZIGen Encoder lists it), ``resolution``, ``image_count`` and
+  ``subject_prompt`` (the subject's words when the user gave them; may be empty).
+
+The layout (family and widths) decides whether a subject fits an encoder: SD1.5 and SD2.1 have the same
+widths but different features, so the family is part of it. The adapter name is a record, not a rule.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+import comfy.model_management
+
+from .capture import FEATURE_DTYPE, SubjectFeatures
+from .checkpoint import FORMAT_NAME as ADAPTER_FORMAT_NAME
+from .checks import exception_text
+from .layout import model_family
+from .slots import SLOT_COUNT
+
+log = logging.getLogger("EZIGen")
+
+FORMAT_NAME = "ezigen-subject"
+FORMAT_VERSION = "1"
+SUFFIX = ".safetensors"
+COUNTER_DIGITS = 5  # prefix_00001.safetensors, as ComfyUI's own save nodes count
+FEATURE_KEYS = tuple(f"features.{k}" for k in range(SLOT_COUNT))
+METADATA_FIELDS = ("format", "format_version", "family", "widths", "adapter", "resolution", "image_count",
+                   "subject_prompt")
+WHERE_SUBJECTS_COME_FROM = ("Subject files are written by Save EZIGen Subject (Encode Subject -> Save EZIGen "
+                            "Subject) into models/ezigen_subjects.")
+
+_FAMILY = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
+_DECIMAL = re.compile(r"[0-9]{1,9}")
+_UNSAFE_NAME = re.compile(r'[<>:"|?*\x00-\x1f]')  # not allowed in file names on Windows (or anywhere, for NUL)
+
+
+class SubjectFileError(ValueError):
+    """A subject file that cannot be written or read, or that does not fit the encoder; the message says why."""
+
+
+@dataclass(frozen=True)
+class SubjectLayout:
+    """What a subject must match: the encoder UNet's model family and the 16 feature widths."""
+    family: str
+    widths: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.family} (widths {'/'.join(str(w) for w in sorted(set(self.widths)))})"
+
+
+def subject_layout(subject: SubjectFeatures) -> SubjectLayout:
+    return SubjectLayout(str(subject.family), tuple(int(f.shape[-1]) for f in subject.features))
+
+
+def encoder_layout(encoder) -> SubjectLayout:
+    """The layout of the subjects an EZIGEN_ENCODER makes (Load EZIGen Encoder checked its widths)."""
+    return SubjectLayout(model_family(encoder.model), tuple(encoder.info.widths))
+
+
+def _fail(shown: str, problem: str) -> SubjectFileError:
+    return SubjectFileError(f"EZIGen subject file '{shown}': {problem}. {WHERE_SUBJECTS_COME_FROM}")
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+def subject_metadata(subject: SubjectFeatures, subject_prompt: str = "") -> dict[str, str]:
+    """The file's metadata; refuses a subject that does not say which encoder made it."""
+    if not subject.family or not subject.adapter:
+        raise SubjectFileError(
+            "The subject does not say which encoder made it (its model family or adapter is unknown), so a saved "
+            "file could not refuse an encoder of another layout: connect the subject from Encode Subject (EZIGen) "
+            "or Load EZIGen Subject.")
+    if len(subject.features) != SLOT_COUNT:
+        raise SubjectFileError(f"The subject has {len(subject.features)} features, expected {SLOT_COUNT}.")
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "family": subject.family,
+        "widths": ",".join(str(int(f.shape[-1])) for f in subject.features),
+        "adapter": subject.adapter,
+        "resolution": str(int(subject.resolution)),
+        "image_count": str(int(subject.image_count)),
+        "subject_prompt": subject_prompt or "",
+    }
+
+
+def subject_file_bytes(subject: SubjectFeatures, subject_prompt: str = "") -> bytes:
+    """The whole file: contiguous CPU copies of the features, unchanged in dtype and values."""
+    metadata = subject_metadata(subject, subject_prompt)
+    tensors = {key: f.detach().to("cpu").contiguous() for key, f in zip(FEATURE_KEYS, subject.features)}
+    return safetensors_bytes(tensors, metadata)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    with open(path, "xb") as out:  # exclusive create: no overwrite, even by a concurrent writer
+        try:
+            out.write(data)
+        except BaseException:
+            out.close()
+            path.unlink(missing_ok=True)  # no half-written subject left in the list
+            raise
+
+
+def save_subject(path: str | os.PathLike, subject: SubjectFeatures, subject_prompt: str = "") -> None:
+    """Write a new subject file; an existing file is never replaced (FileExistsError)."""
+    _write_new(Path(path), subject_file_bytes(subject, subject_prompt))
+
+
+def prefix_parts(prefix: str, folder_shown: str) -> list[str]:
+    """`filename_prefix` as path parts inside the subjects folder: subfolders are fine, leaving the
+    folder (absolute paths, drive letters, '..') is refused."""
+    text = prefix.strip()
+    if not text:
+        raise SubjectFileError(f"filename_prefix is empty: give a name such as 'subject' or 'dogs/rex' (saved "
+                               f"under {folder_shown}).")
+    if os.path.isabs(text) or text[0] in "/\\" or re.match(r"[A-Za-z]:", text):
+        raise SubjectFileError(f"filename_prefix '{prefix}' is an absolute path: subjects are saved under "
+                               f"{folder_shown}; give a name relative to it, e.g. 'subject' or 'dogs/rex'.")
+    parts = re.split(r"[\\/]+", text)
+    if ".." in parts:
+        raise SubjectFileError(f"filename_prefix '{prefix}' uses '..', which would leave {folder_shown}; give a "
+                               "name inside it, e.g. 'subject' or 'dogs/rex'.")
+    if parts[-1] in ("", "."):
+        raise SubjectFileError(f"filename_prefix '{prefix}' does not end with a file name: add one, e.g. 'dogs/rex' "
+                               f"saves {folder_shown}/dogs/rex_00001.safetensors.")
+    bad = sorted(set(_UNSAFE_NAME.findall(text)))
+    if bad:
+        raise SubjectFileError(f"filename_prefix '{prefix}' contains {', '.join(repr(c) for c in bad)}, which "
+                               "file names cannot hold on every system: use letters, digits, '-', '_' and '/'.")
+    return [p for p in parts if p not in ("", ".")]
+
+
+def next_subject_path(folder: str | os.PathLike, prefix: str, folder_shown: str,
+                      taken: Callable[[str], bool] = lambda name: False) -> tuple[Path, str]:
+    """The next free `<prefix>_NNNNN.safetensors` in `folder`, counting on from the highest number
+    there (a deleted file's number is not reused); `taken(name)` also rules out names used in the
+    folder's other locations (extra_model_paths.yaml), which the dropdown would show instead.
+    Returns the path and the name as the dropdown lists it."""
+    parts = prefix_parts(prefix, folder_shown)
+    root = Path(os.path.abspath(folder))
+    directory = root.joinpath(*parts[:-1])
+    if os.path.commonpath([root, os.path.abspath(directory)]) != str(root):
+        raise SubjectFileError(f"filename_prefix '{prefix}' would leave {folder_shown}.")
+    base = parts[-1]
+    pattern = re.compile(re.escape(base) + r"_(\d{%d,})%s$" % (COUNTER_DIGITS, re.escape(SUFFIX)))
+    numbers = [int(m.group(1)) for m in map(pattern.match, os.listdir(directory) if directory.is_dir() else ())
+               if m]
+    counter = max(numbers, default=0) + 1
+    while True:
+        path = directory / f"{base}_{counter:0{COUNTER_DIGITS}d}{SUFFIX}"
+        name = os.path.relpath(path, root)  # ComfyUI's file lists use the OS separator too
+        if not taken(name):  # a file of the same number here was counted above
+            return path, name
+        counter += 1
+
+
+def save_new_subject(folder: str | os.PathLike, prefix: str, subject: SubjectFeatures, subject_prompt: str,
+                     folder_shown: str, taken: Callable[[str], bool] = lambda name: False) -> str:
+    """Save under the next free name (see `next_subject_path`); returns the name as the dropdown lists it."""
+    data = subject_file_bytes(subject, subject_prompt)  # an unsaveable subject is refused before any folder is made
+    while True:
+        path, name = next_subject_path(folder, prefix, folder_shown, taken)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = os.path.relpath(path.parent, os.path.abspath(folder))
+            raise SubjectFileError(f"cannot make the folder '{where}' in {folder_shown} for filename_prefix "
+                                   f"'{prefix}' ({type(exc).__name__}; is there a file of that name?).") from exc
+        try:
+            _write_new(path, data)
+        except FileExistsError:
+            continue  # written by someone else in between: take the next number
+        return name
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+def _field(shown: str, metadata: dict[str, str], name: str, pattern: re.Pattern | None, expected: str) -> str:
+    value = metadata.get(name)
+    if value is None or (pattern is not None and not pattern.fullmatch(value)):
+        shown_value = value if value is None or len(value) <= 60 else value[:60] + "..."
+        raise _fail(shown, f"its metadata field {name}={shown_value!r} is invalid: expected {expected} (the file was "
+                           "edited or written by another tool)")
+    return value
+
+
+def _read_metadata(shown: str, metadata: dict[str, str], keys: list[str]) -> dict[str, str]:
+    kind = metadata.get("format")
+    if kind == ADAPTER_FORMAT_NAME:
+        raise _fail(shown, "it is an EZIGen adapter, not a subject: put it in models/ezigen and load it with Load "
+                           "EZIGen Encoder")
+    if kind != FORMAT_NAME:
+        sample = ", ".join(f"'{k}'" for k in keys[:3]) if keys else "no tensors at all"
+        raise _fail(shown, f"it is not an EZIGen subject (its metadata has no format '{FORMAT_NAME}'; it holds "
+                           f"{len(keys)} tensors: {sample})")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _fail(shown, f"it is subject format version {version!r}; this version of ComfyUI-EZIGen reads version "
+                           f"{FORMAT_VERSION} (update the pack, or save the subject again with this one)")
+    _field(shown, metadata, "family", _FAMILY, "a model family name such as SD20")
+    _field(shown, metadata, "widths", re.compile(r"[0-9]{1,6}(,[0-9]{1,6}){%d}" % (SLOT_COUNT - 1)),
+           f"{SLOT_COUNT} comma-separated widths")
+    for name in ("resolution", "image_count"):
+        if int(_field(shown, metadata, name, _DECIMAL, "a positive whole number")) < 1:
+            raise _fail(shown, f"its metadata field {name}={metadata[name]!r} is invalid: expected a positive number")
+    _field(shown, metadata, "adapter", None, "the adapter file's name")
+    _field(shown, metadata, "subject_prompt", None, "the subject's words (may be empty)")
+    return {name: metadata[name] for name in METADATA_FIELDS}
+
+
+def _check_features(shown: str, tensors: dict[str, torch.Tensor], widths: tuple[int, ...], images: int) -> None:
+    for k, key in enumerate(FEATURE_KEYS):
+        t = tensors[key]
+        if t.dtype != FEATURE_DTYPE:
+            raise _fail(shown, f"tensor '{key}' is {t.dtype}, expected {FEATURE_DTYPE} (as Encode Subject keeps "
+                               "subject features)")
+        want = f"(1, tokens, {widths[k]}) with tokens a multiple of the {images} image(s)"
+        if t.ndim != 3 or t.shape[0] != 1 or t.shape[2] != widths[k] or t.shape[1] < 1 or t.shape[1] % images:
+            raise _fail(shown, f"tensor '{key}' has shape {tuple(t.shape)}, expected {want}")
+
+
+def load_subject(path: str | os.PathLike, shown: str | None = None) -> tuple[SubjectFeatures, dict[str, str]]:
+    """Read and check a subject file; the features come back on ComfyUI's intermediate device in the
+    stored dtype (as Encode Subject leaves them). `shown` is how messages name the file (the node passes
+    'models/ezigen_subjects/NAME', never a server path). Returns the subject and its metadata fields."""
+    shown = shown or str(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            keys = list(f.keys())
+            info = _read_metadata(shown, metadata, keys)
+            missing = [k for k in FEATURE_KEYS if k not in keys]
+            if missing:
+                listed = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+                raise _fail(shown, f"{len(missing)} of the {SLOT_COUNT} feature tensors are missing ({listed})")
+            extra = sorted(set(keys) - set(FEATURE_KEYS))
+            if extra:
+                raise _fail(shown, f"it holds {len(extra)} tensor(s) that are not subject features (e.g. "
+                                   f"'{extra[0]}'); expected exactly {FEATURE_KEYS[0]} .. {FEATURE_KEYS[-1]}")
+            tensors = {key: f.get_tensor(key) for key in FEATURE_KEYS}
+    except SubjectFileError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for damaged headers and data
+        raise _fail(shown, f"it is damaged or not a safetensors file ({exception_text(exc, path, shown)})") from exc
+    widths = tuple(int(w) for w in info["widths"].split(","))
+    images = int(info["image_count"])
+    _check_features(shown, tensors, widths, images)
+    device = comfy.model_management.intermediate_device()
+    subject = SubjectFeatures(features=tuple(tensors[key].to(device) for key in FEATURE_KEYS), image_count=images,
+                              resolution=int(info["resolution"]), family=info["family"], adapter=info["adapter"])
+    return subject, info
+
+
+def require_subject_fits(subject: SubjectFeatures, encoder, shown: str) -> None:
+    """Refuse a subject of another layout than `encoder` makes, naming the adapter it needs and what to do;
+    the same layout under another adapter name is accepted with a warning (a renamed or retrained file)."""
+    needed, given = subject_layout(subject), encoder_layout(encoder)
+    if needed != given:
+        raise SubjectFileError(
+            f"The subject '{shown}' was encoded for the adapter '{subject.adapter}' with an encoder of layout "
+            f"{needed.describe()}, but the encoder given has layout {given.describe()} (adapter '{encoder.name}'). "
+            f"Load the adapter '{subject.adapter}' "
+            f"in Load EZIGen Encoder with the {needed.family} checkpoint's MODEL as encoder_model, or encode the "
+            "subject again with this encoder (Encode Subject) and save it anew.")
+    if subject.adapter != encoder.name:
+        log.warning("EZIGen: the subject %s was encoded for the adapter '%s' and is used with '%s' (same layout %s).",
+                    shown, subject.adapter, encoder.name, given.describe())

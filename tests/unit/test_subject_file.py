@@ -1,0 +1,233 @@
+"""Subject files: saved and loaded bit for bit; foreign, damaged or other-layout files and names that leave
+the folder are refused with messages that say what is expected; nothing is ever overwritten."""
+import dataclasses
+import logging
+import os
+
+import folder_paths
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import comfy.model_management
+
+from ezigen_lib.capture import encode_subject
+from ezigen_lib.checkpoint import AdapterInfo, AdapterWeights, save_adapter
+from ezigen_lib.inject import apply_subject
+from ezigen_lib.subject_file import (FEATURE_KEYS, SubjectFileError, load_subject, next_subject_path,
+                                     require_subject_fits, save_new_subject, save_subject)
+
+from .tiny import load_pack, random_adapter_state, random_context, sample, tiny_encoder, tiny_model, tiny_vae
+
+ADAPTER = "tiny/adapter.safetensors"
+SHOWN = "models/ezigen_subjects/bad.safetensors"
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return dataclasses.replace(tiny_encoder(), name=ADAPTER)
+
+
+@pytest.fixture(scope="module")
+def subject(encoder):
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        return encode_subject(encoder.model, tiny_vae(), random_context(), images, None, 3, 64, encoder.info.widths,
+                              adapter=encoder.name)
+
+
+def stored(subject):
+    """The tensors and metadata Save EZIGen Subject writes, to be altered into a bad file."""
+    tensors = {k: f.contiguous() for k, f in zip(FEATURE_KEYS, subject.features)}
+    metadata = {"format": "ezigen-subject", "format_version": "1", "family": subject.family,
+                "widths": ",".join(str(f.shape[-1]) for f in subject.features), "adapter": subject.adapter,
+                "resolution": "64", "image_count": "2", "subject_prompt": ""}
+    return tensors, metadata
+
+
+def test_encode_subject_records_what_made_it(subject):
+    assert subject.family == "TinySD" and subject.adapter == ADAPTER  # the tiny models' ComfyUI config class
+
+
+def test_round_trip_is_bit_identical_and_samples_the_same(tmp_path, subject, encoder):
+    path = tmp_path / "dog.safetensors"
+    save_subject(path, subject, "a dog")
+    loaded, metadata = load_subject(path, "models/ezigen_subjects/dog.safetensors")
+    for fresh, back in zip(subject.features, loaded.features, strict=True):
+        assert back.dtype == fresh.dtype == torch.float16
+        assert back.device == comfy.model_management.intermediate_device()
+        assert torch.equal(back, fresh)
+    assert (loaded.image_count, loaded.resolution, loaded.family, loaded.adapter) == (2, 64, "TinySD", ADAPTER)
+    assert metadata["subject_prompt"] == "a dog" and metadata["format"] == "ezigen-subject"
+    model = tiny_model(seed=7)
+    fresh_out = sample(apply_subject(model, encoder, subject, 1.0, 0.0, 1.0), seed=4, steps=4)
+    loaded_out = sample(apply_subject(model, encoder, loaded, 1.0, 0.0, 1.0), seed=4, steps=4)
+    assert torch.equal(fresh_out, loaded_out)
+    assert not torch.equal(fresh_out, sample(model, seed=4, steps=4))  # the subject does act
+
+
+def _write_variant(path, subject, change):
+    tensors, metadata = stored(subject)
+    change(tensors, metadata)
+    save_file(tensors, str(path), metadata)
+
+
+BAD_FILES = {
+    "not safetensors": (lambda p, s: p.write_bytes(b"\x08" + b"\x00" * 7 + b"{x"),
+                        "it is damaged or not a safetensors file"),
+    "a plain safetensors (e.g. a LoRA)": (lambda p, s: save_file({"lora_up.weight": torch.zeros(2, 2)}, str(p)),
+                                          "it is not an EZIGen subject (its metadata has no format 'ezigen-subject'; "
+                                          "it holds 1 tensors: 'lora_up.weight')"),
+    "an adapter": (lambda p, s: save_adapter(AdapterWeights(random_adapter_state(), AdapterInfo(
+                       tuple(f.shape[-1] for f in s.features), 32, "tiny", "test")), p),
+                   "it is an EZIGen adapter, not a subject: put it in models/ezigen and load it with Load EZIGen "
+                   "Encoder"),
+    "a newer format": (lambda p, s: _write_variant(p, s, lambda t, m: m.update(format_version="2")),
+                       "it is subject format version '2'; this version of ComfyUI-EZIGen reads version 1"),
+    "a feature missing": (lambda p, s: _write_variant(p, s, lambda t, m: t.pop("features.7")),
+                          "1 of the 16 feature tensors are missing (features.7)"),
+    "an extra tensor": (lambda p, s: _write_variant(p, s, lambda t, m: t.update(extra=torch.zeros(1))),
+                        "it holds 1 tensor(s) that are not subject features (e.g. 'extra')"),
+    "fp32 features": (lambda p, s: _write_variant(p, s, lambda t, m: t.update({"features.3": t["features.3"].float()})),
+                      "tensor 'features.3' is torch.float32, expected torch.float16"),
+    "a feature of rank 2": (
+        lambda p, s: _write_variant(p, s, lambda t, m: t.update({"features.0": t["features.0"][0]})),
+        "tensor 'features.0' has shape (128, 64), expected (1, tokens, 64)"),
+    "widths not matching the tensors": (
+        lambda p, s: _write_variant(p, s, lambda t, m: m.update(widths=",".join(["64"] * 16))),
+        "tensor 'features.2' has shape"),
+    "tokens not a multiple of the images": (
+        lambda p, s: _write_variant(p, s, lambda t, m: t.update({"features.5": t["features.5"][:, :-1]})),
+        "with tokens a multiple of the 2 image(s)"),
+    "no image count": (lambda p, s: _write_variant(p, s, lambda t, m: m.update(image_count="0")),
+                       "its metadata field image_count='0' is invalid"),
+    "no family": (lambda p, s: _write_variant(p, s, lambda t, m: m.pop("family")),
+                  "its metadata field family=None is invalid: expected a model family name"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_files_that_are_not_subjects_are_refused_by_name(tmp_path, subject, case):
+    write, expected = BAD_FILES[case]
+    path = tmp_path / "bad.safetensors"
+    write(path, subject)
+    with pytest.raises(SubjectFileError) as info:
+        load_subject(path, SHOWN)
+    message = str(info.value)
+    assert message.startswith(f"EZIGen subject file '{SHOWN}': ") and expected in message, message
+    assert "written by Save EZIGen Subject" in message and str(tmp_path) not in message
+
+
+def test_another_layout_is_refused_naming_the_adapter_it_needs(subject, encoder):
+    sd15 = dataclasses.replace(subject, family="SD15", adapter="checkpoint-200000/model.safetensors")
+    with pytest.raises(SubjectFileError) as info:
+        require_subject_fits(sd15, encoder, "models/ezigen_subjects/dog_00001.safetensors")
+    message = str(info.value)
+    assert message.startswith("The subject 'models/ezigen_subjects/dog_00001.safetensors' was encoded for the adapter "
+                              "'checkpoint-200000/model.safetensors' with an encoder of layout SD15 (widths "
+                              "64/128/256), but the encoder given has layout TinySD (widths 64/128/256) (adapter "
+                              f"'{ADAPTER}')"), message
+    assert "Load EZIGen Encoder with the SD15 checkpoint's MODEL" in message and "encode the subject again" in message
+    narrow = dataclasses.replace(subject, features=tuple(f[..., :32] for f in subject.features))
+    with pytest.raises(SubjectFileError, match=r"encoder of layout TinySD \(widths 32\), but"):
+        require_subject_fits(narrow, encoder, "narrow")
+
+
+def test_same_layout_under_another_adapter_name_is_accepted_with_a_warning(subject, encoder, caplog):
+    renamed = dataclasses.replace(subject, adapter="renamed.safetensors")
+    with caplog.at_level(logging.WARNING, logger="EZIGen"):
+        require_subject_fits(renamed, encoder, "s")
+    assert "encoded for the adapter 'renamed.safetensors' and is used with 'tiny/adapter.safetensors'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="EZIGen"):
+        require_subject_fits(subject, encoder, "s")
+    assert caplog.text == ""
+
+
+def test_a_subject_that_does_not_say_what_made_it_is_not_saved(tmp_path, subject):
+    with pytest.raises(SubjectFileError, match="does not say which encoder made it"):
+        save_new_subject(tmp_path, "x", dataclasses.replace(subject, adapter=None), "", "models/ezigen_subjects")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("prefix,expected", [
+    ("", "filename_prefix is empty"),
+    ("   ", "filename_prefix is empty"),
+    ("/etc/subject", "is an absolute path"),
+    ("\\\\server\\share\\s", "is an absolute path"),
+    ("C:/Users/me/s", "is an absolute path"),
+    ("../s", "uses '..', which would leave models/ezigen_subjects"),
+    ("dogs/../../s", "uses '..'"),
+    ("dogs\\..\\..\\s", "uses '..'"),
+    ("dogs/", "does not end with a file name: add one, e.g. 'dogs/rex' saves "
+              "models/ezigen_subjects/dogs/rex_00001.safetensors"),
+    (".", "does not end with a file name"),
+    ("dogs/.", "does not end with a file name"),
+    ("dog:1", "contains ':'"),
+    ("dogs/rex?", "contains '?'"),
+])
+def test_prefixes_that_leave_the_folder_are_refused(tmp_path, subject, prefix, expected):
+    folder = tmp_path / "ezigen_subjects"
+    with pytest.raises(SubjectFileError) as info:
+        save_new_subject(folder, prefix, subject, "", "models/ezigen_subjects")
+    assert expected in str(info.value) and str(tmp_path) not in str(info.value)
+    assert not tmp_path.joinpath("s").exists() and not folder.exists()
+
+
+def test_numbered_names_in_subfolders_never_overwrite(tmp_path, subject):
+    folder = tmp_path / "ezigen_subjects"
+    first = save_new_subject(folder, "dogs/rex", subject, "a dog", "models/ezigen_subjects")
+    second = save_new_subject(folder, "dogs/rex", subject, "", "models/ezigen_subjects")
+    assert first == os.path.join("dogs", "rex_00001.safetensors")
+    assert second == os.path.join("dogs", "rex_00002.safetensors")
+    (folder / "dogs" / "rex_00007.safetensors").write_bytes(b"someone else's")
+    assert save_new_subject(folder, "./dogs//rex", subject, "", "models/ezigen_subjects") == os.path.join(
+        "dogs", "rex_00008.safetensors")  # counts on from the highest number; the other file stays as it was
+    assert (folder / "dogs" / "rex_00007.safetensors").read_bytes() == b"someone else's"
+    with safe_open(str(folder / first), "pt") as f:
+        assert f.metadata()["subject_prompt"] == "a dog"
+    with pytest.raises(FileExistsError):
+        save_subject(folder / first, subject)
+    # a name used in another location of the folder (extra_model_paths.yaml) is skipped too
+    path, name = next_subject_path(folder, "cat", "models/ezigen_subjects",
+                                   taken=lambda n: n == "cat_00001.safetensors")
+    assert name == "cat_00002.safetensors" and path == folder / name
+
+
+def test_folder_registration_and_missing_file_message(tmp_path):
+    pack = load_pack()
+    folders = pack.nodes.folders
+    folder_paths.folder_names_and_paths["ezigen_subjects"] = ([str(tmp_path / "from-yaml")], set())
+    folders.register_model_folder()
+    paths, extensions = folder_paths.folder_names_and_paths["ezigen_subjects"]
+    assert paths == [str(tmp_path / "from-yaml"), os.path.join(folder_paths.models_dir, "ezigen_subjects")]
+    assert extensions == {".safetensors"}
+    message = folders.check_model_file("ezigen_subjects", "gone.safetensors")
+    assert message.startswith("'gone.safetensors' is not in models/ezigen_subjects (it is empty)")
+    assert "written by Save EZIGen Subject" in message and str(tmp_path) not in message
+    folders.register_model_folder()  # as at start-up: the default folder only
+    folder_paths.folder_names_and_paths["ezigen_subjects"] = (paths[1:], extensions)
+
+
+def test_nodes_save_then_list_then_load(subject, encoder):
+    nodes = load_pack().nodes.subject_files
+    folder_paths.get_filename_list("ezigen_subjects")  # a cached listing from before the save
+    out = nodes.EZIGenSaveSubject.execute(subject=subject, filename_prefix="unit/dog", subject_prompt="a dog")
+    (name,) = out.args
+    assert out.ui.as_dict() == {"text": (name,)} and name.startswith(os.path.join("unit", "dog_"))
+    assert name in folder_paths.get_filename_list("ezigen_subjects")  # a new subfolder, seen at once
+    assert nodes.EZIGenLoadSubject.validate_inputs(subject_name=name) is True
+    loaded, prompt = nodes.EZIGenLoadSubject.execute(encoder=encoder, subject_name=name).args
+    assert prompt == "a dog" and all(torch.equal(a, b) for a, b in zip(subject.features, loaded.features, strict=True))
+    # a filesystem with coarse mtimes (FAT, some network shares) may leave the folder's mtime as it was, which
+    # ComfyUI's cached list would trust: the node drops the cached list itself
+    folder = os.path.join(folder_paths.models_dir, "ezigen_subjects", "unit")
+    before = os.stat(folder)
+    folder_paths.get_filename_list("ezigen_subjects")
+    again = nodes.EZIGenSaveSubject.execute(subject=loaded, filename_prefix="unit/dog").args[0]
+    os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert again != name and again in folder_paths.get_filename_list("ezigen_subjects")
+    with pytest.raises(ValueError, match="encoder of layout SD15"):
+        nodes.EZIGenLoadSubject.execute(encoder=encoder, subject_name=nodes.EZIGenSaveSubject.execute(
+            subject=dataclasses.replace(subject, family="SD15"), filename_prefix="unit/sd15").args[0])
