@@ -10,7 +10,7 @@ from comfy.patcher_extension import WrappersMP
 
 from .capture import SubjectFeatures
 from .checks import InputValueError, require_finite
-from .layout import require_ezigen_layout
+from .layout import model_family, require_ezigen_layout
 from .regions import block_grid, per_batch_item, resize_region, subject_region
 from .schedule import appearance_start_index
 from .slots import SLOT_COUNT
@@ -171,6 +171,11 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
                               "would never be injected. Set start_percent <= end_percent (EZIGen's default is 0.6 "
                               "to 1.0), or strength 0 to switch the subject off.")
     require_ezigen_layout(model, encoder.info.widths, "model to patch")
+    family = model_family(encoder.model)
+    if subject.family is not None and subject.family != family:
+        raise InputValueError(f"The subject was encoded by a {subject.family} encoder (adapter '{subject.adapter}') but "
+                              f"this encoder is {family} (adapter '{encoder.name}'): connect the encoder the subject "
+                              "was made with, or encode the subject with this one.")
     for k, (feature, width) in enumerate(zip(subject.features, encoder.info.widths)):
         if feature.shape[-1] != width:
             raise ValueError(f"subject feature {k} is {feature.shape[-1]}-wide but the adapter expects {width}: "

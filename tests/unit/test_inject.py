@@ -1,11 +1,13 @@
 """Injection through the stock sampler: gating, batches, CFG, clones, stacking, per-run K/V."""
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from ezigen_lib.adapter import AdapterSet, BlockAdapter
 from ezigen_lib.capture import encode_subject
+from ezigen_lib.checks import InputValueError
 from ezigen_lib.inject import NEVER_ON, SubjectInjection, apply_subject, gate_subjects
 from ezigen_lib.layout import UnsupportedModelError
 
@@ -198,3 +200,14 @@ def test_gating_a_clone_leaves_the_patched_model_as_it_was(setup):
     options = {"transformer_index": 0, "sigmas": torch.tensor([1.0]), "attn_precision": None}
     assert torch.equal(windowed(x, options), x)  # never on
     assert not torch.equal(original(x, options), x)  # sigma 1.0 lies in the percents' window
+
+
+def test_a_subject_from_an_encoder_of_another_family_is_refused(setup):
+    """Features of an SD1.5 encoder have the SD2.1 widths: only the recorded family tells them apart."""
+    base, encoder, subject = setup
+    assert subject.family == "TinySD"
+    foreign = dataclasses.replace(subject, family="SD15", adapter="ezigen_sd15.safetensors")
+    with pytest.raises(InputValueError, match="encoded by a SD15 encoder .adapter 'ezigen_sd15.safetensors'. but this "
+                                              "encoder is TinySD"):
+        apply_subject(base, encoder, foreign, 1.0, 0.0, 1.0)
+    apply_subject(base, encoder, dataclasses.replace(subject, family=None), 1.0, 0.0, 1.0)  # unknown: allowed
