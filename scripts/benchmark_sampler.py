@@ -6,11 +6,14 @@
 Both runs happen in this process on the same loaded SD2.1-base model: --checkpoint (e.g.
 v2-1_512-ema-pruned.safetensors) and --adapter (an EZIGen adapter file or checkpoint folder); either one
 not given is a random-weight stand-in. Prints the time ratio (EZIGen / plain) per image size (--sizes,
-the best of --repeats runs) and the UNet evaluation count against the reference's, then an edit's.
+the best of --repeats runs) and the UNet evaluation count against the reference's, then the cost of two
+subjects with masks (left and right half) against one subject without, then an edit's.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
 
-    bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-bench-")), cpu=not torch.cuda.is_available())
+    base = Path(tempfile.mkdtemp(prefix="ezigen-bench-"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
+    bootstrap_inprocess(base, cpu=not torch.cuda.is_available())
     import comfy.model_management
     import comfy.sample
     import comfy.sd
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
 
     positive, negative = text("a dog on the beach"), text("dark, blur")
+    loop_negative = text("")  # faithful mode's loops use the empty prompt, as the reference
     with torch.inference_mode():
         encoder = load_encoder(args.adapter, model)
         subject_image = torch.rand(1, args.subject_resolution, args.subject_resolution, 3)
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                                       policy=LoopPolicy(loops=args.loops))
 
         def ezigen():
-            return run_generation(patched, positive, negative, {"samples": latent}, vae, settings)
+            return run_generation(patched, positive, negative, {"samples": latent}, vae, settings, loop_negative)
 
         def plain(evals: int):
             noise = comfy.sample.prepare_noise(latent, 0)
@@ -101,6 +107,26 @@ def main(argv: list[str] | None = None) -> int:
         e, p = min(t_ezigen), min(t_plain)
         ref = reference_unet_calls(args.steps, args.split, args.loops)
         print(f"{size:>6} {evals:>10} {ref:>9} {e:>9.2f} {p:>8.2f} {e / p:>6.3f}")
+
+    # several subjects: two masked patches (left and right half) against one unmasked, same evaluations
+    half = torch.zeros(1, 64, 64)
+    half[..., :32] = 1.0
+    two = apply_subject(apply_subject(model, encoder, subject, 1.0, 0.6, 1.0, half), encoder, subject, 1.0, 0.6, 1.0,
+                        1.0 - half)
+    for size in args.sizes:
+        latent = torch.zeros(1, 4, size // 8, size // 8)
+        settings = GenerationSettings(seed=0, steps=args.steps, split_ratio=args.split,
+                                      policy=LoopPolicy(loops=args.loops))
+        with torch.inference_mode():
+            times = {"one": [], "two": []}
+            for _ in range(args.repeats + 1):  # the first of each is a warm-up
+                for name, m in (("one", patched), ("two", two)):
+                    t = time.perf_counter()
+                    run_generation(m, positive, negative, {"samples": latent}, vae, settings, loop_negative)
+                    times[name].append(time.perf_counter() - t)
+        one_s, two_s = min(times["one"][1:]), min(times["two"][1:])
+        print(f"two masked subjects at {size}px: {two_s:.2f} s against one unmasked subject {one_s:.2f} s, "
+              f"ratio {two_s / one_s:.3f}")
 
     # editing: UNet evaluations against the reference's (docs/method.md section 14)
     source = torch.rand(1, args.sizes[0], args.sizes[0], 3)

@@ -9,6 +9,8 @@ on a CPU.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     base = Path(tempfile.mkdtemp(prefix="ezigen-train-bench-"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)  # the training folder and the trainer's output
     bootstrap_inprocess(base / "comfy", cpu=not torch.cuda.is_available())
     import comfy.model_management
     import comfy.sd

@@ -1,0 +1,32 @@
+"""The benchmark scripts still run (they are not timed here: speed is theirs to print, not a test's)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RATIO = r"(\d+\.\d{3})"
+
+
+def run_script(name: str, *args: str) -> str:
+    run = subprocess.run([sys.executable, f"scripts/{name}", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout
+
+
+def test_benchmark_sampler_prints_its_ratios(stand_in_models):
+    out = run_script("benchmark_sampler.py", "--sizes", "64", "--steps", "2", "--loops", "1",
+                     "--subject-resolution", "64")
+    row = re.search(r"^\s+64\s+(\d+)\s+(\d+)\s+\d+\.\d\d\s+\d+\.\d\d\s+" + RATIO + "$", out, re.M)
+    assert row and int(row.group(1)) == 2 + 1, out  # the decoupled pass's 2 steps and 1 loop of 1 step
+    assert re.search(r"two masked subjects at 64px: .* ratio " + RATIO, out), out
+    assert re.search(r"edit at 64px, 1 rounds: 1 CFG evaluations", out), out
+
+
+def test_benchmark_training_prints_its_speed(stand_in_models):
+    out = run_script("benchmark_training.py", "--resolution", "64", "--steps", "1")
+    assert re.search(r"sd15_random\.safetensors: \d+\.\d{3} samples/s", out), out
+    assert re.search(r"sd21base_random\.safetensors: \d+\.\d{3} samples/s", out), out
