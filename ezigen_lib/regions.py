@@ -69,6 +69,6 @@ def per_batch_item(masks: torch.Tensor, batch: int, chunks: int) -> torch.Tensor
 
 def share_outside(region: torch.Tensor, mask: torch.Tensor) -> float:
     """The share of a subject's region (masks, H, W) that lies where `mask` (1, h, w) is 0, in the mask's frame."""
-    placed = resize_region(region.float(), tuple(mask.shape[-2:])).mean(dim=0)
+    placed = resize_region(region, tuple(mask.shape[-2:])).mean(dim=0)
     total = float(placed.sum())
     return float((placed * (1.0 - mask[0].float().cpu())).sum()) / total if total > 0 else 0.0

@@ -6,6 +6,8 @@ import os
 
 import folder_paths
 
+from ..ezigen_lib.checkpoint import file_fingerprint
+
 EZIGEN_FOLDER = "ezigen"
 SUBJECTS_FOLDER = "ezigen_subjects"
 SUBJECT_EXTENSIONS = {".safetensors"}  # Save EZIGen Subject writes only safetensors; nothing else is read
@@ -58,3 +60,10 @@ def check_model_file(folder: str, name: str) -> bool | str:
     found = "it is empty" if not available else f"it holds {len(available)} other file(s): pick one in the list"
     return (f"'{name}' is not in models/{folder} ({found}). Put {EXPECTED_FILES[folder]} there, then "
             "refresh the page (R) and pick it.")
+
+
+def model_file_fingerprint(folder: str, name: str) -> tuple:
+    """Path, size and mtime of a listed model file (the name alone when it is missing), so a file
+    replaced under the same name is loaded again."""
+    path = folder_paths.get_full_path(folder, name)
+    return file_fingerprint(path) if path else (name,)

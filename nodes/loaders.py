@@ -3,10 +3,9 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..ezigen_lib.checkpoint import file_fingerprint
 from ..ezigen_lib.encoder import load_encoder
 from ..ezigen_lib.similarity import load_clip_vision
-from .folders import EZIGEN_FOLDER, check_model_file
+from .folders import EZIGEN_FOLDER, check_model_file, model_file_fingerprint
 from .types import EZIGenEncoderType
 
 
@@ -38,9 +37,7 @@ class EZIGenLoadEncoder(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, adapter_name: str, **_) -> tuple:
-        """Path, size and mtime: a file replaced under the same name is loaded again."""
-        path = folder_paths.get_full_path(EZIGEN_FOLDER, adapter_name)
-        return file_fingerprint(path) if path else (adapter_name,)
+        return model_file_fingerprint(EZIGEN_FOLDER, adapter_name)
 
     @classmethod
     def execute(cls, adapter_name: str, encoder_model) -> io.NodeOutput:
@@ -70,9 +67,7 @@ class EZIGenLoadCLIPVision(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, clip_name: str, **_) -> tuple:
-        """Path, size and mtime: a file replaced under the same name is loaded again."""
-        path = folder_paths.get_full_path("clip_vision", clip_name)
-        return file_fingerprint(path) if path else (clip_name,)
+        return model_file_fingerprint("clip_vision", clip_name)
 
     @classmethod
     def execute(cls, clip_name: str) -> io.NodeOutput:

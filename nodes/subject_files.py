@@ -6,9 +6,8 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..ezigen_lib.checkpoint import file_fingerprint
 from ..ezigen_lib.subject_file import load_subject, require_subject_fits, save_new_subject
-from .folders import SUBJECTS_FOLDER, check_model_file, subjects_save_folder
+from .folders import SUBJECTS_FOLDER, check_model_file, model_file_fingerprint, subjects_save_folder
 from .types import EZIGenEncoderType, EZIGenSubjectType
 
 SHOWN_FOLDER = f"models/{SUBJECTS_FOLDER}"
@@ -86,9 +85,7 @@ class EZIGenLoadSubject(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, subject_name: str, **_) -> tuple:
-        """Path, size and mtime: a file replaced under the same name is loaded again."""
-        path = folder_paths.get_full_path(SUBJECTS_FOLDER, subject_name)
-        return file_fingerprint(path) if path else (subject_name,)
+        return model_file_fingerprint(SUBJECTS_FOLDER, subject_name)
 
     @classmethod
     def execute(cls, encoder, subject_name: str) -> io.NodeOutput:
