@@ -27,6 +27,7 @@ from .regions import share_outside
 from .inversion import SOLVERS, invert
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, rounds_report,
                      run_rounds)
+from .rounds import reports_core_fallbacks
 from .sampling import CallCounter, require_finite_latent, start_latent, with_window
 from .schedule import (derive_seed, reference_edit_unet_calls, reference_inversion_calls,
                        reference_inversion_timesteps, vp_scale)
@@ -225,6 +226,7 @@ def backgrounds(vp: list[torch.Tensor], loop_steps: int, faithful: bool) -> list
 NO_SUBJECT = "The MODEL carries no EZIGen patch (connect Patch UNet Attention): editing without a subject."
 
 
+@reports_core_fallbacks
 def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, mask: torch.Tensor, positive,
              negative, settings: EditSettings, clip_vision=None) -> RoundsResult:
     """Invert the source, then `run_rounds` of masked regeneration; the result is pasted into the source.

@@ -16,8 +16,8 @@ import comfy.sample
 import comfy.samplers
 
 from .inject import ALWAYS_ON, NEVER_ON, require_region_batches, subject_injections, subject_reports
-from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, rounds_report,
-                     run_rounds)
+from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
+                     rounds_report, run_rounds)
 from .sampling import CallCounter, require_finite_latent, start_latent, with_window
 from .schedule import (appearance_start_index, derive_seed, reference_unet_calls, renoise_coefficients,
                        sampler_seed, vp_scale)
@@ -37,6 +37,7 @@ LOOP_NEGATIVE_NEEDED = (
     "reuses the negative prompt).")
 
 
+@reports_core_fallbacks
 def run_generation(model, positive, negative, latent: dict, vae, settings: GenerationSettings,
                    loop_negative=None, clip_vision=None) -> RoundsResult:
     """The decoupled pass, then `run_rounds` of re-noise-and-refine loops."""
