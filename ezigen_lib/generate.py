@@ -18,6 +18,7 @@ import comfy.samplers
 from .inject import ALWAYS_ON, NEVER_ON, require_region_batches, subject_injections, subject_reports
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
                      rounds_report, run_rounds)
+from .samplers import SAMPLER, require_sampler
 from .sampling import CallCounter, require_finite_latent, start_latent, with_window
 from .schedule import (appearance_start_index, derive_seed, reference_unet_calls, renoise_coefficients,
                        sampler_seed, vp_scale)
@@ -29,6 +30,10 @@ log = logging.getLogger("EZIGen")
 @dataclass(frozen=True)
 class GenerationSettings(LoopSettings):
     """The EZIGen Sampler's settings: the shared loop settings with generation's defaults."""
+
+    def __post_init__(self):
+        require_sampler(self.sampler_name, SAMPLER)
+        super().__post_init__()
 
 
 LOOP_NEGATIVE_NEEDED = (
