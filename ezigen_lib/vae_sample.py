@@ -22,7 +22,8 @@ NO_POSTERIOR = "EmptyRegularizer"  # ComfyUI's regularizer of VAEs with a determ
 
 def no_posterior_note(vae) -> str:
     model = getattr(vae, "first_stage_model", None)
-    return (f"the VAE ({type(model).__name__}) has no Gaussian posterior to sample: faithful mode encodes with its "
+    kind = type(vae if model is None else model).__name__
+    return (f"the VAE ({kind}) has no Gaussian posterior to sample: faithful mode encodes with its "
             "one deterministic latent where the reference samples (use the checkpoint's KL VAE for the reference's "
             "sampled round trips).")
 
@@ -30,8 +31,8 @@ def no_posterior_note(vae) -> str:
 def _gaussian_regularizer(vae):
     """The KL VAE's posterior regularizer to hook, or None for a VAE without one (TAESD and the like)."""
     model = getattr(vae, "first_stage_model", None)
-    if model is None:
-        raise core_changed("VAE.first_stage_model", HOOK)
+    if model is None:  # another pack's VAE-like object: only its encode is known
+        return None
     engine = any(cls.__name__ == "AutoencodingEngine" for cls in type(model).__mro__)
     regularization = getattr(model, "regularization", None)
     if regularization is None:
