@@ -19,9 +19,14 @@ from ezigen_lib.host import comfy_version
 from ezigen_lib.inject import NO_SCHEDULE, SubjectInjection, apply_subject
 from ezigen_lib.regions import NO_ACTIVATIONS_SHAPE
 from ezigen_lib.rounds import plan_loops
+from ezigen_lib.training.data import FolderDataset
+from ezigen_lib.training.trainer import Trainer, TrainSettings
 from ezigen_lib.vae_sample import encode_sample, no_posterior_note
 
+from training_data import write_training_folder
+
 from .tiny import init_random, random_context, sample, tiny_encoder, tiny_model, tiny_vae
+from .training_fixtures import encode_text
 
 VERSION = ".".join(map(str, comfy_version()))  # read from the host's comfyui_version.py as text
 POSITIVE = [[random_context(100), {}]]
@@ -268,3 +273,13 @@ def test_the_schedule_needs_its_model_sampling_attributes(setup, missing):
     settings = GenerationSettings(seed=1, steps=4, sampler_name="euler")
     with core_changed(f"model_sampling.{missing}"):
         plan_loops(ChangedSampling(setup[0].get_model_object("model_sampling"), missing), settings, True)
+
+
+def test_the_trainer_needs_the_noise_levels(tmp_path):
+    model = tiny_model(seed=7)
+    real = model.model.model_sampling
+    del model.model.model_sampling  # a plain attribute in place of the module: the core's object, renamed inside
+    model.model.model_sampling = ChangedSampling(real, "sigmas")
+    dataset = FolderDataset(write_training_folder(tmp_path / "data"), 64)
+    with core_changed("model_sampling.sigmas"):
+        Trainer(model, tiny_vae(), encode_text, dataset, tmp_path / "out", TrainSettings(head_dim=32))
