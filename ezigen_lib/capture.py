@@ -9,13 +9,15 @@ import torch.nn.functional as F
 
 import comfy.model_management
 
+from .core import require_block, require_model_sampling, require_option
 from .layout import UnsupportedModelError, model_family, require_ezigen_layout
 from .schedule import derive_seed
-from .slots import SLOT_COUNT
+from .slots import SLOT_COUNT, SLOTS
 from .vae_sample import encode_sample
 
 SUBJECT_TIMESTEP = 1  # the reference noises the subject latent to DDPM timestep 1
 FEATURE_DTYPE = torch.float16
+CAPTURE = "which of the 16 self-attentions of the encoder a subject feature comes from"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class FeatureRecorder:
         self.calls: list[tuple[int | None, tuple | None, int | None]] = []
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
-        index = extra_options.get("transformer_index")
+        index = require_option(extra_options, "transformer_index", CAPTURE)
+        if 0 <= index < SLOT_COUNT:  # other counts are refused after the pass, with what the model ran
+            require_block(extra_options, index, SLOTS[index].comfy_block, CAPTURE)
         self.calls.append((index, extra_options.get("block"), extra_options.get("block_index")))
         self.features[index] = n.detach().to(self.store_device, self.store_dtype)
         return n, context_attn1, value_attn1
@@ -91,6 +95,7 @@ def subject_context(conditioning) -> torch.Tensor:
 
 def subject_sigma(model_sampling) -> torch.Tensor:
     """The noise level of timestep 1 in ComfyUI's sampling space (sigma, where x = z + sigma * eps)."""
+    require_model_sampling(model_sampling, "sigma", purpose="the noise level of timestep 1 for the subject")
     return model_sampling.sigma(torch.tensor(float(SUBJECT_TIMESTEP)))
 
 

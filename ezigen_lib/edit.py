@@ -27,6 +27,8 @@ from .regions import share_outside
 from .inversion import SOLVERS, invert
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, rounds_report,
                      run_rounds)
+from .rounds import reports_core_fallbacks
+from .samplers import EDIT, require_sampler
 from .sampling import CallCounter, require_finite_latent, start_latent, with_window
 from .schedule import (derive_seed, reference_edit_unet_calls, reference_inversion_calls,
                        reference_inversion_timesteps, vp_scale)
@@ -56,9 +58,7 @@ class EditSettings(LoopSettings):
             raise EditInputError(f"split_ratio must be in (0, 1] for editing, got {self.split_ratio}")
         if self.output_size not in OUTPUT_SIZES:
             raise EditInputError(f"output_size must be one of {OUTPUT_SIZES}")
-        if self.sampler_name not in comfy.samplers.KSAMPLER_NAMES:
-            raise EditInputError(f"sampler {self.sampler_name!r} cannot be stepped one interval at a time; use "
-                                 f"one of {comfy.samplers.KSAMPLER_NAMES}")
+        require_sampler(self.sampler_name, EDIT)  # before any sampling: a name Edit cannot step is refused
         super().__post_init__()
 
     @property
@@ -229,6 +229,7 @@ def backgrounds(vp: list[torch.Tensor], loop_steps: int, faithful: bool) -> list
 NO_SUBJECT = "The MODEL carries no EZIGen patch (connect Patch UNet Attention): editing without a subject."
 
 
+@reports_core_fallbacks
 def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, mask: torch.Tensor, positive,
              negative, settings: EditSettings, clip_vision=None) -> RoundsResult:
     """Invert the source, then `run_rounds` of masked regeneration; the result is pasted into the source.

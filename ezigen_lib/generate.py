@@ -16,8 +16,9 @@ import comfy.sample
 import comfy.samplers
 
 from .inject import ALWAYS_ON, NEVER_ON, require_region_batches, subject_injections, subject_reports
-from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, rounds_report,
-                     run_rounds)
+from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
+                     rounds_report, run_rounds)
+from .samplers import SAMPLER, require_sampler
 from .sampling import CallCounter, require_finite_latent, start_latent, with_window
 from .schedule import (appearance_start_index, derive_seed, reference_unet_calls, renoise_coefficients,
                        sampler_seed, vp_scale)
@@ -30,6 +31,10 @@ log = logging.getLogger("EZIGen")
 class GenerationSettings(LoopSettings):
     """The EZIGen Sampler's settings: the shared loop settings with generation's defaults."""
 
+    def __post_init__(self):
+        require_sampler(self.sampler_name, SAMPLER)
+        super().__post_init__()
+
 
 LOOP_NEGATIVE_NEEDED = (
     "mode = faithful runs the loops with the empty prompt as their negative, as the reference does: connect a "
@@ -37,6 +42,7 @@ LOOP_NEGATIVE_NEEDED = (
     "reuses the negative prompt).")
 
 
+@reports_core_fallbacks
 def run_generation(model, positive, negative, latent: dict, vae, settings: GenerationSettings,
                    loop_negative=None, clip_vision=None) -> RoundsResult:
     """The decoupled pass, then `run_rounds` of re-noise-and-refine loops."""

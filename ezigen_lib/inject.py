@@ -10,12 +10,17 @@ from comfy.patcher_extension import WrappersMP
 
 from .capture import SubjectFeatures
 from .checks import InputValueError, require_finite
+from .core import core_changed, note_fallback, require_block, require_model_sampling, require_option
 from .layout import model_family, require_ezigen_layout
 from .regions import block_grid, per_batch_item, resize_region, subject_region
 from .schedule import appearance_start_index
-from .slots import SLOT_COUNT
+from .slots import SLOT_COUNT, SLOTS
 
 KV_WRAPPER_KEY = "ezigen_subject_kv"
+INJECT = "where Patch UNet Attention injects the subject"
+NO_SCHEDULE = ("ComfyUI gives the blocks no transformer_options['sample_sigmas'] (the whole schedule): Patch UNet "
+               "Attention gates the subject by noise level (start_percent/end_percent as ComfyUI's sampling "
+               "percents) instead of the reference's step rule. The EZIGen Sampler and Edit are not affected.")
 ALWAYS_ON = (float("inf"), 0.0)
 NEVER_ON = (-1.0, -1.0)
 
@@ -98,7 +103,10 @@ class SubjectInjection:
         """On at step i iff (1 - s) N < i + 1 in float arithmetic, s = 1 - start_percent (the reference's
         skip_adapter_ratio rule), for a schedule that starts at the top of the noise range (not the
         tail of a denoise < 1 run, where the percents keep their ComfyUI meaning of noise levels)."""
-        if schedule is None or len(schedule) < 2:
+        if schedule is None:
+            note_fallback(NO_SCHEDULE)
+            return None
+        if len(schedule) < 2:
             return None
         levels = schedule[:-1].flatten().float().cpu()
         steps = len(levels)
@@ -133,15 +141,21 @@ class SubjectInjection:
         if resized is None:
             resized = resize_region(self.region, grid).reshape(len(self.region), -1, 1).to(x.device, x.dtype)
             self._region_cache[key] = resized
-        return per_batch_item(resized, x.shape[0], len(extra_options.get("cond_or_uncond") or [0]))
+        if len(resized) == 1:  # one mask for every batch item: no need to know the chunks
+            return resized
+        chunks = require_option(extra_options, "cond_or_uncond", "which latent of the batch each row of a block "
+                                                                 "belongs to, for one subject mask per latent")
+        return per_batch_item(resized, x.shape[0], len(chunks))
 
     def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
         if self.strength == 0.0 or not self.acts_somewhere:
             return x
-        slot = extra_options.get("transformer_index")
-        if slot is None or not 0 <= slot < SLOT_COUNT:
-            return x
-        on = self.active_mask(extra_options.get("sigmas"), x.shape[0], extra_options.get("sample_sigmas"))
+        slot = require_option(extra_options, "transformer_index", f"which of the {SLOT_COUNT} adapters a block takes")
+        if not 0 <= slot < SLOT_COUNT:
+            raise core_changed(f"transformer_index 0..{SLOT_COUNT - 1} (got {slot})", INJECT)
+        require_block(extra_options, slot, SLOTS[slot].comfy_block, INJECT)
+        sigmas = require_option(extra_options, "sigmas", "the gate that turns the subject on at its steps only")
+        on = self.active_mask(sigmas, x.shape[0], extra_options.get("sample_sigmas"))
         if on is not None and not bool(on.any()):
             return x
         region = self.region_weights(x, extra_options)
@@ -181,8 +195,10 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
             raise ValueError(f"subject feature {k} is {feature.shape[-1]}-wide but the adapter expects {width}: "
                              "encode the subject with the same EZIGen encoder")
     region = subject_region(mask)
-    injection = SubjectInjection(encoder.adapter, subject, strength, start_percent, end_percent,
-                                 model.get_model_object("model_sampling"), region)
+    model_sampling = require_model_sampling(model.get_model_object("model_sampling"), "percent_to_sigma",
+                                            purpose="the subject's start/end percents as noise levels")
+    injection = SubjectInjection(encoder.adapter, subject, strength, start_percent, end_percent, model_sampling,
+                                 region)
     patched = model.clone()
     patched.set_model_patch(injection, "middle_patch")
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, injection.outer_sample_wrapper)

@@ -9,8 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from .checks import InputValueError
+from .core import core_changed, note_fallback, require_option
 
 log = logging.getLogger("EZIGen")
+NO_ACTIVATIONS_SHAPE = ("ComfyUI gives the blocks no transformer_options['activations_shape']: subject masks are "
+                        "placed on the token grid derived from the latent's size (original_shape halved per level).")
 
 
 def subject_region(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -44,15 +47,17 @@ def block_grid(tokens: int, extra_options: dict) -> tuple[int, int]:
     shape = extra_options.get("activations_shape")
     if shape is not None and len(shape) == 4 and shape[2] * shape[3] == tokens:
         return int(shape[2]), int(shape[3])
-    original = extra_options.get("original_shape")
-    if original is not None:
-        h, w = int(original[-2]), int(original[-1])
-        while h * w > tokens:
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        if h * w == tokens:
-            return h, w
-    raise RuntimeError(f"EZIGen: cannot tell the token grid of a block with {tokens} tokens, so the subject's mask "
-                       "cannot be placed (this ComfyUI gives neither activations_shape nor original_shape).")
+    if shape is None:
+        note_fallback(NO_ACTIVATIONS_SHAPE)
+    original = require_option(extra_options, "original_shape", f"the token grid of a block with {tokens} tokens, "
+                                                               "to place the subject's mask on it")
+    h, w = int(original[-2]), int(original[-1])
+    while h * w > tokens:
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    if h * w == tokens:
+        return h, w
+    raise core_changed(f"a block of {tokens} tokens on the latent {tuple(original)} halved by the UNet's "
+                       "stride-2 convolutions (transformer_options['original_shape'])", "placing the subject's mask")
 
 
 def per_batch_item(masks: torch.Tensor, batch: int, chunks: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ the round log, the stop rule, the result and its report.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import latent_preview
 
 from .autostop import LoopPolicy
 from .checks import require_finite
+from .core import fallback_notes, require_model_sampling
 from .sampling import require_finite_latent, sampling_schedule, schedule_report
 from .schedule import loop_start_index
 from .similarity import clip_embeddings, cosine
@@ -71,6 +73,8 @@ class LoopPlan:
 
 
 def plan_loops(model_sampling, settings: LoopSettings, faithful: bool) -> LoopPlan:
+    require_model_sampling(model_sampling, "sigma", "timestep", "sigma_min",
+                           purpose="the schedule's timesteps, the loops' re-noise and the inversion's levels")
     sigmas, name = sampling_schedule(model_sampling, settings.scheduler, settings.steps, faithful)
     return LoopPlan(sigmas, name, loop_start_index(len(sigmas) - 1, settings.split_ratio))
 
@@ -177,6 +181,19 @@ class RoundsResult:
 
     def report_text(self) -> str:
         return json.dumps(self.report, indent=2)
+
+
+def reports_core_fallbacks(run: Callable[..., RoundsResult]) -> Callable[..., RoundsResult]:
+    """`run`'s report lists, under ``core_fallbacks``, the documented fallbacks taken for a changed core while it
+    ran (also logged once, see `core.note_fallback`); empty on the cores the pack is tested on."""
+    @functools.wraps(run)
+    def reporting(*args, **kwargs) -> RoundsResult:
+        with fallback_notes() as notes:
+            result = run(*args, **kwargs)
+        result.report["core_fallbacks"] = notes
+        return result
+
+    return reporting
 
 
 def rounds_report(rounds: RoundLog | None, stop_reason: str, unet_evaluations: int, details: dict, mode: str,

@@ -102,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             plain(evals)
             t_ezigen, t_plain = [], []
             for _ in range(args.repeats):
-                t = time.perf_counter(); ezigen(); t_ezigen.append(time.perf_counter() - t)
-                t = time.perf_counter(); plain(evals); t_plain.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                ezigen()
+                t_ezigen.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                plain(evals)
+                t_plain.append(time.perf_counter() - t)
         e, p = min(t_ezigen), min(t_plain)
         ref = reference_unet_calls(args.steps, args.split, args.loops)
         print(f"{size:>6} {evals:>10} {ref:>9} {e:>9.2f} {p:>8.2f} {e / p:>6.3f}")

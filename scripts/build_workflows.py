@@ -153,12 +153,24 @@ def ezigen_edit_part(w, ckpt, source_image_src, mask_src, x0=840):
     for t in (subj_txt, pos, neg):
         w.link(ckpt, 1, t, "clip")
     w.link(ckpt, 0, enc, "encoder_model")
-    w.link(enc, 0, es, "encoder"); w.link(ckpt, 2, es, "vae"); w.link(subj_txt, 0, es, "subject_prompt"); w.link(subj_img, 0, es, "image")
-    w.link(ckpt, 0, pt, "model"); w.link(enc, 0, pt, "encoder"); w.link(es, 0, pt, "subject")
-    w.link(pt, 0, ed, "model"); w.link(ckpt, 1, ed, "clip"); w.link(ckpt, 2, ed, "vae")
-    w.link(source_image_src[0], source_image_src[1], ed, "image"); w.link(mask_src[0], mask_src[1], ed, "mask")
-    w.link(pos, 0, ed, "positive"); w.link(neg, 0, ed, "negative"); w.link(clipv, 0, ed, "clip_vision")
-    w.link(ed, 0, save, "images"); w.link(ed, 1, saver, "images"); w.link(ed, 3, chart, "images")
+    w.link(enc, 0, es, "encoder")
+    w.link(ckpt, 2, es, "vae")
+    w.link(subj_txt, 0, es, "subject_prompt")
+    w.link(subj_img, 0, es, "image")
+    w.link(ckpt, 0, pt, "model")
+    w.link(enc, 0, pt, "encoder")
+    w.link(es, 0, pt, "subject")
+    w.link(pt, 0, ed, "model")
+    w.link(ckpt, 1, ed, "clip")
+    w.link(ckpt, 2, ed, "vae")
+    w.link(source_image_src[0], source_image_src[1], ed, "image")
+    w.link(mask_src[0], mask_src[1], ed, "mask")
+    w.link(pos, 0, ed, "positive")
+    w.link(neg, 0, ed, "negative")
+    w.link(clipv, 0, ed, "clip_vision")
+    w.link(ed, 0, save, "images")
+    w.link(ed, 1, saver, "images")
+    w.link(ed, 3, chart, "images")
     return ed, rep
 
 NOTE = ("Split 0.4: the source is inverted over the last 40% of the schedule and that part is regenerated with the subject; "
@@ -206,8 +218,13 @@ def subject_pipeline(w: WF, loop_negative: bool = False) -> dict[str, int]:
     for text in texts:
         w.link(ckpt, 1, text, "clip")
     w.link(ckpt, 0, enc, "encoder_model")
-    w.link(enc, 0, es, "encoder"); w.link(ckpt, 2, es, "vae"); w.link(subj_txt, 0, es, "subject_prompt"); w.link(img, 0, es, "image")
-    w.link(ckpt, 0, pt, "model"); w.link(enc, 0, pt, "encoder"); w.link(es, 0, pt, "subject")
+    w.link(enc, 0, es, "encoder")
+    w.link(ckpt, 2, es, "vae")
+    w.link(subj_txt, 0, es, "subject_prompt")
+    w.link(img, 0, es, "image")
+    w.link(ckpt, 0, pt, "model")
+    w.link(enc, 0, pt, "encoder")
+    w.link(es, 0, pt, "subject")
     return ids
 
 
@@ -227,9 +244,13 @@ def single_pass() -> WF:
         "ddpm + ddim_uniform, 50 steps, cfg 7.5 reproduce the reference's first pass. The EZIGen Sampler adds the "
         "refinement loops with autostop.\nSubject mask (optional): connect a MASK where 1 = subject; the rest is "
         "painted white, as in training."], size=(780, 220), title="How this works")
-    w.link(p["patch"], 0, ks, "model"); w.link(p["pos"], 0, ks, "positive"); w.link(p["neg"], 0, ks, "negative")
+    w.link(p["patch"], 0, ks, "model")
+    w.link(p["pos"], 0, ks, "positive")
+    w.link(p["neg"], 0, ks, "negative")
     w.link(p["latent"], 0, ks, "latent_image")
-    w.link(ks, 0, dec, "samples"); w.link(p["ckpt"], 2, dec, "vae"); w.link(dec, 0, save, "images")
+    w.link(ks, 0, dec, "samples")
+    w.link(p["ckpt"], 2, dec, "vae")
+    w.link(dec, 0, save, "images")
     return w
 
 
@@ -251,10 +272,16 @@ def ezigen_sampler_part(w: WF, p: dict[str, int], model_src: int, x0: int = 1240
     rep = w.node("PreviewAny", (x0 + 400, 500), {}, inputs=[("source", "*")], size=(400, 300), title="Report")
     chart = w.node("SaveImage", (x0 + 840, 500), {"filename_prefix": "EZIGen_similarity"}, inputs=[("images", "IMAGE")], size=(400, 320),
                    title="Autostop: similarity per loop")
-    w.link(model_src, 0, sm, "model"); w.link(p["pos"], 0, sm, "positive"); w.link(p["neg"], 0, sm, "negative")
+    w.link(model_src, 0, sm, "model")
+    w.link(p["pos"], 0, sm, "positive")
+    w.link(p["neg"], 0, sm, "negative")
     w.link(p["latent"], 0, sm, "latent_image")
-    w.link(p["ckpt"], 2, sm, "vae"); w.link(p["loopneg"], 0, sm, "loop_negative"); w.link(clipv, 0, sm, "clip_vision")
-    w.link(sm, 1, save, "images"); w.link(sm, 2, saver, "images"); w.link(sm, 4, chart, "images")
+    w.link(p["ckpt"], 2, sm, "vae")
+    w.link(p["loopneg"], 0, sm, "loop_negative")
+    w.link(clipv, 0, sm, "clip_vision")
+    w.link(sm, 1, save, "images")
+    w.link(sm, 2, saver, "images")
+    w.link(sm, 4, chart, "images")
     w.link_any(sm, 3, rep, 0)
     return sm, rep
 
@@ -318,10 +345,17 @@ def flux_to_edit() -> WF:
     ckpt = w.node("CheckpointLoaderSimple", (100, 0), {"ckpt_name": "v2-1_512-ema-pruned.safetensors"},
                   outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint (for EZIGen)",
                   props={"models": [SD21_BASE_FILE]})
-    w.link(unet, 0, fks, "model"); w.link(dual, 0, ftxt, "clip"); w.link(dual, 0, fneg, "clip"); w.link(ftxt, 0, fg, "conditioning")
-    w.link(fg, 0, fks, "positive"); w.link(fneg, 0, fks, "negative"); w.link(flat, 0, fks, "latent_image")
-    w.link(fks, 0, fdec, "samples"); w.link(fvae, 0, fdec, "vae")
-    w.link(bg, 0, comp, "destination"); w.link(box, 0, comp, "source")
+    w.link(unet, 0, fks, "model")
+    w.link(dual, 0, ftxt, "clip")
+    w.link(dual, 0, fneg, "clip")
+    w.link(ftxt, 0, fg, "conditioning")
+    w.link(fg, 0, fks, "positive")
+    w.link(fneg, 0, fks, "negative")
+    w.link(flat, 0, fks, "latent_image")
+    w.link(fks, 0, fdec, "samples")
+    w.link(fvae, 0, fdec, "vae")
+    w.link(bg, 0, comp, "destination")
+    w.link(box, 0, comp, "source")
     ed, rep = ezigen_edit_part(w, ckpt, (fdec, 0), (comp, 0))
     w.node("Note", (-1400, 700), ["FLUX text-to-image, then EZIGen puts the subject into a region of the FLUX picture.\n\n"
            "Only the IMAGE crosses over: EZIGen re-encodes it with the SD2.1 VAE (a FLUX LATENT cannot be used by SD models). "
@@ -363,12 +397,17 @@ def two_subjects() -> WF:
     w.nodes[first_patch - 1]["size"] = [340, 170]
     sm, _ = ezigen_sampler_part(w, p, patch2, x0=1240)
     w.link(p["ckpt"], 1, txt2, "clip")
-    w.link(enc, 0, es2, "encoder"); w.link(p["ckpt"], 2, es2, "vae"); w.link(txt2, 0, es2, "subject_prompt")
+    w.link(enc, 0, es2, "encoder")
+    w.link(p["ckpt"], 2, es2, "vae")
+    w.link(txt2, 0, es2, "subject_prompt")
     w.link(img2, 0, es2, "image")
     for region in (left, right):
-        w.link(canvas, 0, region, "destination"); w.link(half, 0, region, "source")
+        w.link(canvas, 0, region, "destination")
+        w.link(half, 0, region, "source")
     w.link(left, 0, first_patch, "mask")
-    w.link(first_patch, 0, patch2, "model"); w.link(enc, 0, patch2, "encoder"); w.link(es2, 0, patch2, "subject")
+    w.link(first_patch, 0, patch2, "model")
+    w.link(enc, 0, patch2, "encoder")
+    w.link(es2, 0, patch2, "subject")
     w.link(right, 0, patch2, "mask")
     w.node("Note", (0, 1750), ["EZIGen with two subjects: each Patch UNet Attention carries one subject and a mask "
         "(1 = that subject may act there), chained one after the other; the EZIGen Sampler gates both by split_ratio "

@@ -4,8 +4,13 @@
 #                                           (which vendors it), unless COMFYUI_PATH points at a checkout of yours;
 #   HOST=0.8.0            -> .venv-0.8.0/  the real ComfyUI 0.8.0 source tree from ../shared/hosts/comfyui-0.8.0
 #                                           (or COMFYUI_080_SOURCE), copied into the venv (the shared copy is
-#                                           read-only in CI), with comfy-kitchen, ComfyUI-Manager (comfyui_manager)
-#                                           and a newer frontend from PyPI.
+#                                           read-only in CI), with comfy-kitchen, ComfyUI-Manager (comfyui_manager,
+#                                           the newest release, newer than the one 0.8.0 names) and a newer
+#                                           frontend from PyPI.
+# For every host, .venv-tools/ holds the registry's own tools, apart so that their dependencies never meet
+# ComfyUI's: comfy-cli (`comfy node validate` / `comfy node pack`, what publishing runs; pinned by
+# scripts/constraints-tools.txt) and node-semver from npm (what the frontend's Manager checks requires-comfyui
+# with; needs node and npm).
 # Each host's packages are pinned by scripts/constraints-<HOST>.txt (0.3.75: scripts/constraints.txt). The test
 # tools come too: pytest, Playwright driving Debian's Chromium (installed with apt when missing), diffusers for
 # parity tests against the reference's schedulers, tensorboard for the trainer's logs.
@@ -32,6 +37,20 @@ if [ ! -x /usr/bin/chromium ]; then
   else
     echo "[setup] the browser tests need /usr/bin/chromium: sudo apt-get install chromium" >&2
   fi
+fi
+
+# The registry tools (idempotent on their own stamp; shared by the hosts).
+tools="$root/.venv-tools"
+semver_version=7.8.6
+tools_want="$(sha256sum "$root/scripts/constraints-tools.txt" | cut -c1-16)-semver-$semver_version"
+if [ ! -f "$tools/.ezigen-tools-stamp" ] || [ "$(cat "$tools/.ezigen-tools-stamp")" != "$tools_want" ]; then
+  echo "[setup] installing comfy-cli and node-semver into $tools" >&2
+  [ -x "$tools/bin/python" ] || python3 -m venv "$tools"
+  "$tools/bin/python" -m pip install -q --disable-pip-version-check -c "$root/scripts/constraints-tools.txt" comfy-cli \
+    2> >(grep -v "^WARNING: Location .* is ignored" >&2)
+  command -v npm >/dev/null || { echo "[setup] the registry tests need node and npm (node >= 18)" >&2; exit 1; }
+  npm install --silent --no-audit --no-fund --prefix "$tools/node" "semver@$semver_version" >/dev/null
+  echo "$tools_want" > "$tools/.ezigen-tools-stamp"
 fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -61,8 +80,10 @@ else
   rm -rf "$comfy_root"
   cp -r "$source_tree" "$comfy_root"
   chmod -R u+w "$comfy_root"
-  # ComfyUI-Manager ships as a pip package from 0.8.0 on (main.py --enable-manager turns it on)
-  extra_req=(-r "$comfy_root/manager_requirements.txt")
+  # ComfyUI-Manager ships as a pip package from 0.8.0 on (main.py --enable-manager turns it on); without the
+  # exact pin 0.8.0 names (4.0.4): the constraints choose the newest Manager, the one users install today
+  sed -E 's/^(comfyui[-_]manager)\s*[=<>~].*/\1/' "$comfy_root/manager_requirements.txt" > "$venv/.manager-requirements.txt"
+  extra_req=(-r "$venv/.manager-requirements.txt")
 fi
 # Written for every host (0.3.75 too): it outranks the ComfyUI a checkout inside custom_nodes/ is installed in.
 echo "$comfy_root" > "$venv/ezigen-comfyui-root"

@@ -29,6 +29,7 @@ import comfy.model_base
 from ..adapter import AdapterSet
 from ..capture import capture_features
 from ..checkpoint import REFERENCE_TENSOR_NAMES, AdapterInfo, AdapterWeights, reference_key, save_adapter
+from ..core import require_model_sampling
 from ..slots import SLOT_COUNT
 from .data import MAX_SUBJECTS, collate
 
@@ -144,7 +145,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=settings.mixed_precision == "fp16" and self.device.type == "cuda")
         self.step = 0
-        sigmas = self.base.model_sampling.sigmas.float().cpu()
+        model_sampling = require_model_sampling(self.base.model_sampling, "sigmas",
+                                                purpose="the training noise levels (alphas_cumprod)")
+        sigmas = model_sampling.sigmas.float().cpu()
         self.alphas_cumprod = (1.0 / (1.0 + sigmas ** 2)).to(self.device)
         self.v_prediction = self.base.model_type == comfy.model_base.ModelType.V_PREDICTION
         self.rng = random.Random(settings.seed + self.rank)

@@ -5,10 +5,11 @@ interface, like a git host would; the Manager's own "Install via Git URL" route 
 custom_nodes/. ComfyUI is then restarted, the nodes and workflows are checked, and the pack is disabled and
 uninstalled through the Manager's queue.
 
-Security: the Manager refuses install-by-URL at its default `security_level = normal` (HTTP 403); a user
-sets `security_level = normal-` in user/__manager/config.ini for it, which is what this test does after
-checking the refusal. `network_mode = offline` keeps the Manager from fetching its online node lists (this
-machine has no network; with network it is not needed).
+Security: ComfyUI-Manager 4.3 (the newest, which this host installs) refuses install-by-URL unless
+`allow_git_url_install = true` is in user/__manager/config.ini (and ComfyUI listens on loopback), whatever the
+`security_level` (4.0 wanted `security_level = normal-` instead); a user sets the flag, which is what this test
+does after checking the refusal at the default settings. `network_mode = offline` keeps the Manager from
+fetching its online node lists (this machine has no network; with network it is not needed).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -71,10 +73,12 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def manager_config(base: Path, security_level: str) -> None:
+def manager_config(base: Path, allow_git_url_install: bool) -> None:
+    """The Manager's default security level, with or without the flag a user sets for install-by-URL."""
     config = base / "user" / "__manager" / "config.ini"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(f"[default]\nsecurity_level = {security_level}\nnetwork_mode = offline\n")
+    flag = f"allow_git_url_install = {str(allow_git_url_install).lower()}\n"
+    config.write_text(f"[default]\nsecurity_level = normal\n{flag}network_mode = offline\n")
 
 
 def manager_server(base: Path) -> ComfyServer:
@@ -91,21 +95,40 @@ def wait_for_queue(server: ComfyServer, timeout: float = 300) -> None:
     raise TimeoutError(f"Manager queue still busy: {status}\n{server.log_tail()}")
 
 
+def queue_batch(server: ComfyServer, action: str, item: dict) -> None:
+    """One action through the Manager's task queue as its UI sends it (4.3 has one batch route that also starts
+    the queue; 4.0's per-action routes are gone), then wait until the queue has run it."""
+    answer = requests.post(f"{server.url}/v2/manager/queue/batch", json={action: [item], "batch_id": uuid.uuid4().hex},
+                           timeout=30)
+    assert answer.status_code == 200 and answer.json() == {"failed": []}, (answer.status_code, answer.text)
+    wait_for_queue(server)
+
+
 def pack_log_lines(server: ComfyServer) -> list[str]:
     return [line for line in server.log_text().splitlines() if f"custom_nodes/{PACK}" in line]
+
+
+def test_the_manager_is_the_newest_release():
+    """Users install the newest Manager (4.3 in late 2026), not the 4.0.4 that ComfyUI 0.8.0 names."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    assert Version(version("comfyui-manager")) >= Version("4.3")
 
 
 def test_install_by_git_url_restart_disable_uninstall(tmp_path, git_url):
     base = tmp_path / "base"
     pack_dir = base / "custom_nodes" / PACK
 
-    manager_config(base, "normal")  # the Manager's default level
+    manager_config(base, allow_git_url_install=False)  # the Manager's defaults
     with manager_server(base) as server:
         assert not OUR_NODES & set(server.object_info())
         refused = requests.post(f"{server.url}/v2/customnode/install/git_url", data=git_url, timeout=60)
         assert refused.status_code == 403 and not pack_dir.exists()
+        assert refused.json() == {"reason": "allow_git_url_install"}  # the flag a user must set
 
-    manager_config(base, "normal-")  # what a user sets to install from a URL
+    manager_config(base, allow_git_url_install=True)  # what a user sets to install from a URL
     with manager_server(base) as server:
         installed = requests.post(f"{server.url}/v2/customnode/install/git_url", data=git_url, timeout=300)
         assert installed.status_code == 200, server.log_tail()
@@ -121,10 +144,7 @@ def test_install_by_git_url_restart_disable_uninstall(tmp_path, git_url):
         assert sorted(templates.get(PACK, [])) == shipped, templates
         one = requests.get(f"{server.url}/api/workflow_templates/{PACK}/ezigen_edit.json", timeout=30)
         assert one.status_code == 200 and any(n["type"] == "EZIGenEdit" for n in one.json()["nodes"])
-        item = {"id": PACK, "version": "unknown", "files": [git_url], "ui_id": "disable-ezigen"}
-        assert requests.post(f"{server.url}/v2/manager/queue/disable", json=item, timeout=30).status_code == 200
-        assert requests.get(f"{server.url}/v2/manager/queue/start", timeout=30).status_code in (200, 201)
-        wait_for_queue(server)
+        queue_batch(server, "disable", {"id": PACK, "version": "unknown", "files": [git_url], "ui_id": "disable-ezigen"})
     assert not pack_dir.exists()
     disabled = base / "custom_nodes" / ".disabled" / PACK
     assert disabled.is_dir(), sorted(p.name for p in (base / "custom_nodes").rglob("*") if p.is_dir())[:20]
@@ -133,10 +153,8 @@ def test_install_by_git_url_restart_disable_uninstall(tmp_path, git_url):
         info = server.object_info(refresh=True)
         assert not OUR_NODES & set(info) and "KSampler" in info  # gone, ComfyUI healthy
         assert PACK not in requests.get(f"{server.url}/api/workflow_templates", timeout=30).json()
-        item = {"id": PACK, "version": "unknown", "files": [git_url], "ui_id": "uninstall-ezigen"}
-        assert requests.post(f"{server.url}/v2/manager/queue/uninstall", json=item, timeout=30).status_code == 200
-        assert requests.get(f"{server.url}/v2/manager/queue/start", timeout=30).status_code in (200, 201)
-        wait_for_queue(server)
+        queue_batch(server, "uninstall",
+                    {"id": PACK, "version": "unknown", "files": [git_url], "ui_id": "uninstall-ezigen"})
     assert not disabled.exists() and not pack_dir.exists()
 
     with manager_server(base) as server:  # restart: uninstalled

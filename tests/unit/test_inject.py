@@ -84,8 +84,8 @@ def test_mixed_sigmas_in_one_batch_gate_per_sample(setup):
     base, encoder, subject = setup
     injection = SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"))
     x = torch.randn(4, 16, 64)  # 2 latents x (cond, uncond)
-    out = injection.with_window((1.0, 0.0))(x, {"transformer_index": 0, "sigmas": torch.tensor([5.0, 0.5]),
-                                                "attn_precision": None})
+    out = injection.with_window((1.0, 0.0))(x, {"transformer_index": 0, "block": ("input", 1),
+                                                "sigmas": torch.tensor([5.0, 0.5]), "attn_precision": None})
     changed = [(out[i] - x[i]).abs().max().item() > 0 for i in range(4)]
     assert changed == [False, True, False, True]
 
@@ -181,7 +181,7 @@ def test_attention_precision_reaches_the_adapter_attention(setup, monkeypatch):
                         lambda *a, **k: seen.append(k.get("attn_precision")) or original(*a, **k))
     base, encoder, subject = setup
     injection = SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"))
-    injection(torch.randn(1, 16, 64), {"transformer_index": 0, "sigmas": torch.tensor([0.5]),
+    injection(torch.randn(1, 16, 64), {"transformer_index": 0, "block": ("input", 1), "sigmas": torch.tensor([0.5]),
                                        "attn_precision": torch.float32})
     assert seen == [torch.float32]
 
@@ -197,7 +197,7 @@ def test_gating_a_clone_leaves_the_patched_model_as_it_was(setup):
     assert original.window is None and windowed.window == NEVER_ON and windowed is not original
     assert windowed._kv_cache is original._kv_cache
     x = torch.randn(2, 16, 64)
-    options = {"transformer_index": 0, "sigmas": torch.tensor([1.0]), "attn_precision": None}
+    options = {"transformer_index": 0, "block": ("input", 1), "sigmas": torch.tensor([1.0]), "attn_precision": None}
     assert torch.equal(windowed(x, options), x)  # never on
     assert not torch.equal(original(x, options), x)  # sigma 1.0 lies in the percents' window
 
