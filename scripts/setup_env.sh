@@ -13,7 +13,8 @@
 # with; needs node and npm).
 # Each host's packages are pinned by scripts/constraints-<HOST>.txt (0.3.75: scripts/constraints.txt). The test
 # tools come too: pytest, Playwright driving Debian's Chromium (installed with apt when missing), diffusers for
-# parity tests against the reference's schedulers, tensorboard for the trainer's logs.
+# parity tests against the reference's schedulers, OpenCV for the reference's mask resize, tensorboard for the
+# trainer's logs.
 # Idempotent: a stamp file records what was installed, so a second run is instant.
 # The venv's python finds its host through <venv>/ezigen-comfyui-root (see ezigen_lib/host.py, the one ComfyUI
 # bootstrap of the trainer, scripts/ and tests/).
@@ -27,7 +28,8 @@ case "$host" in
   *) echo "[setup] unknown HOST=$host (known: 0.3.75, 0.8.0)" >&2; exit 2 ;;
 esac
 stamp="$venv/.ezigen-env-stamp"
-want="$(sha256sum "$constraints" "$0" | sha256sum | cut -c1-16)-$host-${COMFYUI_PATH:-bundled}"
+# The contents only (not the paths), so that checkouts sharing a venv agree on it.
+want="$(cat "$constraints" "$0" | sha256sum | cut -c1-16)-$host-${COMFYUI_PATH:-bundled}"
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot work offline).
 if [ ! -x /usr/bin/chromium ]; then
@@ -92,7 +94,7 @@ echo "$comfy_root" > "$venv/ezigen-comfyui-root"
 # (for 0.8.0 the newest one its browser tests pass with, newer than the one it names).
 grep -v -E '^\s*(#|$)' "$comfy_root/requirements.txt" | grep -v -E '^(torch|torchvision|torchaudio)\s*$' \
   | sed -E 's/^(comfyui[-_]frontend[-_]package)\s*[=<>~].*/\1/' > "$venv/.comfy-requirements.txt"
-quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" "${extra_req[@]}" requests pytest playwright tensorboard diffusers \
+quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" "${extra_req[@]}" requests pytest playwright tensorboard diffusers opencv-python-headless \
   hypothesis
 echo "$want" > "$stamp"
 echo "[setup] done" >&2
