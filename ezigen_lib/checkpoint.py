@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checks import exception_text
+from .checks import exception_text, public_error
 from .slots import SLOT_COUNT, SLOTS
 
 FORMAT_NAME = "ezigen-adapter"
@@ -50,6 +50,7 @@ REFERENCE_TENSOR_NAMES = {
 LEARNABLE_WEIGHTS = "learnable_weights"
 
 
+@public_error
 class AdapterFileError(ValueError):
     """A file that cannot serve as EZIGen adapter weights; the message says what to do."""
 

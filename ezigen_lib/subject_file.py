@@ -31,7 +31,7 @@ import comfy.model_management
 
 from .capture import FEATURE_DTYPE, SubjectFeatures
 from .checkpoint import FORMAT_NAME as ADAPTER_FORMAT_NAME
-from .checks import exception_text
+from .checks import exception_text, public_error
 from .layout import model_family
 from .slots import SLOT_COUNT
 
@@ -52,6 +52,7 @@ _DECIMAL = re.compile(r"[0-9]{1,9}")
 _UNSAFE_NAME = re.compile(r'[<>:"|?*\x00-\x1f]')  # not allowed in file names on Windows (or anywhere, for NUL)
 
 
+@public_error
 class SubjectFileError(ValueError):
     """A subject file that cannot be written or read, or that does not fit the encoder; the message says why."""
 
