@@ -11,7 +11,9 @@ from comfy.patcher_extension import WrappersMP
 from .capture import SubjectFeatures
 from .checks import InputValueError, require_finite
 from .layout import model_family, require_ezigen_layout
-from .regions import block_grid, per_batch_item, resize_region, subject_region
+from .frames import VIEWS_KEY, LatentView, add_view_wrappers
+from .regions import (block_grid, chunk_views, per_batch_item, placement_problem, resize_region, subject_region,
+                      view_region)
 from .schedule import appearance_start_index
 from .slots import SLOT_COUNT
 
@@ -42,6 +44,7 @@ class SubjectInjection:
         self.acts_somewhere = region is None or bool(region.any())  # resizing keeps a non-zero mask non-zero
         self._kv_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._region_cache: dict[tuple, torch.Tensor] = {}
+        self._reach: dict[tuple[int, int], torch.Tensor] = {}  # whole latent size -> cells evaluated with it on
 
     # ComfyUI patch-object protocol -------------------------------------------------------------
     def to(self, device_or_dtype):
@@ -123,17 +126,66 @@ class SubjectInjection:
 
     # the region --------------------------------------------------------------------------------
     def region_weights(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor | None:
-        """The region mask on this block's token grid, one row per UNet batch item: (B or 1, HW, 1);
-        None without a region. Area resizing keeps a mask of ones exactly one and of zeros exactly zero."""
+        """The region mask on this block's token grid, one row per UNet batch item: (B or 1, HW, 1); None
+        without a region. Each conditioning's part of the batch gets the mask as its part of the image
+        sees it (a conditioning area or context window crops the model input: frames.py), so the mask
+        follows the image; a call whose part of the image is unknown is refused (MaskPlacementError).
+        Area resizing keeps a mask of ones exactly one and of zeros exactly zero."""
         if self.region is None:
             return None
+        chunks = len(extra_options.get("uuids") or extra_options.get("cond_or_uncond") or [0])
+        views = tuple(chunk_views(extra_options, chunks))
+        seen = extra_options.get("original_shape")
+        for view in views:
+            if seen is None or tuple(int(s) for s in seen[-2:]) != view.shape:
+                shown = "an unknown size" if seen is None else f"{seen[-2]}x{seen[-1]}"
+                raise placement_problem(f"the model input is {shown} where ComfyUI's conditioning batch holds "
+                                        f"{view.shape[0]}x{view.shape[1]} latent cells (another node crops or tiles "
+                                        "the model input)")
         grid = block_grid(x.shape[1], extra_options)
-        key = (grid, x.device, x.dtype)
-        resized = self._region_cache.get(key)
-        if resized is None:
-            resized = resize_region(self.region, grid).reshape(len(self.region), -1, 1).to(x.device, x.dtype)
-            self._region_cache[key] = resized
-        return per_batch_item(resized, x.shape[0], len(extra_options.get("cond_or_uncond") or [0]))
+        key = (grid, x.device, x.dtype, views, x.shape[0])
+        rows = self._region_cache.get(key)
+        if rows is None:
+            rows = self._region_rows(views, grid, x.shape[0]).to(x.device, x.dtype)
+            self._region_cache[key] = rows
+        return rows
+
+    def _region_rows(self, views: tuple[LatentView, ...], grid: tuple[int, int], batch: int) -> torch.Tensor:
+        if len(set(views)) == 1:  # every chunk sees the same part: one placement, shared
+            placed = resize_region(view_region(self.region, views[0]), grid)
+            return per_batch_item(placed.reshape(len(placed), -1, 1), batch, len(views))
+        per_chunk = batch // len(views)
+        rows = []
+        for view in views:
+            placed = resize_region(view_region(self.region, view), grid)
+            rows.append(per_batch_item(placed.reshape(len(placed), -1, 1), per_chunk, 1).expand(per_chunk, -1, -1))
+        return torch.cat(rows)
+
+    # where the subject acted -------------------------------------------------------------------
+    def note_reach(self, extra_options: dict) -> None:
+        """Record the cells of the whole latent this call evaluates with the subject on (for the report)."""
+        views = extra_options.get(VIEWS_KEY)
+        if views is None or views.problem:
+            return
+        for uuid in extra_options.get("uuids") or ():
+            view = views.by_uuid.get(uuid)
+            if view is not None:
+                seen = self._reach.get(view.size)
+                cells = view.cells()
+                self._reach[view.size] = cells if seen is None else seen | cells
+
+    def reset_reach(self) -> None:
+        self._reach.clear()
+
+    def acted_share(self) -> float:
+        """The share of the image this subject acted on since `reset_reach`: its mask's weight (1 without
+        a mask) over the cells the model evaluated with the subject on (conditioning areas and context
+        windows leave cells out); 0 where it never acted."""
+        share = 0.0
+        for size, seen in self._reach.items():
+            weight = torch.ones(1, *size) if self.region is None else resize_region(self.region, size)
+            share = max(share, float((weight * seen).mean()))
+        return share
 
     def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
         if self.strength == 0.0 or not self.acts_somewhere:
@@ -145,6 +197,8 @@ class SubjectInjection:
         if on is not None and not bool(on.any()):
             return x
         region = self.region_weights(x, extra_options)
+        if slot == 0:  # once per model call
+            self.note_reach(extra_options)
         subject_k, subject_v = self.subject_kv(slot, x.device, x.dtype)
         delta = self.adapter_patcher.model.blocks[slot].residual(
             x, subject_k, subject_v, attn_precision=extra_options.get("attn_precision"))
@@ -186,6 +240,7 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
     patched = model.clone()
     patched.set_model_patch(injection, "middle_patch")
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, injection.outer_sample_wrapper)
+    add_view_wrappers(patched)  # tells the patch which part of the latent each call sees
     return patched
 
 
@@ -207,11 +262,31 @@ def subject_injections(model) -> list[SubjectInjection]:
 
 
 def subject_reports(model) -> list[dict]:
-    """What the Sampler and Edit report of each subject patch on `model`, in patch order."""
+    """What the Sampler and Edit report of each subject patch on `model`, in patch order: its mask's share
+    of the image, and `acted_share`, the share it acted on in the runs since `reset_subject_reach`."""
     return [{"strength": p.strength, "images": p.subject.image_count, "resolution": p.subject.resolution,
              "region": "everywhere" if p.region is None else {"masks": len(p.region),
-                                                             "share": round(float(p.region.mean()), 4)}}
+                                                             "share": round(float(p.region.mean()), 4)},
+             "acted_share": round(p.acted_share(), 4)}
             for p in subject_injections(model)]
+
+
+def reset_subject_reach(model) -> None:
+    """Forget where the subjects of `model` acted (the Sampler and Edit call it before their runs)."""
+    for p in subject_injections(model):
+        p.reset_reach()
+
+
+def reach_warnings(reports: list[dict]) -> list[str]:
+    """A warning for each subject that acted on visibly less of the image than its mask covers."""
+    warnings = []
+    for k, report in enumerate(reports, start=1):
+        share = 1.0 if report["region"] == "everywhere" else report["region"]["share"]
+        if report["strength"] > 0 and share - report["acted_share"] > 0.005:
+            warnings.append(f"Subject {k} acted on {report['acted_share']:.0%} of the image although its mask covers "
+                            f"{share:.0%}: the model evaluated the rest without it (conditioning areas such as "
+                            "ConditioningSetArea or mask bounds, or the sampling split).")
+    return warnings
 
 
 def require_region_batches(model, batch: int) -> None:
