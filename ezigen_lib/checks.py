@@ -24,11 +24,15 @@ def public_error(cls: type) -> type:
     return cls
 
 
-def shown(value: object, limit: int = ECHO_LIMIT) -> str:
-    """`repr(value)`, cut to `limit` characters: a value repeated in a message keeps the message short
-    whatever its size (an API client may send a 200,000-character string)."""
-    text = repr(value)
+def cut(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to `limit` characters: a value repeated in a message keeps the message short whatever
+    its size (an API client may send a 200,000-character string)."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """`repr(value)`, cut to `limit` characters (see `cut`)."""
+    return cut(repr(value), limit)
 
 
 @public_error

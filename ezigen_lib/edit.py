@@ -21,7 +21,7 @@ from PIL import Image
 import comfy.sample
 import comfy.samplers
 
-from .checks import public_error, require_choice, require_finite
+from .checks import public_error, require_choice, require_finite, shown
 from .inject import (ALWAYS_ON, NEVER_ON, reach_warnings, require_region_batches, reset_subject_reach,
                      subject_injections, subject_reports)
 from .regions import share_outside
@@ -59,7 +59,7 @@ class EditSettings(LoopSettings):
         if self.output_size not in OUTPUT_SIZES:
             raise EditInputError(f"output_size must be one of {OUTPUT_SIZES}")
         if self.sampler_name not in comfy.samplers.KSAMPLER_NAMES:
-            raise EditInputError(f"sampler {self.sampler_name!r} cannot be stepped one interval at a time; use "
+            raise EditInputError(f"sampler {shown(self.sampler_name)} cannot be stepped one interval at a time; use "
                                  f"one of {comfy.samplers.KSAMPLER_NAMES}")
         super().__post_init__()
 
@@ -271,7 +271,7 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     progress.finish()
     for report, injection in zip(subjects, subject_injections(model)):
         report["acted_share"] = round(injection.acted_share(), 4)
-    warnings = warnings + reach_warnings(subjects)
+    warnings = warnings + reach_warnings(model)
     result_image = finish_image(rounds.last_image[..., :3], source, mask, work, settings)
     details = edit_details(plan, inverter, work, result_image, settings, rounds.loops)
     report = rounds_report(rounds, reason, edit_counter.calls, details, settings.mode, started, warnings,

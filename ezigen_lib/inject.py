@@ -9,7 +9,7 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from .capture import SubjectFeatures
-from .checks import InputValueError, require_finite
+from .checks import InputValueError, cut, require_finite
 from .layout import model_family, require_ezigen_layout
 from .frames import VIEWS_KEY, LatentView, add_view_wrappers
 from .regions import (block_grid, chunk_views, per_batch_item, placement_problem, resize_region, subject_region,
@@ -177,6 +177,11 @@ class SubjectInjection:
     def reset_reach(self) -> None:
         self._reach.clear()
 
+    @property
+    def acted(self) -> bool:
+        """Whether the subject was switched on in a model call since `reset_reach`."""
+        return bool(self._reach)
+
     def acted_share(self) -> float:
         """The share of the image this subject acted on since `reset_reach`: its mask's weight (1 without
         a mask) over the cells the model evaluated with the subject on (conditioning areas and context
@@ -227,8 +232,9 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
     require_ezigen_layout(model, encoder.info.widths, "model to patch")
     family = model_family(encoder.model)
     if subject.family is not None and subject.family != family:
-        raise InputValueError(f"The subject was encoded by a {subject.family} encoder (adapter '{subject.adapter}') but "
-                              f"this encoder is {family} (adapter '{encoder.name}'): connect the encoder the subject "
+        raise InputValueError(f"The subject was encoded by a {subject.family} encoder (adapter "
+                              f"'{cut(str(subject.adapter), 120)}') but this encoder is {family} (adapter "
+                              f"'{cut(str(encoder.name), 120)}'): connect the encoder the subject "
                               "was made with, or encode the subject with this one.")
     for k, (feature, width) in enumerate(zip(subject.features, encoder.info.widths)):
         if feature.shape[-1] != width:
@@ -277,15 +283,19 @@ def reset_subject_reach(model) -> None:
         p.reset_reach()
 
 
-def reach_warnings(reports: list[dict]) -> list[str]:
-    """A warning for each subject that acted on visibly less of the image than its mask covers."""
+def reach_warnings(model) -> list[str]:
+    """A warning for each subject that acted, but on visibly less of the image than its mask covers
+    (a subject the split never switched on is not one: the Sampler says so itself)."""
     warnings = []
-    for k, report in enumerate(reports, start=1):
-        share = 1.0 if report["region"] == "everywhere" else report["region"]["share"]
-        if report["strength"] > 0 and share - report["acted_share"] > 0.005:
-            warnings.append(f"Subject {k} acted on {report['acted_share']:.0%} of the image although its mask covers "
-                            f"{share:.0%}: the model evaluated the rest without it (conditioning areas such as "
-                            "ConditioningSetArea or mask bounds, or the sampling split).")
+    for k, p in enumerate(subject_injections(model), start=1):
+        if p.strength == 0 or not p.acted:
+            continue
+        share, acted = (1.0 if p.region is None else float(p.region.mean())), p.acted_share()
+        if share - acted > 0.005:
+            covers = "its mask covers" if p.region is not None else "without a mask it would act on"
+            warnings.append(f"Subject {k} acted on {acted:.0%} of the image although {covers} {share:.0%}: the model "
+                            "evaluated the rest without it (conditioning areas such as ConditioningSetArea or mask "
+                            "bounds).")
     return warnings
 
 

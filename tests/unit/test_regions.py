@@ -328,12 +328,12 @@ def test_a_model_input_cropped_where_the_patch_cannot_see_it_is_refused(setup):
 
     def halves(apply_model, args):
         x, c = args["input"], args["c"]
-        return torch.cat([apply_model(x[..., :8], args["timestep"], **c), apply_model(x[..., 8:], args["timestep"], **c)],
-                         dim=-1)
+        t = args["timestep"]
+        return torch.cat([apply_model(x[..., :8], t, **c), apply_model(x[..., 8:], t, **c)], dim=-1)
 
     tiled = patched(setup, [left_half(64, 128, 64)])
     tiled.set_model_unet_function_wrapper(halves)
-    with pytest.raises(MaskPlacementError, match="the model input is 8x8 where ComfyUI's conditioning batch holds 8x16"):
+    with pytest.raises(MaskPlacementError, match="model input is 8x8 where ComfyUI's conditioning batch holds 8x16"):
         sample_with(tiled, POSITIVE)
     unmasked = patched(setup, [None])
     unmasked.set_model_unet_function_wrapper(halves)
@@ -372,7 +372,7 @@ def test_the_sampler_with_an_area_outside_the_mask_equals_the_unpatched_model_an
     assert subject["region"] == {"masks": 1, "share": 0.5} and subject["acted_share"] == 0.0
     assert masked.report["warnings"] == [
         "Subject 1 acted on 0% of the image although its mask covers 50%: the model evaluated the rest without it "
-        "(conditioning areas such as ConditioningSetArea or mask bounds, or the sampling split)."]
+        "(conditioning areas such as ConditioningSetArea or mask bounds)."]
     right = generate(patched(setup, [1.0 - left_half(64, 128, 64)]))
     assert not torch.equal(right.latent, plain.latent)
     assert right.report["subjects"][0]["acted_share"] == 0.5 and right.report["warnings"] == []
