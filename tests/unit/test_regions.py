@@ -312,7 +312,10 @@ def test_a_mask_per_latent_follows_a_context_window_over_the_batch():
     from ezigen_lib.regions import view_region
 
     conds = [[{"uuid": "positive"}], [{"uuid": "negative", "area": (8, 8, 0, 8)}]]
-    window = IndexListContextWindow([2], dim=0)
+    import inspect
+
+    extra = {"total_frames": 3} if "total_frames" in inspect.signature(IndexListContextWindow).parameters else {}
+    window = IndexListContextWindow([2], dim=0, **extra)  # 0.8.0 needs the length of the windowed dimension
     views = latent_views(conds, torch.zeros(1, 4, 8, 16), {"context_window": window}).by_uuid
     masks = torch.stack([torch.full((8, 16), float(k)) for k in range(3)])
     assert views["positive"].items == (2,) and torch.equal(view_region(masks, views["positive"]), masks[2:])
