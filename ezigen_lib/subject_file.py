@@ -301,7 +301,7 @@ def _read_metadata(shown: str, metadata: dict[str, str], keys: list[str]) -> dic
                            f"reads version {FORMAT_VERSION} (update the pack, or save the subject again with this one)")
     _field(shown, metadata, "family", _FAMILY, "a model family name such as SD20")
     _field(shown, metadata, "widths", re.compile(r"[0-9]{1,6}(,[0-9]{1,6}){%d}" % (SLOT_COUNT - 1)),
-           f"{SLOT_COUNT} comma-separated widths")
+           f"{SLOT_COUNT} comma-separated widths", SLOT_COUNT * 7)
     for name in ("resolution", "image_count"):
         if int(_field(shown, metadata, name, _DECIMAL, "a positive whole number")) < 1:
             raise _fail(shown, f"its metadata field {name}={shown_value(metadata[name])} is invalid: expected a "

@@ -148,6 +148,19 @@ def test_files_that_are_not_subjects_are_refused_by_name(tmp_path, subject, case
     assert len(message) < 500, len(message)  # whatever the file holds, the message stays short
 
 
+def test_a_subject_of_the_sd_layout_loads(tmp_path):
+    """The real widths (320 .. 1280) make the longest metadata a sound file has, within every bound."""
+    from ezigen_lib.capture import SubjectFeatures
+    from ezigen_lib.slots import slot_widths
+
+    widths = tuple(slot_widths(320))
+    subject = SubjectFeatures(tuple(torch.zeros(1, 2, w, dtype=torch.float16) for w in widths), 2, 512, "SD20",
+                              "checkpoint-200000/model.safetensors")
+    save_subject(tmp_path / "sd.safetensors", subject, "a dog")
+    loaded, metadata = load_subject(tmp_path / "sd.safetensors")
+    assert tuple(f.shape[-1] for f in loaded.features) == widths and metadata["widths"].startswith("320,320,640")
+
+
 def test_encode_subject_refuses_its_own_non_finite_features():
     """A damaged encoder checkpoint (one NaN weight) would give a subject that turns every image black."""
     encoder = tiny_encoder()
