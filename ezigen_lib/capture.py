@@ -172,6 +172,12 @@ def subject_from_latents(encoder, latent: torch.Tensor, noise: torch.Tensor, con
     features = capture_features(encoder.model, latent, noise, context, encoder.load_device,
                                 comfy.model_management.intermediate_device(), FEATURE_DTYPE,
                                 transformer_options=encoder.model_options["transformer_options"], sigma=sigma)
+    for k, feature in enumerate(features):
+        if not bool(torch.isfinite(feature).all()):  # a subject with NaN would give black images downstream
+            raise FloatingPointError(
+                f"Encode Subject made NaN or infinite values in tensor 'features.{k}' (self-attention {k} of the "
+                "encoder): the encoder model's weights are damaged or its precision overflowed (fp16 keeps values "
+                "up to 65504). Run it in fp32 (e.g. ComfyUI's --force-fp32) or check the encoder checkpoint.")
     return SubjectFeatures(features=tuple(f.reshape(1, -1, f.shape[-1]) for f in features),  # images' tokens in one row
                            image_count=latent.shape[0], resolution=resolution, family=model_family(encoder),
                            adapter=adapter)

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checks import exception_text
+from .checks import exception_text, public_error, shown as echo
 from .slots import SLOT_COUNT, SLOTS
 
 FORMAT_NAME = "ezigen-adapter"
@@ -50,6 +50,7 @@ REFERENCE_TENSOR_NAMES = {
 LEARNABLE_WEIGHTS = "learnable_weights"
 
 
+@public_error
 class AdapterFileError(ValueError):
     """A file that cannot serve as EZIGen adapter weights; the message says what to do."""
 
@@ -257,7 +258,7 @@ def _read_metadata(shown: str, metadata: dict[str, str], widths: tuple[int, ...]
                             "ezigen_lib.convert`)")
 
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise _fail(shown, f"format version {metadata.get('format_version')!r} is not supported (expected "
+        raise _fail(shown, f"format version {echo(metadata.get('format_version'))} is not supported (expected "
                            f"{FORMAT_VERSION!r}); update the node pack")
     head_text = metadata.get("head_dim", str(REFERENCE_HEAD_DIM))
     if not _DECIMAL.fullmatch(head_text) or int(head_text) < 1:

@@ -12,6 +12,30 @@ import re
 from collections.abc import Sequence
 
 
+ERROR_MODULE = "ezigen"
+ECHO_LIMIT = 60  # characters of a user's value repeated in an error message
+
+
+def public_error(cls: type) -> type:
+    """Give a pack exception the stable module name 'ezigen': ComfyUI reports an error's type as
+    module + class name, and a custom node's module is its file path on the server, which clients
+    should neither see nor depend on (they get 'ezigen.InputValueError')."""
+    cls.__module__ = ERROR_MODULE
+    return cls
+
+
+def cut(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to `limit` characters: a value repeated in a message keeps the message short whatever
+    its size (an API client may send a 200,000-character string)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """`repr(value)`, cut to `limit` characters (see `cut`)."""
+    return cut(repr(value), limit)
+
+
+@public_error
 class InputValueError(ValueError):
     """A widget value that cannot be used; the message names the input and what it accepts."""
 
@@ -20,23 +44,23 @@ def require_finite(name: str, value: float) -> float:
     """`value` as a float, or an error naming `name` when it is NaN, infinite or not a number."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise InputValueError(f"{name} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InputValueError(f"{name} must be a number, got {shown(value)}") from None
     if not math.isfinite(number):
-        raise InputValueError(f"{name} must be a finite number, got {value!r}")
+        raise InputValueError(f"{name} must be a finite number, got {shown(value)}")
     return number
 
 
 def require_choice(name: str, value: object, options: Sequence) -> None:
     if value not in options:
-        raise InputValueError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+        raise InputValueError(f"{name} must be one of {', '.join(map(str, options))}; got {shown(value)}")
 
 
 def require_range(name: str, value: float, low: float | None, high: float | None) -> None:
     """Finite and within [low, high] (either bound may be None)."""
     number = value if isinstance(value, int) else require_finite(name, value)  # ints: exact (seeds reach 2^64)
     if (low is not None and number < low) or (high is not None and number > high):
-        raise InputValueError(f"{name} must be between {low} and {high}, got {value!r}")
+        raise InputValueError(f"{name} must be between {low} and {high}, got {shown(value)}")
 
 
 def latent_warnings(latent: dict) -> list[str]:

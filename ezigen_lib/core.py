@@ -17,11 +17,14 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from .checks import public_error
+
 log = logging.getLogger("EZIGen")
 
 TESTED_RELEASES = "0.3.75 and 0.8.0"
 
 
+@public_error
 class CoreChangedError(RuntimeError):
     """A detail of ComfyUI's core that the pack relies on is missing or changed on this host."""
 

@@ -21,13 +21,13 @@ from PIL import Image
 import comfy.sample
 import comfy.samplers
 
-from .checks import require_choice, require_finite
-from .inject import ALWAYS_ON, NEVER_ON, require_region_batches, subject_injections, subject_reports
+from .checks import public_error, require_choice, require_finite
+from .inject import (ALWAYS_ON, NEVER_ON, reach_warnings, require_region_batches, reset_subject_reach,
+                     subject_injections, subject_reports)
 from .regions import share_outside
 from .inversion import SOLVERS, invert
-from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, rounds_report,
-                     run_rounds)
-from .rounds import reports_core_fallbacks
+from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
+                     rounds_report, run_rounds)
 from .samplers import EDIT, require_sampler
 from .sampling import CallCounter, require_finite_latent, start_latent, with_window
 from .schedule import (derive_seed, reference_edit_unet_calls, reference_inversion_calls,
@@ -38,6 +38,7 @@ OUTPUT_SIZES = ("source", "reference")
 REFERENCE_SHORT_SIDE = 512
 
 
+@public_error
 class EditInputError(ValueError):
     pass
 
@@ -239,6 +240,7 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     if settings.hard_mask and not settings.reference_output:
         mask = (mask >= 0.999).float()  # the reference keeps only fully painted pixels
     require_region_batches(model, 1)
+    reset_subject_reach(model)
     subjects, warnings = edit_subjects(model, mask)
     if float(mask.max()) == 0.0:
         report = rounds_report(None, "empty mask: the source is returned unchanged", 0, {"inversion_evaluations": 0},
@@ -271,6 +273,9 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     reason = run_rounds(rounds, settings.policy, sample_round, vae, progress, plan.loop_steps, "editing round {}",
                         first_round_always=True)
     progress.finish()
+    for report, injection in zip(subjects, subject_injections(model)):
+        report["acted_share"] = round(injection.acted_share(), 4)
+    warnings = warnings + reach_warnings(model)
     result_image = finish_image(rounds.last_image[..., :3], source, mask, work, settings)
     details = edit_details(plan, inverter, work, result_image, settings, rounds.loops)
     report = rounds_report(rounds, reason, edit_counter.calls, details, settings.mode, started, warnings,

@@ -15,7 +15,8 @@ import torch
 import comfy.sample
 import comfy.samplers
 
-from .inject import ALWAYS_ON, NEVER_ON, require_region_batches, subject_injections, subject_reports
+from .inject import (ALWAYS_ON, NEVER_ON, reach_warnings, require_region_batches, reset_subject_reach,
+                     subject_injections, subject_reports)
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
                      rounds_report, run_rounds)
 from .samplers import SAMPLER, require_sampler
@@ -49,6 +50,7 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
     started = time.perf_counter()
     samples = checked_latent(model, latent["samples"])
     require_region_batches(model, samples.shape[0])
+    reset_subject_reach(model)
     model_sampling = model.get_model_object("model_sampling")
     plan = plan_loops(model_sampling, settings, settings.faithful)
     warnings = generation_warnings(model, plan, settings)
@@ -85,8 +87,9 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
     progress.finish()
     details = generation_details(model_sampling, plan, settings, rounds.loops)
     mode = "faithful" if settings.faithful else "clean"
-    report = rounds_report(rounds, reason, counter.calls, details, mode, started, warnings,
-                           seconds={"decoupled_s": first_pass_s}, subjects=subject_reports(model))
+    subjects = subject_reports(model)
+    report = rounds_report(rounds, reason, counter.calls, details, mode, started, warnings + reach_warnings(model),
+                           seconds={"decoupled_s": first_pass_s}, subjects=subjects)
     return RoundsResult(latent=rounds.last_latent, image=rounds.last_image, round_images=rounds.all_images(),
                         report=report)
 

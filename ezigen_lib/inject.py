@@ -9,10 +9,12 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from .capture import SubjectFeatures
-from .checks import InputValueError, require_finite
+from .checks import InputValueError, cut, require_finite
 from .core import core_changed, note_fallback, require_block, require_model_sampling, require_option
 from .layout import model_family, require_ezigen_layout
-from .regions import block_grid, per_batch_item, resize_region, subject_region
+from .frames import VIEWS_KEY, LatentView, add_view_wrappers
+from .regions import (block_grid, chunk_views, per_batch_item, placement_problem, resize_region, subject_region,
+                      view_region)
 from .schedule import appearance_start_index
 from .slots import SLOT_COUNT, SLOTS
 
@@ -47,6 +49,7 @@ class SubjectInjection:
         self.acts_somewhere = region is None or bool(region.any())  # resizing keeps a non-zero mask non-zero
         self._kv_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._region_cache: dict[tuple, torch.Tensor] = {}
+        self._reach: dict[tuple[int, int], torch.Tensor] = {}  # whole latent size -> cells evaluated with it on
 
     # ComfyUI patch-object protocol -------------------------------------------------------------
     def to(self, device_or_dtype):
@@ -131,21 +134,74 @@ class SubjectInjection:
 
     # the region --------------------------------------------------------------------------------
     def region_weights(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor | None:
-        """The region mask on this block's token grid, one row per UNet batch item: (B or 1, HW, 1);
-        None without a region. Area resizing keeps a mask of ones exactly one and of zeros exactly zero."""
+        """The region mask on this block's token grid, one row per UNet batch item: (B or 1, HW, 1); None
+        without a region. Each conditioning's part of the batch gets the mask as its part of the image
+        sees it (a conditioning area or context window crops the model input: frames.py), so the mask
+        follows the image; a call whose part of the image is unknown is refused (MaskPlacementError).
+        Area resizing keeps a mask of ones exactly one and of zeros exactly zero."""
         if self.region is None:
             return None
+        if len(self.region) > 1:  # one mask per latent: which rows of the block belong to which latent
+            require_option(extra_options, "cond_or_uncond", "which latent of the batch each row of a block "
+                                                            "belongs to, for one subject mask per latent")
+        chunks = len(extra_options.get("uuids") or extra_options.get("cond_or_uncond") or [0])
+        views = tuple(chunk_views(extra_options, chunks))
+        seen = require_option(extra_options, "original_shape", "the size of the model input a subject mask is placed on")
+        for view in views:
+            if tuple(int(s) for s in seen[-2:]) != view.shape:
+                shown = f"{seen[-2]}x{seen[-1]}"
+                raise placement_problem(f"the model input is {shown} where ComfyUI's conditioning batch holds "
+                                        f"{view.shape[0]}x{view.shape[1]} latent cells (another node crops or tiles "
+                                        "the model input)")
         grid = block_grid(x.shape[1], extra_options)
-        key = (grid, x.device, x.dtype)
-        resized = self._region_cache.get(key)
-        if resized is None:
-            resized = resize_region(self.region, grid).reshape(len(self.region), -1, 1).to(x.device, x.dtype)
-            self._region_cache[key] = resized
-        if len(resized) == 1:  # one mask for every batch item: no need to know the chunks
-            return resized
-        chunks = require_option(extra_options, "cond_or_uncond", "which latent of the batch each row of a block "
-                                                                 "belongs to, for one subject mask per latent")
-        return per_batch_item(resized, x.shape[0], len(chunks))
+        key = (grid, x.device, x.dtype, views, x.shape[0])
+        rows = self._region_cache.get(key)
+        if rows is None:
+            rows = self._region_rows(views, grid, x.shape[0]).to(x.device, x.dtype)
+            self._region_cache[key] = rows
+        return rows
+
+    def _region_rows(self, views: tuple[LatentView, ...], grid: tuple[int, int], batch: int) -> torch.Tensor:
+        if len(set(views)) == 1:  # every chunk sees the same part: one placement, shared
+            placed = resize_region(view_region(self.region, views[0]), grid)
+            return per_batch_item(placed.reshape(len(placed), -1, 1), batch, len(views))
+        per_chunk = batch // len(views)
+        rows = []
+        for view in views:
+            placed = resize_region(view_region(self.region, view), grid)
+            rows.append(per_batch_item(placed.reshape(len(placed), -1, 1), per_chunk, 1).expand(per_chunk, -1, -1))
+        return torch.cat(rows)
+
+    # where the subject acted -------------------------------------------------------------------
+    def note_reach(self, extra_options: dict) -> None:
+        """Record the cells of the whole latent this call evaluates with the subject on (for the report)."""
+        views = extra_options.get(VIEWS_KEY)
+        if views is None or views.problem:
+            return
+        for uuid in extra_options.get("uuids") or ():
+            view = views.by_uuid.get(uuid)
+            if view is not None:
+                seen = self._reach.get(view.size)
+                cells = view.cells()
+                self._reach[view.size] = cells if seen is None else seen | cells
+
+    def reset_reach(self) -> None:
+        self._reach.clear()
+
+    @property
+    def acted(self) -> bool:
+        """Whether the subject was switched on in a model call since `reset_reach`."""
+        return bool(self._reach)
+
+    def acted_share(self) -> float:
+        """The share of the image this subject acted on since `reset_reach`: its mask's weight (1 without
+        a mask) over the cells the model evaluated with the subject on (conditioning areas and context
+        windows leave cells out); 0 where it never acted."""
+        share = 0.0
+        for size, seen in self._reach.items():
+            weight = torch.ones(1, *size) if self.region is None else resize_region(self.region, size)
+            share = max(share, float((weight * seen).mean()))
+        return share
 
     def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
         if self.strength == 0.0 or not self.acts_somewhere:
@@ -154,11 +210,13 @@ class SubjectInjection:
         if not 0 <= slot < SLOT_COUNT:
             raise core_changed(f"transformer_index 0..{SLOT_COUNT - 1} (got {slot})", INJECT)
         require_block(extra_options, slot, SLOTS[slot].comfy_block, INJECT)
+        region = self.region_weights(x, extra_options)  # first: a call outside sampling has no views and no sigmas
         sigmas = require_option(extra_options, "sigmas", "the gate that turns the subject on at its steps only")
         on = self.active_mask(sigmas, x.shape[0], extra_options.get("sample_sigmas"))
         if on is not None and not bool(on.any()):
             return x
-        region = self.region_weights(x, extra_options)
+        if slot == 0:  # once per model call
+            self.note_reach(extra_options)
         subject_k, subject_v = self.subject_kv(slot, x.device, x.dtype)
         delta = self.adapter_patcher.model.blocks[slot].residual(
             x, subject_k, subject_v, attn_precision=extra_options.get("attn_precision"))
@@ -187,8 +245,9 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
     require_ezigen_layout(model, encoder.info.widths, "model to patch")
     family = model_family(encoder.model)
     if subject.family is not None and subject.family != family:
-        raise InputValueError(f"The subject was encoded by a {subject.family} encoder (adapter '{subject.adapter}') but "
-                              f"this encoder is {family} (adapter '{encoder.name}'): connect the encoder the subject "
+        raise InputValueError(f"The subject was encoded by a {subject.family} encoder (adapter "
+                              f"'{cut(str(subject.adapter), 120)}') but this encoder is {family} (adapter "
+                              f"'{cut(str(encoder.name), 120)}'): connect the encoder the subject "
                               "was made with, or encode the subject with this one.")
     for k, (feature, width) in enumerate(zip(subject.features, encoder.info.widths)):
         if feature.shape[-1] != width:
@@ -202,6 +261,7 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
     patched = model.clone()
     patched.set_model_patch(injection, "middle_patch")
     patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KV_WRAPPER_KEY, injection.outer_sample_wrapper)
+    add_view_wrappers(patched)  # tells the patch which part of the latent each call sees
     return patched
 
 
@@ -223,11 +283,35 @@ def subject_injections(model) -> list[SubjectInjection]:
 
 
 def subject_reports(model) -> list[dict]:
-    """What the Sampler and Edit report of each subject patch on `model`, in patch order."""
+    """What the Sampler and Edit report of each subject patch on `model`, in patch order: its mask's share
+    of the image, and `acted_share`, the share it acted on in the runs since `reset_subject_reach`."""
     return [{"strength": p.strength, "images": p.subject.image_count, "resolution": p.subject.resolution,
              "region": "everywhere" if p.region is None else {"masks": len(p.region),
-                                                             "share": round(float(p.region.mean()), 4)}}
+                                                             "share": round(float(p.region.mean()), 4)},
+             "acted_share": round(p.acted_share(), 4)}
             for p in subject_injections(model)]
+
+
+def reset_subject_reach(model) -> None:
+    """Forget where the subjects of `model` acted (the Sampler and Edit call it before their runs)."""
+    for p in subject_injections(model):
+        p.reset_reach()
+
+
+def reach_warnings(model) -> list[str]:
+    """A warning for each subject that acted, but on visibly less of the image than its mask covers
+    (a subject the split never switched on is not one: the Sampler says so itself)."""
+    warnings = []
+    for k, p in enumerate(subject_injections(model), start=1):
+        if p.strength == 0 or not p.acted:
+            continue
+        share, acted = (1.0 if p.region is None else float(p.region.mean())), p.acted_share()
+        if share - acted > 0.005:
+            covers = "its mask covers" if p.region is not None else "without a mask it would act on"
+            warnings.append(f"Subject {k} acted on {acted:.0%} of the image although {covers} {share:.0%}: the model "
+                            "evaluated the rest without it (conditioning areas such as ConditioningSetArea or mask "
+                            "bounds).")
+    return warnings
 
 
 def require_region_batches(model, batch: int) -> None:

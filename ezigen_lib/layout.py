@@ -5,9 +5,11 @@ from dataclasses import dataclass
 
 from comfy.ldm.modules.attention import SpatialTransformer
 
+from .checks import public_error
 from .slots import SLOT_COUNT
 
 
+@public_error
 class UnsupportedModelError(ValueError):
     """A MODEL whose UNet does not have EZIGen's 16 depth-1 transformer blocks."""
 

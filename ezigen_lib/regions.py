@@ -8,8 +8,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .checks import InputValueError
+from .checks import InputValueError, public_error
 from .core import core_changed, note_fallback, require_option
+from .frames import VIEWS_KEY, LatentView
 
 log = logging.getLogger("EZIGen")
 NO_ACTIVATIONS_SHAPE = ("ComfyUI gives the blocks no transformer_options['activations_shape']: subject masks are "
@@ -58,6 +59,49 @@ def block_grid(tokens: int, extra_options: dict) -> tuple[int, int]:
         return h, w
     raise core_changed(f"a block of {tokens} tokens on the latent {tuple(original)} halved by the UNet's "
                        "stride-2 convolutions (transformer_options['original_shape'])", "placing the subject's mask")
+
+
+@public_error
+class MaskPlacementError(RuntimeError):
+    """A model call whose part of the image is unknown, so a subject's mask cannot be placed on it."""
+
+
+def placement_problem(reason: str) -> MaskPlacementError:
+    return MaskPlacementError(f"EZIGen: a subject's mask (Patch UNet Attention) cannot be placed: {reason[:300]}. It "
+                              "would land in the wrong place, so sampling stops: remove the mask, or the node that "
+                              "crops the model input.")
+
+
+def chunk_views(extra_options: dict, chunks: int) -> list[LatentView]:
+    """The part of the whole latent each of the call's `chunks` conditionings sees (see frames.py)."""
+    views = extra_options.get(VIEWS_KEY)
+    if views is None:
+        raise placement_problem("this model call does not come through ComfyUI's conditioning batches, so the part "
+                                "of the image it sees is unknown")
+    if views.problem:
+        raise placement_problem(f"ComfyUI runs the model on {views.problem}")
+    uuids = extra_options.get("uuids")
+    if not uuids or len(uuids) != chunks or any(u not in views.by_uuid for u in uuids):
+        raise placement_problem("the call does not say which conditioning each part of its batch belongs to")
+    return [views.by_uuid[u] for u in uuids]
+
+
+def view_region(region: torch.Tensor, view: LatentView) -> torch.Tensor:
+    """The masks (masks, H, W) as the view sees them: stretched to the whole latent, cropped with it,
+    and the view's latent items only when there is one mask per latent."""
+    if view.items is not None and len(region) > 1:
+        if max(view.items) >= len(region):
+            raise InputValueError(f"The subject mask holds {len(region)} masks but the sampler runs latent "
+                                  f"{max(view.items) + 1} of the batch: give one mask, or one per latent.")
+        region = region[list(view.items)]
+    if view.spatially_whole:
+        return region
+    placed = resize_region(region, view.size)
+    if view.rows is not None:
+        placed = placed[:, list(view.rows)]
+    if view.cols is not None:
+        placed = placed[:, :, list(view.cols)]
+    return placed
 
 
 def per_batch_item(masks: torch.Tensor, batch: int, chunks: int) -> torch.Tensor:

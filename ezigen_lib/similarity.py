@@ -13,12 +13,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .checks import public_error
+
 VIT_B32_CONFIG = Path(__file__).with_name("clip_vision_vit_b32.json")
 _VIT_B32_MARKER = "vision_model.encoder.layers.11.layer_norm1.weight"
 _VIT_B32_TOO_DEEP = "vision_model.encoder.layers.12.layer_norm1.weight"
 _OPEN_CLIP_MARKER = "visual.transformer.resblocks.0.attn.in_proj_weight"
 
 
+@public_error
 class ClipVisionFileError(ValueError):
     pass
 

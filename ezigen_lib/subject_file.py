@@ -11,6 +11,12 @@ file is a plain safetensors (no pickles):
   file the encoder was loaded with, as Load EZIGen Encoder lists it), ``resolution``, ``image_count`` and
   ``subject_prompt`` (the subject's words when the user gave them; may be empty).
 
+Both ends are bounded so that a file can neither hurt nor flood a message: the features must be finite,
+the adapter name is at most 1024 characters, the words 2000, all metadata 16 KiB; names the filesystem
+or ComfyUI's file lists would refuse (over 255 bytes per name, hidden '.' parts) are refused before
+writing; a save writes a temporary `.partial` file and links it into place, so a killed save never
+leaves a damaged subject under a listed name.
+
 The layout (family and widths) decides whether a subject fits an encoder: SD1.5 and SD2.1 have the same
 widths but different features, so the family is part of it. The adapter name is a record, not a rule.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,7 +38,7 @@ import comfy.model_management
 
 from .capture import FEATURE_DTYPE, SubjectFeatures
 from .checkpoint import FORMAT_NAME as ADAPTER_FORMAT_NAME
-from .checks import exception_text
+from .checks import cut, exception_text, public_error, shown as shown_value
 from .layout import model_family
 from .slots import SLOT_COUNT
 
@@ -47,11 +54,19 @@ METADATA_FIELDS = ("format", "format_version", "family", "widths", "adapter", "r
 WHERE_SUBJECTS_COME_FROM = ("Subject files are written by Save EZIGen Subject (Encode Subject -> Save EZIGen "
                             "Subject) into models/ezigen_subjects.")
 
+PARTIAL_SUFFIX = ".partial"  # a save in progress: `<name>.<random>.partial`, renamed into place when complete
+MAX_ADAPTER_NAME = 1024  # characters: the adapter file's name as Load EZIGen Encoder lists it
+MAX_SUBJECT_PROMPT = 2000  # characters: the subject's words (CLIP reads 77 tokens)
+MAX_METADATA = 16384  # characters of all metadata keys and values together
+NAME_MAX = 255  # bytes per file or folder name (ext4, XFS, btrfs, APFS, NTFS)
+PATH_MAX = 4096  # bytes of a whole path (Linux)
+
 _FAMILY = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
 _DECIMAL = re.compile(r"[0-9]{1,9}")
 _UNSAFE_NAME = re.compile(r'[<>:"|?*\x00-\x1f]')  # not allowed in file names on Windows (or anywhere, for NUL)
 
 
+@public_error
 class SubjectFileError(ValueError):
     """A subject file that cannot be written or read, or that does not fit the encoder; the message says why."""
 
@@ -90,6 +105,17 @@ def subject_metadata(subject: SubjectFeatures, subject_prompt: str = "") -> dict
             "or Load EZIGen Subject.")
     if len(subject.features) != SLOT_COUNT:
         raise SubjectFileError(f"The subject has {len(subject.features)} features, expected {SLOT_COUNT}.")
+    if not _FAMILY.fullmatch(str(subject.family)) or len(subject.adapter) > MAX_ADAPTER_NAME:
+        raise SubjectFileError(f"The subject's encoder is recorded as family {shown_value(subject.family)}, adapter "
+                               f"{shown_value(subject.adapter)}: a family of at most 64 letters, digits and '_.+-' and "
+                               f"an adapter name of at most {MAX_ADAPTER_NAME} characters are expected; encode the "
+                               "subject with Encode Subject (EZIGen).")
+    if len(subject_prompt or "") > MAX_SUBJECT_PROMPT:
+        raise SubjectFileError(f"subject_prompt is {len(subject_prompt)} characters, more than the "
+                               f"{MAX_SUBJECT_PROMPT} a subject file keeps: give the subject's words only, e.g. "
+                               "'a dog'.")
+    for key, feature in zip(FEATURE_KEYS, subject.features):
+        require_finite_features(key, feature, "The subject to save")
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -109,14 +135,40 @@ def subject_file_bytes(subject: SubjectFeatures, subject_prompt: str = "") -> by
     return safetensors_bytes(tensors, metadata)
 
 
+def require_finite_features(key: str, feature: torch.Tensor, what: str) -> None:
+    """Refuse features holding NaN or infinity, naming the tensor: the stock samplers would turn them
+    into a black image and the EZIGen Sampler into an error that blames the model's precision."""
+    if not bool(torch.isfinite(feature).all()):
+        raise SubjectFileError(f"{what} holds NaN or infinite values in tensor '{key}': a subject's features are "
+                               "finite; encode the subject again with Encode Subject (EZIGen) (in fp32, e.g. "
+                               "--force-fp32, if the encoder overflows).")
+
+
+def partial_name(name: str) -> str:
+    """The temporary name a save writes first; it ends in PARTIAL_SUFFIX, which no file list shows."""
+    return f"{name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
+
+
 def _write_new(path: Path, data: bytes) -> None:
-    with open(path, "xb") as out:  # exclusive create: no overwrite, even by a concurrent writer
-        try:
+    """Write `data` to a temporary name in the same folder, then link it to `path`: a save that is killed
+    half-way leaves only a `.partial` file (never listed), never a damaged subject under the final name;
+    the link fails rather than replace a file a concurrent writer made (FileExistsError)."""
+    temp = path.with_name(partial_name(path.name))
+    try:
+        with open(temp, "xb") as out:
             out.write(data)
-        except BaseException:
-            out.close()
-            path.unlink(missing_ok=True)  # no half-written subject left in the list
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
             raise
+        except OSError:  # a filesystem without hard links (FAT, some shares): check, then rename
+            if path.exists():
+                raise FileExistsError(f"{path.name} exists") from None
+            os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def save_subject(path: str | os.PathLike, subject: SubjectFeatures, subject_prompt: str = "") -> None:
@@ -128,6 +180,7 @@ def prefix_parts(prefix: str, folder_shown: str) -> list[str]:
     """`filename_prefix` as path parts inside the subjects folder: subfolders are fine, leaving the
     folder (absolute paths, drive letters, '..') is refused."""
     text = prefix.strip()
+    prefix = cut(prefix)  # as messages repeat it
     if not text:
         raise SubjectFileError(f"filename_prefix is empty: give a name such as 'subject' or 'dogs/rex' (saved "
                                f"under {folder_shown}).")
@@ -141,6 +194,11 @@ def prefix_parts(prefix: str, folder_shown: str) -> list[str]:
     if parts[-1] in ("", "."):
         raise SubjectFileError(f"filename_prefix '{prefix}' does not end with a file name: add one, e.g. 'dogs/rex' "
                                f"saves {folder_shown}/dogs/rex_00001.safetensors.")
+    hidden = next((p for p in parts if p.startswith(".") and p != "."), None)
+    if hidden is not None:
+        raise SubjectFileError(f"filename_prefix '{prefix}' has a part that starts with '.' ({shown_value(hidden)}): "
+                               "hidden names are left out of ComfyUI's file lists (e.g. '.git'), so Load EZIGen "
+                               "Subject could not list the file; drop the leading '.', e.g. 'dogs/rex'.")
     bad = sorted(set(_UNSAFE_NAME.findall(text)))
     if bad:
         raise SubjectFileError(f"filename_prefix '{prefix}' contains {', '.join(repr(c) for c in bad)}, which "
@@ -160,16 +218,36 @@ def next_subject_path(folder: str | os.PathLike, prefix: str, folder_shown: str,
     if os.path.commonpath([root, os.path.abspath(directory)]) != str(root):
         raise SubjectFileError(f"filename_prefix '{prefix}' would leave {folder_shown}.")
     base = parts[-1]
+    require_short_enough(prefix, parts[:-1], directory / f"{base}_{1:0{COUNTER_DIGITS}d}{SUFFIX}", folder_shown)
     pattern = re.compile(re.escape(base) + r"_(\d{%d,})%s$" % (COUNTER_DIGITS, re.escape(SUFFIX)))
     numbers = [int(m.group(1)) for m in map(pattern.match, os.listdir(directory) if directory.is_dir() else ())
                if m]
     counter = max(numbers, default=0) + 1
     while True:
         path = directory / f"{base}_{counter:0{COUNTER_DIGITS}d}{SUFFIX}"
+        require_short_enough(prefix, parts[:-1], path, folder_shown)
         name = os.path.relpath(path, root)  # ComfyUI's file lists use the OS separator too
         if not taken(name):  # a file of the same number here was counted above
             return path, name
         counter += 1
+
+
+def require_short_enough(prefix: str, folders: list[str], path: Path, folder_shown: str) -> None:
+    """Refuse, before anything is written, a name the filesystem would refuse: each folder and the
+    file's temporary name within NAME_MAX bytes, the whole path within PATH_MAX bytes."""
+    names = [*folders, partial_name(path.name)]
+    longest = max(names, key=lambda n: len(os.fsencode(n)))
+    if len(os.fsencode(longest)) > NAME_MAX:
+        spare = len(os.fsencode(partial_name(path.name))) - len(os.fsencode(path.stem.rsplit("_", 1)[0]))
+        raise SubjectFileError(
+            f"filename_prefix {shown_value(prefix)} is too long: the name {shown_value(longest)} would be "
+            f"{len(os.fsencode(longest))} bytes, over the filesystem's limit of {NAME_MAX} bytes per file or folder "
+            f"name (a file name's part of the prefix may be {NAME_MAX - spare} bytes, as the counter and the "
+            "temporary name of a save are added): give a shorter name.")
+    if len(os.fsencode(os.path.abspath(path))) + len(PARTIAL_SUFFIX) + 9 > PATH_MAX:
+        raise SubjectFileError(f"filename_prefix {shown_value(prefix)} is too long: the path in {folder_shown} would "
+                               f"exceed the filesystem's limit of {PATH_MAX} bytes for a whole path: use fewer or "
+                               "shorter subfolders.")
 
 
 def save_new_subject(folder: str | os.PathLike, prefix: str, subject: SubjectFeatures, subject_prompt: str,
@@ -182,8 +260,8 @@ def save_new_subject(folder: str | os.PathLike, prefix: str, subject: SubjectFea
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             where = os.path.relpath(path.parent, os.path.abspath(folder))
-            raise SubjectFileError(f"cannot make the folder '{where}' in {folder_shown} for filename_prefix "
-                                   f"'{prefix}' ({type(exc).__name__}; is there a file of that name?).") from exc
+            raise SubjectFileError(f"cannot make the folder '{cut(where)}' in {folder_shown} for filename_prefix "
+                                   f"'{cut(prefix)}' ({type(exc).__name__}; is there a file of that name?).") from exc
         try:
             _write_new(path, data)
         except FileExistsError:
@@ -193,36 +271,43 @@ def save_new_subject(folder: str | os.PathLike, prefix: str, subject: SubjectFea
 
 # -- reading ----------------------------------------------------------------------------------------
 
-def _field(shown: str, metadata: dict[str, str], name: str, pattern: re.Pattern | None, expected: str) -> str:
+def _field(shown: str, metadata: dict[str, str], name: str, pattern: re.Pattern | None, expected: str,
+           longest: int = 64) -> str:
     value = metadata.get(name)
-    if value is None or (pattern is not None and not pattern.fullmatch(value)):
-        shown_value = value if value is None or len(value) <= 60 else value[:60] + "..."
-        raise _fail(shown, f"its metadata field {name}={shown_value!r} is invalid: expected {expected} (the file was "
+    if value is None or len(value) > longest or (pattern is not None and not pattern.fullmatch(value)):
+        too_long = value is not None and len(value) > longest
+        what = f"is {len(value)} characters, over {longest}" if too_long else "is invalid"
+        raise _fail(shown, f"its metadata field {name}={shown_value(value)} {what}: expected {expected} (the file was "
                            "edited or written by another tool)")
     return value
 
 
 def _read_metadata(shown: str, metadata: dict[str, str], keys: list[str]) -> dict[str, str]:
+    size = sum(len(k) + len(v) for k, v in metadata.items())
+    if size > MAX_METADATA:
+        raise _fail(shown, f"its metadata is {size} characters, more than the {MAX_METADATA} a subject file holds (the "
+                           "file was edited or written by another tool)")
     kind = metadata.get("format")
     if kind == ADAPTER_FORMAT_NAME:
         raise _fail(shown, "it is an EZIGen adapter, not a subject: put it in models/ezigen and load it with Load "
                            "EZIGen Encoder")
     if kind != FORMAT_NAME:
-        sample = ", ".join(f"'{k}'" for k in keys[:3]) if keys else "no tensors at all"
+        sample = ", ".join(shown_value(k) for k in keys[:3]) if keys else "no tensors at all"
         raise _fail(shown, f"it is not an EZIGen subject (its metadata has no format '{FORMAT_NAME}'; it holds "
                            f"{len(keys)} tensors: {sample})")
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
-        raise _fail(shown, f"it is subject format version {version!r}; this version of ComfyUI-EZIGen reads version "
-                           f"{FORMAT_VERSION} (update the pack, or save the subject again with this one)")
+        raise _fail(shown, f"it is subject format version {shown_value(version)}; this version of ComfyUI-EZIGen "
+                           f"reads version {FORMAT_VERSION} (update the pack, or save the subject again with this one)")
     _field(shown, metadata, "family", _FAMILY, "a model family name such as SD20")
     _field(shown, metadata, "widths", re.compile(r"[0-9]{1,6}(,[0-9]{1,6}){%d}" % (SLOT_COUNT - 1)),
-           f"{SLOT_COUNT} comma-separated widths")
+           f"{SLOT_COUNT} comma-separated widths", SLOT_COUNT * 7)
     for name in ("resolution", "image_count"):
         if int(_field(shown, metadata, name, _DECIMAL, "a positive whole number")) < 1:
-            raise _fail(shown, f"its metadata field {name}={metadata[name]!r} is invalid: expected a positive number")
-    _field(shown, metadata, "adapter", None, "the adapter file's name")
-    _field(shown, metadata, "subject_prompt", None, "the subject's words (may be empty)")
+            raise _fail(shown, f"its metadata field {name}={shown_value(metadata[name])} is invalid: expected a "
+                               "positive number")
+    _field(shown, metadata, "adapter", None, "the adapter file's name", MAX_ADAPTER_NAME)
+    _field(shown, metadata, "subject_prompt", None, "the subject's words (may be empty)", MAX_SUBJECT_PROMPT)
     return {name: metadata[name] for name in METADATA_FIELDS}
 
 
@@ -235,6 +320,9 @@ def _check_features(shown: str, tensors: dict[str, torch.Tensor], widths: tuple[
         want = f"(1, tokens, {widths[k]}) with tokens a multiple of the {images} image(s)"
         if t.ndim != 3 or t.shape[0] != 1 or t.shape[2] != widths[k] or t.shape[1] < 1 or t.shape[1] % images:
             raise _fail(shown, f"tensor '{key}' has shape {tuple(t.shape)}, expected {want}")
+        if not bool(torch.isfinite(t).all()):
+            raise _fail(shown, f"tensor '{key}' contains NaN or infinite values (a subject's features are finite; "
+                               "the file is damaged or was written by another tool)")
 
 
 def load_subject(path: str | os.PathLike, shown: str | None = None) -> tuple[SubjectFeatures, dict[str, str]]:
@@ -254,7 +342,8 @@ def load_subject(path: str | os.PathLike, shown: str | None = None) -> tuple[Sub
             extra = sorted(set(keys) - set(FEATURE_KEYS))
             if extra:
                 raise _fail(shown, f"it holds {len(extra)} tensor(s) that are not subject features (e.g. "
-                                   f"'{extra[0]}'); expected exactly {FEATURE_KEYS[0]} .. {FEATURE_KEYS[-1]}")
+                                   f"{shown_value(extra[0])}); expected exactly {FEATURE_KEYS[0]} .. "
+                                   f"{FEATURE_KEYS[-1]}")
             tensors = {key: f.get_tensor(key) for key in FEATURE_KEYS}
     except SubjectFileError:
         raise
@@ -273,11 +362,12 @@ def require_subject_fits(subject: SubjectFeatures, encoder, shown: str) -> None:
     """Refuse a subject of another layout than `encoder` makes, naming the adapter it needs and what to do;
     the same layout under another adapter name is accepted with a warning (a renamed or retrained file)."""
     needed, given = subject_layout(subject), encoder_layout(encoder)
+    wanted, used = cut(str(subject.adapter), 120), cut(str(encoder.name), 120)  # file names: bounded, but long
     if needed != given:
         raise SubjectFileError(
-            f"The subject '{shown}' was encoded for the adapter '{subject.adapter}' with an encoder of layout "
-            f"{needed.describe()}, but the encoder given has layout {given.describe()} (adapter '{encoder.name}'). "
-            f"Load the adapter '{subject.adapter}' "
+            f"The subject '{shown}' was encoded for the adapter '{wanted}' with an encoder of layout "
+            f"{needed.describe()}, but the encoder given has layout {given.describe()} (adapter '{used}'). "
+            f"Load the adapter '{wanted}' "
             f"in Load EZIGen Encoder with the {needed.family} checkpoint's MODEL as encoder_model, or encode the "
             "subject again with this encoder (Encode Subject) and save it anew.")
     if subject.adapter != encoder.name:

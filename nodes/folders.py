@@ -7,6 +7,7 @@ import os
 import folder_paths
 
 from ..ezigen_lib.checkpoint import file_fingerprint
+from ..ezigen_lib.checks import cut
 
 EZIGEN_FOLDER = "ezigen"
 SUBJECTS_FOLDER = "ezigen_subjects"
@@ -58,7 +59,7 @@ def check_model_file(folder: str, name: str) -> bool | str:
     if name in available:
         return True
     found = "it is empty" if not available else f"it holds {len(available)} other file(s): pick one in the list"
-    return (f"'{name}' is not in models/{folder} ({found}). Put {EXPECTED_FILES[folder]} there, then "
+    return (f"'{cut(name)}' is not in models/{folder} ({found}). Put {EXPECTED_FILES[folder]} there, then "
             "refresh the page (R) and pick it.")
 
 

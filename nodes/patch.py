@@ -32,7 +32,8 @@ class EZIGenPatchUNetAttention(io.ComfyNode):
                                tooltip="Sampling progress at which injection stops."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Where this subject may act (1 = here, 0 = not at all; any size, stretched to "
-                                      "the image). Chain two Patch nodes with two masks to place two subjects."),
+                                      "the image, and kept on it when a conditioning has an area). Chain two Patch "
+                                      "nodes with two masks to place two subjects."),
             ],
             outputs=[io.Model.Output(tooltip="The patched copy of the model.")],
         )

@@ -111,3 +111,22 @@ def test_same_layout_under_another_adapter_name_is_used_with_a_warning(server, s
     assert np.array_equal(image, saved.image)  # the same weights under another name
     assert (f"was encoded for the adapter '{ADAPTER}' and is used with '{OTHER_ADAPTER_NAME}'"
             in server.log_text())
+
+
+@pytest.mark.parametrize("prefix,expected", [
+    ("x" * 300, "over the filesystem's limit of 255 bytes per file or folder name"),
+    (".git/x", "has a part that starts with '.' ('.git')"),
+])
+def test_a_prefix_the_filesystem_or_load_would_refuse_is_refused_before_writing(server, seed, prefix, expected):
+    prompt = single_pass(server, seed, "bad_prefix")
+    encode = node_id(prompt, "EZIGenEncodeSubject")
+    prompt["950"] = {"class_type": "EZIGenSaveSubject", "inputs": {"subject": [encode, 0], "filename_prefix": prefix}}
+    folder = server.base_dir / "models" / "ezigen_subjects"
+    before = sorted(folder.rglob("*")) if folder.exists() else []
+    with pytest.raises(PromptFailed) as info:
+        server.run(prompt)
+    error = info.value.execution_error
+    assert error["exception_type"] == "ezigen.SubjectFileError"
+    message = error["exception_message"]
+    assert expected in message and str(server.base_dir) not in message and len(message) < 500, message
+    assert (sorted(folder.rglob("*")) if folder.exists() else []) == before

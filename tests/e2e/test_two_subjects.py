@@ -23,7 +23,7 @@ def test_two_subjects_each_in_its_half_are_gated_and_reported(server, seed):
     history, report = run_generate(server, prompt, seed, steps=5, loops=1)
     assert report["loops"] == 1 and report["unet_evaluations"] == 5 + 2
     assert report["subjects"] == [{"strength": 1.0, "images": 1, "resolution": 64,
-                                   "region": {"masks": 1, "share": 0.5}}] * 2
+                                   "region": {"masks": 1, "share": 0.5}, "acted_share": 0.5}] * 2
     assert report["warnings"] == []
     (result,) = images_of(server, history, saver_of(prompt, "EZIGenSampler", 1))
     assert result.shape == (64, 64, 3) and np.isfinite(result).all()

@@ -14,6 +14,7 @@ from ezigen_lib import core
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.capture import FeatureRecorder, encode_subject, subject_sigma
 from ezigen_lib.core import CoreChangedError, comfyui_version
+from ezigen_lib.frames import add_view_wrappers
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.host import comfy_version
 from ezigen_lib.inject import NO_SCHEDULE, SubjectInjection, apply_subject
@@ -57,7 +58,7 @@ def setup():
 @pytest.fixture(scope="module")
 def block_call(setup):
     """What the core hands a middle patch in a real run: x and extra_options of transformer block 0 in a stock
-    sampling step of 2 latents with CFG."""
+    sampling step of 2 latents with CFG, on a model carrying the wrappers a subject patch adds (frames.py)."""
     seen = []
 
     def record(x, extra):
@@ -66,6 +67,7 @@ def block_call(setup):
         return x
 
     model = setup[0].clone()
+    add_view_wrappers(model)
     model.set_model_patch(record, "middle_patch")
     sample(model, steps=1, batch=2)
     return seen[0]

@@ -189,6 +189,7 @@ def test_the_sampler_gates_every_subject_by_the_split_and_reports_each(setup, bl
         assert len({round(float(c["sigma"]), 4) for c in acted if c["slot"] == 0}) == result.report["loop_steps"]
     assert result.report["loops"] == 2 and result.report["stop_reason"] == "reached max_loops=2"
     assert [s["region"] for s in result.report["subjects"]] == [{"masks": 1, "share": 0.5}] * 2
+    assert [s["acted_share"] for s in result.report["subjects"]] == [0.5, 0.5]
     assert [s["images"] for s in result.report["subjects"]] == [1, 1]
 
 
@@ -217,3 +218,164 @@ def test_a_mask_batch_that_fits_no_latent_batch_is_refused_before_sampling(setup
     settings = GenerationSettings(seed=1, steps=2, sampler_name="euler", policy=LoopPolicy(loops=0))
     with pytest.raises(InputValueError, match="Subject 1's mask holds 2 masks but the latent batch is 3"):
         run_generation(model, POSITIVE, NEGATIVE, {"samples": torch.zeros(3, 4, 8, 8)}, tiny_vae(), settings)
+
+
+# -- the mask follows the image when the core evaluates part of the latent (issue 20) ----------------
+
+def sample_with(model, positive, negative=None, cfg: float = 1.0, noise: torch.Tensor | None = None, steps: int = 2):
+    """A stock KSampler run (comfy.sample.sample, euler) of a 64 x 128 px image with the given conditionings."""
+    import comfy.sample
+
+    if noise is None:
+        noise = torch.randn((1, 4, 8, 16), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        return comfy.sample.sample(model, noise, steps, cfg, "euler", "ddim_uniform", positive,
+                                   negative if negative is not None else NEGATIVE, torch.zeros_like(noise),
+                                   disable_pbar=True, seed=3)
+
+
+def right_half_area(conditioning):
+    """Core ConditioningSetArea: 64 x 64 px at x = 64 of a 128 x 64 image."""
+    import nodes
+
+    return nodes.ConditioningSetArea().append(conditioning, 64, 64, 64, 0, 1.0)[0]
+
+
+def right_half_bounds(conditioning):
+    """Core ConditioningSetMask with set_cond_area 'mask bounds' and a right-half mask."""
+    import nodes
+
+    return nodes.ConditioningSetMask().append(conditioning, 1.0 - left_half(64, 128, 64), "mask bounds", 1.0)[0]
+
+
+@pytest.mark.parametrize("crop", [right_half_area, right_half_bounds])
+def test_a_mask_outside_a_conditioning_area_leaves_the_image_as_the_unpatched_model_makes_it(setup, crop):
+    """The issue's scenario: 128 x 64 image, subject mask the left half, the positive prompt cropped to the right
+    half, cfg 1: the UNet only sees the right half, where the mask is 0."""
+    positive = crop(POSITIVE)
+    plain = sample_with(setup[0], positive)
+    assert torch.equal(sample_with(patched(setup, [left_half(64, 128, 64)]), positive), plain)
+    # the control: the right-half mask covers all the model sees, so it acts as a patch without a mask does
+    unmasked = sample_with(patched(setup, [None]), positive)
+    assert (unmasked - plain).abs().max() > 1e-3
+    assert torch.equal(sample_with(patched(setup, [1.0 - left_half(64, 128, 64)]), positive), unmasked)
+
+
+def test_conditionings_with_and_without_an_area_each_get_their_part_of_the_mask(setup, blocks):
+    """cfg 5: the positive sees the right half, the negative the whole image, in one batch or two."""
+    mask = left_half(64, 128, 96)  # three quarters: the right half's left half
+    sample_with(patched(setup, [mask]), right_half_area(POSITIVE), cfg=5.0)
+    assert {(8, 8), (8, 16)} <= {c["shape"][2:] for c in blocks}  # the right half and the whole image both ran
+    for c in blocks:
+        h, w = c["shape"][2:]
+        delta = (c["out"] - c["x"]).abs().amax(dim=2).reshape(-1, h, w)
+        whole = (c["whole"] - c["x"]).abs().amax(dim=2).reshape(-1, h, w)
+        if (h, w) == (8, 8):  # the right half at full resolution: columns 0..3 masked, 4..7 not
+            assert torch.equal(delta[:, :, 4:], torch.zeros_like(delta[:, :, 4:]))
+            assert torch.equal(delta[:, :, :4], whole[:, :, :4]) and bool((delta[:, :, :4] > 0).any())
+        if (h, w) == (8, 16):  # the whole image: columns 0..11 masked
+            assert torch.equal(delta[:, :, 12:], torch.zeros_like(delta[:, :, 12:]))
+            assert torch.equal(delta[:, :, :12], whole[:, :, :12])
+
+
+def context_windows(model, dim: int, length: int, overlap: int = 0):
+    """Core ContextWindowsManual: windows of `length` along `dim`, fused flat (disjoint windows are independent)."""
+    import inspect
+
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    options = dict(model=model, context_length=length, context_overlap=overlap, context_schedule="standard_static",
+                   context_stride=1, closed_loop=False, fuse_method="flat", dim=dim)
+    if "freenoise" in inspect.signature(ContextWindowsManualNode.execute).parameters:  # 0.8.0
+        options["freenoise"] = False
+    return ContextWindowsManualNode.execute(**options).result[0]
+
+
+def test_the_mask_follows_context_windows_over_the_image_width(setup):
+    """Two disjoint 8-column windows of a 16-column latent are two independent images: with a left-half mask the
+    left window is what the unmasked patch makes, the right one what the unpatched model makes."""
+    mask = left_half(64, 128, 64)
+    plain = sample_with(context_windows(setup[0], 3, 8), POSITIVE, cfg=5.0)
+    unmasked = sample_with(context_windows(patched(setup, [None]), 3, 8), POSITIVE, cfg=5.0)
+    masked = sample_with(context_windows(patched(setup, [mask]), 3, 8), POSITIVE, cfg=5.0)
+    assert (unmasked[..., :8] - plain[..., :8]).abs().max() > 1e-3
+    assert torch.equal(masked[..., :8], unmasked[..., :8])
+    assert torch.equal(masked[..., 8:], plain[..., 8:])
+
+
+def test_a_mask_per_latent_follows_a_context_window_over_the_batch():
+    """The cores' windows over the batch fail on image latents before the model runs (their timestep check), so
+    the view is checked on its own: the window's latents pick their masks."""
+    from comfy.context_windows import IndexListContextWindow
+
+    from ezigen_lib.frames import latent_views
+    from ezigen_lib.regions import view_region
+
+    conds = [[{"uuid": "positive"}], [{"uuid": "negative", "area": (8, 8, 0, 8)}]]
+    import inspect
+
+    extra = {"total_frames": 3} if "total_frames" in inspect.signature(IndexListContextWindow).parameters else {}
+    window = IndexListContextWindow([2], dim=0, **extra)  # 0.8.0 needs the length of the windowed dimension
+    views = latent_views(conds, torch.zeros(1, 4, 8, 16), {"context_window": window}).by_uuid
+    masks = torch.stack([torch.full((8, 16), float(k)) for k in range(3)])
+    assert views["positive"].items == (2,) and torch.equal(view_region(masks, views["positive"]), masks[2:])
+    assert views["negative"].cols == tuple(range(8, 16)) and views["negative"].rows is None
+    assert torch.equal(view_region(masks, views["negative"]), masks[2:, :, 8:])
+    with pytest.raises(InputValueError, match="holds 2 masks but the sampler runs latent 3"):
+        view_region(masks[:2], views["positive"])
+
+
+def test_a_model_input_cropped_where_the_patch_cannot_see_it_is_refused(setup):
+    """A model wrapper that runs the UNet on two halves (as tiled-sampling nodes do): a mask could not follow."""
+    from ezigen_lib.regions import MaskPlacementError
+
+    def halves(apply_model, args):
+        x, c = args["input"], args["c"]
+        t = args["timestep"]
+        return torch.cat([apply_model(x[..., :8], t, **c), apply_model(x[..., 8:], t, **c)], dim=-1)
+
+    tiled = patched(setup, [left_half(64, 128, 64)])
+    tiled.set_model_unet_function_wrapper(halves)
+    with pytest.raises(MaskPlacementError, match="model input is 8x8 where ComfyUI's conditioning batch holds 8x16"):
+        sample_with(tiled, POSITIVE)
+    unmasked = patched(setup, [None])
+    unmasked.set_model_unet_function_wrapper(halves)
+    sample_with(unmasked, POSITIVE)  # without a mask there is nothing to place
+
+
+def test_a_model_call_outside_the_samplers_batches_is_refused_with_a_mask(setup):
+    from ezigen_lib.capture import capture_features
+    from ezigen_lib.regions import MaskPlacementError
+
+    model = patched(setup, [left_half(64, 64, 32)])
+    with torch.inference_mode(), pytest.raises(MaskPlacementError, match="does not come through ComfyUI's"):
+        capture_features(model.model, torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8), random_context(),
+                         torch.device("cpu"), torch.device("cpu"), torch.float32,
+                         transformer_options=model.model_options["transformer_options"])
+
+
+def test_the_sampler_with_an_area_outside_the_mask_equals_the_unpatched_model_and_says_so(setup):
+    """The issue's scenario with the EZIGen Sampler: cfg 1, the positive on the right half, the mask on the left."""
+    from ezigen_lib.autostop import LoopPolicy
+    from ezigen_lib.generate import GenerationSettings, run_generation
+
+    settings = GenerationSettings(seed=1, steps=4, cfg=1.0, split_ratio=0.5, sampler_name="euler", faithful=False,
+                                  policy=LoopPolicy(loops=1))
+    positive = right_half_area(POSITIVE)
+
+    def generate(model):
+        with torch.inference_mode():
+            return run_generation(model, positive, NEGATIVE, {"samples": torch.zeros(1, 4, 8, 16)}, tiny_vae(),
+                                  settings)
+
+    plain = generate(setup[0])
+    masked = generate(patched(setup, [left_half(64, 128, 64)]))
+    assert torch.equal(masked.latent, plain.latent)
+    (subject,) = masked.report["subjects"]
+    assert subject["region"] == {"masks": 1, "share": 0.5} and subject["acted_share"] == 0.0
+    assert masked.report["warnings"] == [
+        "Subject 1 acted on 0% of the image although its mask covers 50%: the model evaluated the rest without it "
+        "(conditioning areas such as ConditioningSetArea or mask bounds)."]
+    right = generate(patched(setup, [1.0 - left_half(64, 128, 64)]))
+    assert not torch.equal(right.latent, plain.latent)
+    assert right.report["subjects"][0]["acted_share"] == 0.5 and right.report["warnings"] == []

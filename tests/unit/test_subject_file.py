@@ -73,6 +73,12 @@ def _write_variant(path, subject, change):
     save_file(tensors, str(path), metadata)
 
 
+def _poison(tensors, key, value):
+    """One value of one feature replaced (a file damaged, or written by a run that overflowed)."""
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[7] = value
+
+
 BAD_FILES = {
     "not safetensors": (lambda p, s: p.write_bytes(b"\x08" + b"\x00" * 7 + b"{x"),
                         "it is damaged or not a safetensors file"),
@@ -104,6 +110,28 @@ BAD_FILES = {
                        "its metadata field image_count='0' is invalid"),
     "no family": (lambda p, s: _write_variant(p, s, lambda t, m: m.pop("family")),
                   "its metadata field family=None is invalid: expected a model family name"),
+    "a NaN feature": (lambda p, s: _write_variant(p, s, lambda t, m: _poison(t, "features.4", float("nan"))),
+                      "tensor 'features.4' contains NaN or infinite values"),
+    "an infinite feature": (lambda p, s: _write_variant(p, s, lambda t, m: _poison(t, "features.15", float("-inf"))),
+                            "tensor 'features.15' contains NaN or infinite values"),
+    "an adapter name of 200,000 characters": (
+        lambda p, s: _write_variant(p, s, lambda t, m: m.update(adapter="a" * 200_000)),
+        "its metadata is 200"),
+    "an adapter name of 2,000 characters": (
+        lambda p, s: _write_variant(p, s, lambda t, m: m.update(adapter="a" * 2000)),
+        "its metadata field adapter='aaaa"),
+    "words of 5,000 characters": (
+        lambda p, s: _write_variant(p, s, lambda t, m: m.update(subject_prompt="dog " * 1250)),
+        "its metadata field subject_prompt='dog dog"),
+    "a format version of 10,000 characters": (
+        lambda p, s: _write_variant(p, s, lambda t, m: m.update(format_version="9" * 10_000)),
+        "it is subject format version '999"),
+    "a family of 100 characters": (
+        lambda p, s: _write_variant(p, s, lambda t, m: m.update(family="S" * 100)),
+        "its metadata field family='SSS"),
+    "a tensor name of 10,000 characters": (
+        lambda p, s: _write_variant(p, s, lambda t, m: t.update({"x" * 10_000: torch.zeros(1)})),
+        "tensor(s) that are not subject features (e.g. 'xxx"),
 }
 
 
@@ -117,6 +145,48 @@ def test_files_that_are_not_subjects_are_refused_by_name(tmp_path, subject, case
     message = str(info.value)
     assert message.startswith(f"EZIGen subject file '{SHOWN}': ") and expected in message, message
     assert "written by Save EZIGen Subject" in message and str(tmp_path) not in message
+    assert len(message) < 500, len(message)  # whatever the file holds, the message stays short
+
+
+def test_a_subject_of_the_sd_layout_loads(tmp_path):
+    """The real widths (320 .. 1280) make the longest metadata a sound file has, within every bound."""
+    from ezigen_lib.capture import SubjectFeatures
+    from ezigen_lib.slots import slot_widths
+
+    widths = tuple(slot_widths(320))
+    subject = SubjectFeatures(tuple(torch.zeros(1, 2, w, dtype=torch.float16) for w in widths), 2, 512, "SD20",
+                              "checkpoint-200000/model.safetensors")
+    save_subject(tmp_path / "sd.safetensors", subject, "a dog")
+    loaded, metadata = load_subject(tmp_path / "sd.safetensors")
+    assert tuple(f.shape[-1] for f in loaded.features) == widths and metadata["widths"].startswith("320,320,640")
+
+
+def test_encode_subject_refuses_its_own_non_finite_features():
+    """A damaged encoder checkpoint (one NaN weight) would give a subject that turns every image black."""
+    encoder = tiny_encoder()
+    unet = encoder.model.model.diffusion_model
+    with torch.no_grad():
+        unet.input_blocks[0][0].weight.view(-1)[0] = float("nan")
+    with torch.inference_mode(), pytest.raises(FloatingPointError) as info:
+        encode_subject(encoder.model, tiny_vae(), random_context(), torch.rand(1, 64, 64, 3), None, 0, 64,
+                       encoder.info.widths, adapter=ADAPTER)
+    assert str(info.value).startswith("Encode Subject made NaN or infinite values in tensor 'features.0'")
+
+
+@pytest.mark.parametrize("change,expected", [
+    (lambda s: dataclasses.replace(s, features=(s.features[0] * float("inf"),) + s.features[1:]),
+     "The subject to save holds NaN or infinite values in tensor 'features.0'"),
+    (lambda s: dataclasses.replace(s, adapter="a" * 5000), "an adapter name of at most 1024 characters"),
+    (lambda s: dataclasses.replace(s, family="SD 2.0 <base>"), "a family of at most 64 letters"),
+])
+def test_a_subject_that_could_not_be_loaded_is_not_saved(tmp_path, subject, change, expected):
+    with pytest.raises(SubjectFileError) as info:
+        save_new_subject(tmp_path / "s", "x", change(subject), "", "models/ezigen_subjects")
+    assert expected in str(info.value) and len(str(info.value)) < 400
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(SubjectFileError, match="subject_prompt is 2001 characters, more than the 2000"):
+        save_new_subject(tmp_path / "s", "x", subject, "w" * 2001, "models/ezigen_subjects")
+    assert not (tmp_path / "s").exists()
 
 
 def test_another_layout_is_refused_naming_the_adapter_it_needs(subject, encoder):
@@ -166,13 +236,71 @@ def test_a_subject_that_does_not_say_what_made_it_is_not_saved(tmp_path, subject
     ("dogs/.", "does not end with a file name"),
     ("dog:1", "contains ':'"),
     ("dogs/rex?", "contains '?'"),
+    (".git/x", "has a part that starts with '.' ('.git'): hidden names are left out of ComfyUI's file lists"),
+    ("dogs/.rex", "has a part that starts with '.' ('.rex')"),
+    ("x" * 221, "is too long: the name 'xxx"),
+    ("é" * 111, "would be 257 bytes, over the filesystem's limit of 255 bytes per file or folder name (a file "
+                "name's part of the prefix may be 220 bytes"),
+    ("d" * 256 + "/x", "would be 256 bytes, over the filesystem's limit of 255 bytes"),
+    ("/".join(["d" * 200] * 21) + "/x", "exceed the filesystem's limit of 4096 bytes for a whole path"),
+    ("x" * 200_000, "is too long"),
 ])
 def test_prefixes_that_leave_the_folder_are_refused(tmp_path, subject, prefix, expected):
     folder = tmp_path / "ezigen_subjects"
     with pytest.raises(SubjectFileError) as info:
         save_new_subject(folder, prefix, subject, "", "models/ezigen_subjects")
     assert expected in str(info.value) and str(tmp_path) not in str(info.value)
+    assert len(str(info.value)) < 500
     assert not tmp_path.joinpath("s").exists() and not folder.exists()
+
+
+def test_the_longest_prefix_the_filesystem_takes_is_saved(tmp_path, subject):
+    name = save_new_subject(tmp_path, "x" * 220, subject, "", "models/ezigen_subjects")
+    assert name == "x" * 220 + "_00001.safetensors" and (tmp_path / name).is_file()
+
+
+KILLED_SAVE = """
+import resource, signal, sys
+from ezigen_lib.host import bootstrap_inprocess
+bootstrap_inprocess(sys.argv[2])
+import torch
+from ezigen_lib.capture import SubjectFeatures
+from ezigen_lib.subject_file import save_new_subject
+features = tuple(torch.ones(1, 4096, 64, dtype=torch.float16) for _ in range(16))  # 8 MiB
+subject = SubjectFeatures(features, 1, 64, "TinySD", "tiny/adapter.safetensors")
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # writing past the limit below kills the process, as SIGKILL would
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+save_new_subject(sys.argv[1], "rex", subject, "", "models/ezigen_subjects")
+"""
+
+
+def test_a_save_killed_half_way_leaves_nothing_load_lists(tmp_path, subject):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    folder = tmp_path / "subjects"
+    done = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(folder), str(tmp_path / "base")], cwd=REPO,
+                          capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGXFSZ, done.stderr.decode()[-2000:]
+    (leftover,) = folder.iterdir()
+    assert leftover.name.startswith("rex_00001.safetensors.") and leftover.name.endswith(".partial")
+    assert 0 < leftover.stat().st_size <= 1 << 20  # killed half-way through the write
+    registered = folder_paths.folder_names_and_paths.get("ezigen_subjects")
+    folder_paths.folder_names_and_paths["ezigen_subjects"] = ([str(folder)], {".safetensors"})
+    try:
+        folder_paths.filename_list_cache.pop("ezigen_subjects", None)
+        assert folder_paths.get_filename_list("ezigen_subjects") == []
+        assert save_new_subject(folder, "rex", subject, "", "models/ezigen_subjects") == "rex_00001.safetensors"
+        assert folder_paths.get_filename_list("ezigen_subjects") == ["rex_00001.safetensors"]
+    finally:
+        if registered is None:
+            folder_paths.folder_names_and_paths.pop("ezigen_subjects")
+        else:
+            folder_paths.folder_names_and_paths["ezigen_subjects"] = registered
+        folder_paths.filename_list_cache.pop("ezigen_subjects", None)
 
 
 def test_numbered_names_in_subfolders_never_overwrite(tmp_path, subject):

@@ -349,3 +349,38 @@ def test_batched_subject_prompt_gives_each_image_its_row(nodes):
         node.execute(encoder, vae, [[torch.cat([a, b, a]), {}]], images, 5, 64)
     with pytest.raises(ValueError, match="holds 2 conditionings"):
         node.execute(encoder, vae, [[a, {}], [b, {}]], images, 5, 64)
+
+
+def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
+    """ComfyUI reports an exception's type as module + class name (execution.full_type_name); a custom node's
+    module is its path on the server, so the pack's exceptions name the module 'ezigen'. The training errors stay
+    as they are: only the command-line trainer raises them."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import ezigen_lib
+    from execution import full_type_name
+
+    found = {}
+    for info in pkgutil.iter_modules(ezigen_lib.__path__):
+        if info.name in ("train", "training"):
+            continue
+        module = importlib.import_module(f"ezigen_lib.{info.name}")
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BaseException) and cls.__module__.startswith("ezigen"):  # the pack's own
+                found[name] = full_type_name(cls)
+    assert found == {name: f"ezigen.{name}" for name in (
+        "AdapterFileError", "ClipVisionFileError", "CoreChangedError", "EditInputError", "InputValueError", "MaskPlacementError",
+        "SubjectFileError", "UnsupportedModelError")}
+
+
+def test_values_repeated_in_messages_are_cut_short():
+    from ezigen_lib.checks import require_choice, require_finite
+
+    with pytest.raises(InputValueError) as info:
+        require_choice("mode", "x" * 200_000, ("faithful", "clean"))
+    assert len(str(info.value)) < 200 and str(info.value).endswith("... (200002 characters)")
+    with pytest.raises(InputValueError) as info:
+        require_finite("cfg", "1" * 200_000)
+    assert len(str(info.value)) < 200
