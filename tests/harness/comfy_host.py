@@ -253,6 +253,14 @@ class ComfyServer:
         current["Comfy.TutorialCompleted"] = True
         settings.write_text(json.dumps(current, indent=2))
 
+    def add_models(self, folder_name: str, paths: Iterable[Path | tuple[Path, str]]) -> None:
+        """Link more model files into models/<folder_name> of the running server (ComfyUI rescans its model
+        folders when asked for a list, so they appear without a restart); (path, name) shows one under a name."""
+        for entry in paths:
+            path, name = (Path(entry[0]), entry[1]) if isinstance(entry, tuple) else (Path(entry), Path(entry).name)
+            _link_into(self.base_dir / "models" / folder_name, path, name)
+        self._object_info = None
+
     def command(self) -> list[str]:
         """The exact command line used to start the server (handy in failure messages)."""
         base = str(self.base_dir)
