@@ -145,20 +145,24 @@ def pack_processing(source: torch.Tensor, mask: torch.Tensor, short_side: int) -
 
 def reference_processing(source: torch.Tensor, mask: torch.Tensor) -> WorkInputs:
     """The reference's own chain, step for step (PIL as it uses it): the 8-bit source and mask resized
-    with PIL's bicubic filter to short side 512; only mask pixels still 255 count; that 0/1 mask
-    squashed to 512x512 (bilinear, 8-bit, as cv2.INTER_LINEAR) and interpolated to the latent grid.
-    The result is the decoded work image resized back to that short-512 size, with no compositing.
-    (The reference's VAE takes the odd size itself; ComfyUI's takes multiples of 8, so the work image
-    is cropped to one, centred, as ComfyUI's VAE.encode would.)"""
+    with PIL's bicubic filter to short side 512; only mask pixels still 255 count; that 0/1 uint8 mask
+    squashed to 512x512 by cv2's bilinear resize, which rounds back to 0/1, and interpolated to the
+    latent grid. Its VAE floors a size that is not a multiple of 8, keeping the top-left latents, so
+    the extra right and bottom pixels are dropped here. The result is the decoded work image resized
+    back to that short-512 size, with no compositing."""
     height, width = reference_size(*source.shape[1:3], REFERENCE_SHORT_SIDE)
     work_image = _pil_resize(source[0], (height, width))[None]
     work_mask = (_pil_resize(mask[0, :, :, None].expand(-1, -1, 3), (height, width))[..., 0] == 1.0).float()[None]
-    square = (F.interpolate(work_mask[:, None], size=(REFERENCE_SHORT_SIDE,) * 2, mode="bilinear",
-                            align_corners=False) * 255).round() / 255
-    latent_mask = F.interpolate(square, size=(height // 8, width // 8), mode="bilinear", align_corners=False)
-    top, left = (height % 8) // 2, (width % 8) // 2  # the VAE sees a multiple of 8 (as ComfyUI's VAE.encode crops)
-    work_image = work_image[:, top:top + height // 8 * 8, left:left + width // 8 * 8]
-    return WorkInputs(work_image, latent_mask, (height, width))
+    square = _binary_linear_resize(work_mask, (REFERENCE_SHORT_SIDE,) * 2)
+    latent_mask = F.interpolate(square[:, None], size=(height // 8, width // 8), mode="bilinear", align_corners=False)
+    return WorkInputs(work_image[:, :height // 8 * 8, :width // 8 * 8], latent_mask, (height, width))
+
+
+def _binary_linear_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """cv2.resize(INTER_LINEAR) of a 0/1 uint8 mask: the result is 0/1 again. Where one side keeps its
+    size, as in the reference's squash of a short-512 mask, cv2's fixed-point arithmetic comes to the
+    bilinear value rounded with halves up (checked against cv2 in test_faithful.py)."""
+    return (F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5).float()
 
 
 def _pil_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

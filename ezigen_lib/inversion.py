@@ -1,9 +1,9 @@
 """Partial inversion of a source latent with the unpatched base model, keeping the whole trajectory.
 
 The reference inverts with DPM-Solver++(2M) run backwards (noise level rising), no CFG, and an
-"exceptional" text: every token id 7788 with no position embeddings. Its timesteps come from the
-inverse scheduler's leading spacing, 1, 20, 39, ..., 381 for 50 steps, so the inversion ends at
-t = 381 after ceil(s * N) steps. Euler (= deterministic DDIM) inversion is the simpler option.
+"exceptional" text: every token id 7788 with no position embeddings. Its timesteps are the inverse
+scheduler's linspace grid, 0, 20, 40, ..., 400 for 50 steps (schedule.reference_inversion_timesteps):
+ceil(s * N) steps, ending at about t = 1000 s. Euler (= deterministic DDIM) inversion is the simpler option.
 """
 from __future__ import annotations
 

@@ -53,18 +53,20 @@ def reference_sigmas(model_sampling, steps: int) -> torch.Tensor:
     return torch.cat([model_sampling.sigma(timesteps).float().cpu(), torch.zeros(1)])
 
 
-def reference_inversion_timesteps(steps: int, split: float) -> list[float]:
-    """The inverse scheduler's timesteps the reference visits: 1, 1 + r, ..., ceil(s N) steps, r = 1000 // (N + 1).
+def reference_inversion_timesteps(steps: int, split: float) -> list[int]:
+    """The timesteps the reference's inversion visits, from the clean latent to the editing pass's input.
 
-    Where that grid is undefined (r = 0 from N = 1000) or would pass t = 999 (N near 1000, s near 1),
-    the same number of steps is spread evenly from t = 1 to at most t = 999 instead.
+    The reference builds its inverse DPM-Solver with `from_config` on SD2.1-base's PNDM config, which has
+    no `timestep_spacing` key: the PNDM's "leading" is only a recorded default, `from_config` drops it and
+    the inverse scheduler takes its own "linspace": round(k * 999 / N), k = 0 .. N - 1 (round half to even,
+    on the same float64 products as np.linspace), repeats dropped (only N = 1000 has any), then t = 999.
+    It breaks at the first step i with s * N <= i: ceil(s N) steps. N = 50, s = 0.4: 0, 20, ..., 380, 400.
     """
-    count = max(1, math.ceil(split * steps))
-    ratio = TRAIN_TIMESTEPS // (steps + 1)
-    if ratio >= 1 and count * ratio + 1 <= TRAIN_TIMESTEPS - 1:
-        return [j * ratio + 1 for j in range(count + 1)]
-    spacing = min(TRAIN_TIMESTEPS / (steps + 1), (TRAIN_TIMESTEPS - 2) / count)
-    return [1 + j * spacing for j in range(count + 1)]
+    spacing = (TRAIN_TIMESTEPS - 1) / steps
+    levels = list(dict.fromkeys(round(k * spacing) for k in range(steps)))
+    levels.append(TRAIN_TIMESTEPS - 1)  # the inverse scheduler's last sigma: sigma_max
+    count = min(len(levels) - 1, max(1, math.ceil(split * steps)))
+    return levels[:count + 1]
 
 
 def vp_scale(sigma) -> float:

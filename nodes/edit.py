@@ -52,7 +52,8 @@ class EZIGenEdit(io.ComfyNode):
                 *autostop_inputs("rounds", fewest=1),
                 io.Combo.Input("mode", options=EDIT_MODES, default="faithful",
                                tooltip="faithful: the reference's maths (its timesteps for every step count with "
-                                       "ddim_uniform, inversion steps t = 1, 20, ..., 381, one-step-late background, "
+                                       "ddim_uniform, inversion steps t = 0, 20, ..., 400 handed to the editing start, "
+                                       "one-step-late background, "
                                        "sampled VAE round trips), with this node's mask, size and compositing "
                                        "options. reference: all of that plus the reference's own pre- and "
                                        "post-processing, so the output is what the reference returns (hard mask, "

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from ezigen_lib.autostop import LoopPolicy
-from ezigen_lib.edit import EditInputError, EditSettings, processing_size, run_edit
+from ezigen_lib.edit import EditInputError, EditSettings, inversion_sigmas, processing_size, run_edit
 from ezigen_lib.inversion import invert
-from ezigen_lib.schedule import reference_inversion_timesteps
+from ezigen_lib.schedule import loop_start_index, reference_inversion_timesteps, reference_sigmas
 from ezigen_lib.inject import NEVER_ON
 from ezigen_lib.sampling import CallCounter, with_window
 
+from .reference_scheduler import reference_inverse_levels, reference_inverse_scheduler, reference_inversion_steps
 from .tiny import patched_tiny, random_context
 
 POSITIVE = [[random_context(100), {}]]
@@ -34,9 +35,53 @@ def edit(parts, image=SOURCE, mask=MASK, **kw):
         return run_edit(model, CONTEXT, vae, image, mask, POSITIVE, NEGATIVE, settings)
 
 
-def test_reference_inversion_timesteps():
-    steps = reference_inversion_timesteps(50, 0.4)
-    assert steps[:3] == [1, 20, 39] and steps[-1] == 381 and len(steps) == 21  # ceil(0.4 * 50) = 20 steps
+GRID_STEPS = [10, 20, 25, 30, 50, 100]
+GRID_SPLITS = [0.2, 0.4, 0.6]
+
+
+@pytest.mark.parametrize("split", GRID_SPLITS)
+@pytest.mark.parametrize("steps", GRID_STEPS)
+def test_faithful_inversion_grid_is_the_references(parts, steps, split):
+    """The levels faithful editing inverts along are the reference's scheduler's own: its timesteps and
+    its sigmas (from the shipped SD2.1-base config, through from_config as the reference builds it)."""
+    scheduler = reference_inverse_scheduler(steps)
+    visited = reference_inversion_steps(scheduler, steps, split)
+    expected = reference_inverse_levels(steps, split)
+    assert reference_inversion_timesteps(steps, split) == expected
+    model_sampling = parts[0].get_model_object("model_sampling")
+    loop_sigmas = reference_sigmas(model_sampling, steps)[loop_start_index(steps, split):]
+    levels = inversion_sigmas(model_sampling, loop_sigmas, steps, split, faithful=True)
+    torch.testing.assert_close(levels, scheduler.sigmas[:len(visited) + 1].float(), rtol=5e-5, atol=0)  # two fp32 cumprods
+
+
+def test_faithful_inversion_hands_over_at_t400_for_the_defaults():
+    assert reference_inversion_timesteps(50, 0.4) == list(range(0, 401, 20))
+    assert reference_inversion_timesteps(30, 0.4)[-3:] == [333, 366, 400]
+
+
+@pytest.mark.parametrize("steps", [30, 50])
+def test_inversion_trajectory_matches_the_reference_scheduler_on_the_tiny_unet(parts, steps):
+    """The whole faithful inversion trajectory, stepped by diffusers' scheduler (built as the reference
+    builds it) on the tiny UNet's noise prediction, against the pack's, level by level."""
+    model, vae = parts
+    split = 0.4
+    scheduler = reference_inverse_scheduler(steps)
+    unet = model.model.diffusion_model
+    with torch.inference_mode():
+        latent = vae.encode(SOURCE)
+        z = model.model.process_latent_in(latent)
+        expected = [z]
+        for t in reference_inversion_steps(scheduler, steps, split):
+            eps = unet(expected[-1], torch.tensor([float(t)]), context=CONTEXT)
+            expected.append(scheduler.step(eps, t, expected[-1]).prev_sample)
+        model_sampling = model.get_model_object("model_sampling")
+        loop_sigmas = reference_sigmas(model_sampling, steps)[loop_start_index(steps, split):]
+        levels = inversion_sigmas(model_sampling, loop_sigmas, steps, split, faithful=True)
+        trajectory = invert(with_window(model, NEVER_ON, CallCounter()), CONTEXT, latent, levels)
+    assert len(trajectory) == len(expected) == math.ceil(split * steps) + 1
+    for k, (x, sigma, reference) in enumerate(zip(trajectory, levels, expected)):
+        torch.testing.assert_close(x / math.sqrt(1 + float(sigma) ** 2), reference, rtol=1e-5, atol=1e-5,
+                                   msg=lambda m: f"level {k}: {m}")
 
 
 @pytest.mark.parametrize("solver", ["dpmpp_2m", "euler"])
@@ -126,10 +171,8 @@ def test_bad_inputs(parts, image, mask, message):
 
 
 def test_dpmpp_inverse_matches_the_reference_scheduler(parts):
-    """Our DPM-Solver++(2M) inverse against diffusers' DPMSolverMultistepInverseScheduler configured as the
-    reference's (leading spacing inherited from the PNDM config), on an analytic noise predictor."""
-    from diffusers import DPMSolverMultistepInverseScheduler
-
+    """Our DPM-Solver++(2M) inverse against the reference's DPMSolverMultistepInverseScheduler (built from
+    the shipped SD2.1-base config as the reference builds it), on an analytic noise predictor."""
     from ezigen_lib.inversion import _dpmpp_2m_inverse
 
     model_sampling = parts[0].get_model_object("model_sampling")
@@ -137,16 +180,12 @@ def test_dpmpp_inverse_matches_the_reference_scheduler(parts):
     def eps(x_vp, t):
         return 0.3 * x_vp + 0.002 * t - 0.1 * x_vp ** 2
 
-    scheduler = DPMSolverMultistepInverseScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
-        timestep_spacing="leading", algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
-        lower_order_final=True, prediction_type="epsilon")
-    scheduler.set_timesteps(50)
+    scheduler = reference_inverse_scheduler(50)
+    visited = reference_inversion_steps(scheduler, 50, 0.4)
     steps = reference_inversion_timesteps(50, 0.4)
-    assert scheduler.timesteps[:len(steps)].tolist() == steps
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     expected = z.clone()
-    for t in scheduler.timesteps[:len(steps) - 1]:
+    for t in visited:
         expected = scheduler.step(eps(expected, float(t)), t, expected).prev_sample
 
     sigmas = model_sampling.sigma(torch.tensor(steps, dtype=torch.float32))

@@ -22,6 +22,7 @@ from ezigen_lib.inversion import invert
 from ezigen_lib.inject import NEVER_ON
 from ezigen_lib.sampling import CallCounter, with_window
 
+from .reference_scheduler import reference_inverse_levels
 from .tiny import patched_tiny, random_context, sample, tiny_encoder, tiny_model
 
 POSITIVE = [[random_context(100), {}]]
@@ -44,16 +45,6 @@ def reference_ddpm_timesteps(steps: int) -> list[int]:
                               timestep_spacing="leading", steps_offset=1)
     scheduler.set_timesteps(steps)
     return scheduler.timesteps.tolist()
-
-
-def reference_inverse_timesteps(steps: int, split: float) -> list[int]:
-    from diffusers import DPMSolverMultistepInverseScheduler
-
-    scheduler = DPMSolverMultistepInverseScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
-        algorithm_type="dpmsolver++", solver_order=2)
-    scheduler.set_timesteps(steps)
-    return scheduler.timesteps.tolist()[:math.ceil(split * steps) + 1]  # the reference breaks after ceil(s N)
 
 
 class ModelInputs:
@@ -142,7 +133,7 @@ def test_faithful_generation_samples_the_reference_timesteps(parts, model_sampli
 def test_faithful_edit_inverts_and_edits_on_the_reference_grids(parts, model_sampling, steps):
     spy = ModelInputs(parts[0])
     result = edit(parts, model=spy.model, steps=steps)
-    inversion = reference_inverse_timesteps(steps, 0.4)
+    inversion = reference_inverse_levels(steps, 0.4)
     editing = reference_ddpm_timesteps(steps)[int(steps - 0.4 * steps):]
     assert spy.timesteps(model_sampling) == inversion[:-1] + editing  # one evaluation per interval
     assert result.report["inversion_timesteps"] == pytest.approx(inversion, abs=0.01)
@@ -150,12 +141,12 @@ def test_faithful_edit_inverts_and_edits_on_the_reference_grids(parts, model_sam
 
 # --- 0. the edit's regeneration start ----------------------------------------------------------------------
 def test_edit_starts_from_the_inverted_latent_as_the_reference_hands_it_over(parts, model_sampling):
-    """N = 30: the inversion ends at t = 385 but editing starts at t = 364; the reference passes the
+    """N = 30: the inversion ends at t = 400 but editing starts at t = 364; the reference passes the
     variance-preserving latent on unchanged, so the UNet's first editing input is that latent."""
     spy = ModelInputs(parts[0])
     edit(parts, model=spy.model, steps=30)
-    inverse_steps = reference_inverse_timesteps(30, 0.4)
-    assert inverse_steps[-1] == 385
+    inverse_steps = reference_inverse_levels(30, 0.4)
+    assert inverse_steps[-1] == 400
     with torch.inference_mode():
         latent = parts[1].encode(SOURCE)  # the tiny VAE has no posterior: its encoding is exact
         levels = model_sampling.sigma(torch.tensor(inverse_steps, dtype=torch.float32))
@@ -266,16 +257,20 @@ def test_patch_gates_by_the_references_step_index_on_a_whole_schedule(monkeypatc
 @pytest.mark.slow
 def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
     """Source 50x70: the reference works at 512x716 (PIL bicubic, 8-bit), keeps only mask pixels that
-    stay 255, squashes that mask to 512x512 and interpolates it to the 64x89 latent grid, and returns the
-    decoded image resized (PIL bicubic) to 512x716 with no compositing."""
+    stay 255, squashes that 0/1 uint8 mask to 512x512 with cv2 (so it stays 0/1) and interpolates it to
+    the 64x89 latent grid; its VAE sees the top-left 512x712 (716 is floored to a multiple of 8, latents
+    aligned top left); it returns the decoded image resized (PIL bicubic) to 512x716, not composited."""
+    import cv2
+
     import ezigen_lib.edit as edit_module
 
     source = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(8))
     mask = torch.zeros(50, 70)
     mask[10:30, 20:50] = 1.0
     mask[30:40, 20:50] = 0.6  # soft: the reference drops it
-    seen, decoded = {}, []
+    seen, decoded, encoded = {}, [], []
     original_blend, original_decode = edit_module._blend_sampler, type(parts[1]).decode
+    original_encode = edit_module.encode_sample
 
     def blend_sampler(step_sampler, background, latent_mask, *args):
         seen["mask"] = latent_mask
@@ -285,7 +280,12 @@ def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
         decoded.append(original_decode(self, x))
         return decoded[-1]
 
+    def encode_sample(vae, pixels, seed):
+        encoded.append(pixels.clone())
+        return original_encode(vae, pixels, seed)
+
     monkeypatch.setattr(edit_module, "_blend_sampler", blend_sampler)
+    monkeypatch.setattr(edit_module, "encode_sample", encode_sample)
     monkeypatch.setattr(type(parts[1]), "decode", decode)
     settings = EditSettings(seed=2, steps=10, sampler_name="euler", policy=LoopPolicy(loops=1),
                             faithful=True, reference_output=True, short_side=64, hard_mask=False)
@@ -297,18 +297,42 @@ def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
         return Image.fromarray((array01 * 255).round().astype(np.uint8), "RGB")
 
     mask_rgb = pil(np.repeat(mask.numpy()[..., None], 3, axis=-1)).resize((716, 512), Image.Resampling.BICUBIC)
-    hard = (np.asarray(mask_rgb)[..., 0] // 255).astype(np.float32)
-    square = F.interpolate(torch.from_numpy(hard)[None, None], size=(512, 512), mode="bilinear",
-                           align_corners=False)
-    square = (square * 255).round() / 255  # cv2 on 8-bit 0/1 keeps 0/1 with rounding
-    expected_mask = F.interpolate(square, size=(64, 89), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(seen["mask"], expected_mask)
+    hard = (np.asarray(mask_rgb)[..., 0] // 255).astype(np.uint8)
+    square = cv2.resize(hard, (512, 512), interpolation=cv2.INTER_LINEAR)
+    assert set(np.unique(square)) == {0, 1}
+    expected_mask = F.interpolate(torch.from_numpy(square).float()[None, None], size=(64, 89), mode="bilinear",
+                                  align_corners=False)
+    torch.testing.assert_close(seen["mask"], expected_mask, atol=0, rtol=0)
+    work = np.asarray(pil(source[0].numpy()).resize((716, 512), Image.Resampling.BICUBIC)) / 255
+    assert encoded[0].shape == (1, 512, 712, 3)
+    torch.testing.assert_close(encoded[0][0], torch.from_numpy(work[:, :712]).float())
     assert float(seen["mask"][0, 0, 41:50].max()) == 0.0  # the soft rows (30..40 of 50, 38..51 of 64) are out
     assert float(seen["mask"][0, 0, 16:36, 30:60].min()) == 1.0  # the fully painted ones are in
     final = np.asarray(pil(decoded[-1][0].numpy()).resize((716, 512), Image.Resampling.BICUBIC)) / 255
     assert result.image.shape == (1, 512, 716, 3)
     torch.testing.assert_close(result.image[0], torch.from_numpy(final).float())
     assert result.report["mode"] == "reference"
+
+
+@pytest.mark.parametrize("size", [(512, 716), (716, 512), (512, 1024), (512, 683), (777, 512), (512, 512)])
+def test_reference_mask_squash_is_cv2s_resize_of_a_01_image(size):
+    """The reference squashes its short-512 0/1 uint8 mask to 512x512 with cv2.resize(INTER_LINEAR): the
+    result is 0/1 again, decided by cv2's fixed-point rounding. Rectangles, a disc, stripes, noise."""
+    import cv2
+
+    from ezigen_lib.edit import _binary_linear_resize
+
+    g = torch.Generator().manual_seed(sum(size))
+    h, w = size
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    masks = [(yy >= h // 5) & (yy < h // 2) & (xx >= w // 3) & (xx < w - 7),
+             (yy - h / 3) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 4) ** 2,
+             xx % 2 == 1, yy % 3 == 0,
+             torch.rand(h, w, generator=g) > 0.5]
+    for mask in masks:
+        expected = cv2.resize(mask.numpy().astype(np.uint8), (512, 512), interpolation=cv2.INTER_LINEAR)
+        ours = _binary_linear_resize(mask.float()[None], (512, 512))[0]
+        assert torch.equal(ours, torch.from_numpy(expected).float())
 
 
 # --- autostop compares each round with the one before ---------------------------------------------------------

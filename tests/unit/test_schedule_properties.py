@@ -76,7 +76,7 @@ def test_inversion_grid_rises_strictly_to_the_editing_start(steps, split, schedu
     assert float(levels[0]) > 0
     if faithful:
         timesteps = reference_inversion_timesteps(n, split)
-        assert len(timesteps) == math.ceil(split * n) + 1 and 1 <= timesteps[0] and timesteps[-1] <= 999
+        assert len(timesteps) == math.ceil(split * n) + 1 and timesteps[0] == 0 and timesteps[-1] <= 999
     else:
         assert torch.allclose(levels[-1], loop_sigmas[0])  # clean: ends exactly where editing starts
 
