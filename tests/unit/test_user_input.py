@@ -85,7 +85,7 @@ def test_edit_work_size_is_bounded_by_a_pixel_budget():
     with pytest.raises(EditInputError, match=r"1 x 4096\) at short_side 512 would be edited at 512 x 2097152 = "
                                              r"1,073,741,824 pixels, more than EZIGen Edit's limit of 4,194,304"):
         processing_size(1, 4096, 512)
-    with pytest.raises(EditInputError, match="crop the source around the masked region"):
+    with pytest.raises(EditInputError, match="set crop to 'around mask'"):
         processing_size(1024, 2100, 2048)
 
 
