@@ -9,6 +9,7 @@ from PIL import Image
 
 from comfy_host import PromptFailed, node_id, set_inputs, ui_workflow_errors
 
+from ezigen_lib.crop import Box, crop_box
 from ezigen_prompts import api_prompt, images_of, load_workflow, saver_of, small
 
 def fast(prompt, seed, **edit):
@@ -30,7 +31,7 @@ def test_workflows_are_valid_against_the_server(server, workflow):
 
 
 def test_edit_keeps_everything_outside_the_mask(server, seed):
-    prompt = fast(small(api_prompt(server, "ezigen_edit.json"), seed), seed)
+    prompt = fast(small(api_prompt(server, "ezigen_edit.json"), seed), seed, crop="whole image")
     history = server.run(prompt)
     (result,) = images_of(server, history, saver_of(prompt, "EZIGenEdit", 0))
     rounds = images_of(server, history, saver_of(prompt, "EZIGenEdit", 1))
@@ -44,6 +45,32 @@ def test_edit_keeps_everything_outside_the_mask(server, seed):
     report = report_of(history)
     assert report["unet_evaluations"] == 2 and report["inversion_evaluations"] == 2  # 5 steps, split 0.4
     assert report["reference_unet_evaluations"] == 5 + 2 and report["processing_size"] == [64, 88]
+    assert report["crop"] == "whole image"
+
+
+def test_large_painted_source_is_edited_around_its_mask(server, seed):
+    """A 1536 x 2048 photo with a painted (transparent) 96 x 128 region, through a prompt saved before the crop
+    inputs existed: the default crop edits only the box around the region, and every other pixel is the photo's."""
+    height, width, region = 1536, 2048, Box(1100, 300, 96, 128)
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    alpha = np.full((height, width), 255, np.uint8)
+    alpha[region.slices] = 0  # LoadImage's mask is 1 - alpha: the transparent area is the region
+    Image.fromarray(np.dstack([pixels, alpha]), "RGBA").save(server.base_dir / "input" / "large_photo.png")
+    prompt = fast(small(api_prompt(server, "ezigen_edit.json"), seed), seed)
+    edit = prompt[node_id(prompt, "EZIGenEdit")]
+    prompt[edit["inputs"]["image"][0]]["inputs"]["image"] = "large_photo.png"
+    del edit["inputs"]["crop"], edit["inputs"]["crop_context"]  # as saved before crop-and-stitch
+    history = server.run(prompt)
+    (result,) = images_of(server, history, saver_of(prompt, "EZIGenEdit", 0))
+    box, work = crop_box(height, width, region, 64)
+    report = report_of(history)
+    assert report["crop"] == {"box": box.as_list(), "work_size": list(work)} and report["processing_size"] == list(work)
+    assert result.shape == pixels.shape
+    outside_box = np.ones((height, width), bool)
+    outside_box[box.slices] = False
+    assert np.array_equal(result[outside_box], pixels[outside_box])
+    assert np.array_equal(result[alpha == 255], pixels[alpha == 255])  # in the box, unpainted: the photo's
+    assert np.abs(result[alpha == 0].astype(int) - pixels[alpha == 0].astype(int)).mean() > 1
 
 
 FLUX_HEIGHT, FLUX_WIDTH = 128, 160
@@ -71,7 +98,10 @@ def test_flux_workflow_runs_end_to_end(flux_server, seed):
     flux_decode = prompt[node_id(prompt, "EZIGenEdit")]["inputs"]["image"][0]
     prompt["951"] = {"class_type": "SaveImage", "inputs": {"images": [flux_decode, 0], "filename_prefix": "flux"}}
     prompt = fast(small(prompt, seed), seed)
-    history = server.run(prompt)
+    try:
+        history = server.run(prompt)
+    finally:
+        server.free_memory()  # the FLUX stand-in takes 2 GB as float32: not for the rest of the session
     (flux_image,) = images_of(server, history, "951")
     (result,) = images_of(server, history, saver_of(prompt, "EZIGenEdit", 0))
     assert "model_type FLUX" in server.log_path.read_text()  # ComfyUI's own detection called it FLUX
@@ -80,6 +110,9 @@ def test_flux_workflow_runs_end_to_end(flux_server, seed):
     inside[top:top + height, left:left + width] = True
     assert np.array_equal(result[~inside], flux_image[~inside])
     assert np.abs(result[inside].astype(int) - flux_image[inside].astype(int)).mean() > 1
+    box, work = crop_box(FLUX_HEIGHT, FLUX_WIDTH, Box(*FLUX_REGION), 64)  # crop-and-stitch, the workflow's default
+    assert report_of(history)["crop"] == {"box": box.as_list(), "work_size": list(work)}
+    assert box.height < FLUX_HEIGHT and box.width < FLUX_WIDTH
 
 
 def test_mask_of_another_size_is_a_clear_error(server, seed):

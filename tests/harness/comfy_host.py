@@ -442,6 +442,12 @@ class ComfyServer:
         queue = self._http.get(f"{self.url}/queue", timeout=30).json()
         return any(item[1] == prompt_id for item in queue.get("queue_running", []))
 
+    def free_memory(self) -> None:
+        """Ask the server to unload its models and drop its node cache before the next prompt (POST /free), so a
+        big model one test needed does not stay resident for the rest of the session."""
+        self._http.post(f"{self.url}/free", json={"unload_models": True, "free_memory": True},
+                        timeout=30).raise_for_status()
+
     def interrupt(self) -> None:
         """Ask the server to stop the prompt that is running (the editor's Cancel button)."""
         self._http.post(f"{self.url}/interrupt", timeout=30).raise_for_status()
