@@ -3,13 +3,14 @@
 Each round: invert the current image up to the loop's start (unpatched model, exceptional prompt,
 no CFG); denoise the last n_l steps with the subject injected at every step; after every step put
 the background back from the first round's inversion trajectory. Rounds repeat under the same
-autostop rule as generation. Work happens at the reference resolution (short side 512); the result
-is scaled back to the source size and pasted into the source outside the mask (docs/method.md
-sections 11 to 13).
+autostop rule as generation. Work happens at the reference resolution (short side 512), on a box
+around the mask (crop-and-stitch, `crop.py`) or on the whole image; the result is scaled back and
+pasted into the source inside the mask (docs/method.md sections 11 to 13).
 """
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -22,8 +23,9 @@ import comfy.sample
 import comfy.samplers
 
 from .checks import public_error, require_choice, require_finite
-from .inject import (ALWAYS_ON, NEVER_ON, reach_warnings, require_region_batches, reset_subject_reach,
-                     subject_injections, subject_reports)
+from .crop import CROP_MODES, DEFAULT_CONTEXT, Box, CropError, crop_box, mask_bounds
+from .inject import (ALWAYS_ON, NEVER_ON, crop_subject_regions, reach_warnings, require_region_batches,
+                     reset_subject_reach, subject_injections, subject_reports)
 from .regions import share_outside
 from .inversion import SOLVERS, invert
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
@@ -51,10 +53,16 @@ class EditSettings(LoopSettings):
     short_side: int = 512
     output_size: str = "source"
     reference_output: bool = False  # the reference's exact pre/post-processing (see `reference_processing`)
+    crop: str = "whole image"  # or "around mask" (the node's default): edit a box around the mask (`crop.py`)
+    crop_context: float = DEFAULT_CONTEXT
 
     def __post_init__(self):
         require_finite("cfg", self.cfg)
         require_choice("inversion", self.solver, SOLVERS)
+        require_choice("crop", self.crop, CROP_MODES)
+        if not math.isfinite(self.crop_context) or self.crop_context < 0:
+            raise EditInputError(f"crop_context must be a number >= 0 (a fraction of the region's size), got "
+                                 f"{self.crop_context}")
         if not 0.0 < self.split_ratio <= 1.0:
             raise EditInputError(f"split_ratio must be in (0, 1] for editing, got {self.split_ratio}")
         if self.output_size not in OUTPUT_SIZES:
@@ -111,8 +119,7 @@ def reference_size(height: int, width: int, short_side: int) -> tuple[int, int]:
         raise EditInputError(
             f"the source ({height} x {width}) at short_side {short_side} would be edited at {size[0]} x {size[1]} = "
             f"{size[0] * size[1]:,} pixels, more than EZIGen Edit's limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): "
-            "crop the source around the masked region (ImageCrop, with the mask cropped the same way) or lower "
-            "short_side")
+            "set crop to 'around mask' (only a box around the mask is edited) or lower short_side")
     return size
 
 
@@ -127,6 +134,25 @@ def _resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def edit_box(source: torch.Tensor, mask: torch.Tensor, settings: EditSettings) -> tuple[Box, tuple[int, int]] | None:
+    """The box crop-and-stitch edits and its work size; None for the whole image (the crop option, or the
+    reference mode, which keeps the reference's whole-image processing)."""
+    if settings.crop != "around mask" or settings.reference_output:
+        return None
+    region = mask_bounds(mask)
+    try:
+        box, work = crop_box(*source.shape[1:3], region, settings.short_side, settings.crop_context)
+    except CropError as error:
+        raise EditInputError(str(error)) from None
+    if work[0] * work[1] > MAX_WORK_PIXELS:
+        raise EditInputError(
+            f"the box around the mask ({box.height} x {box.width} source pixels) would be edited at {work[0]} x "
+            f"{work[1]} = {work[0] * work[1]:,} pixels at short_side {settings.short_side}, more than EZIGen Edit's "
+            f"limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): lower crop_context or short_side, or edit long thin "
+            "or far apart regions one at a time (a mask each)")
+    return box, work
+
+
 @dataclass(frozen=True)
 class WorkInputs:
     """The source at the work size, the mask on the latent grid, and the size of the result."""
@@ -135,9 +161,10 @@ class WorkInputs:
     result_size: tuple[int, int]
 
 
-def pack_processing(source: torch.Tensor, mask: torch.Tensor, short_side: int) -> WorkInputs:
-    """Ours: the source resized to the floored work size, the mask as given (soft or hard) bilinearly."""
-    size = processing_size(*source.shape[1:3], short_side)
+def pack_processing(source: torch.Tensor, mask: torch.Tensor, short_side: int,
+                    size: tuple[int, int] | None = None) -> WorkInputs:
+    """Ours: the source resized to the floored work size (or `size`), the mask as given (soft or hard) bilinearly."""
+    size = size or processing_size(*source.shape[1:3], short_side)
     work_mask = _resize_mask(mask, size)
     latent_mask = F.interpolate(work_mask[:, None], size=(size[0] // 8, size[1] // 8), mode="bilinear",
                                 align_corners=False)
@@ -247,8 +274,15 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
                                settings.mode, started, warnings, subjects=subjects)
         return RoundsResult(latent=None, image=source, round_images=source, report=report)
 
-    work = reference_processing(source, mask) if settings.reference_output else \
-        pack_processing(source, mask, settings.short_side)
+    crop = edit_box(source, mask, settings)
+    if settings.reference_output:
+        work = reference_processing(source, mask)
+    elif crop is None:
+        work = pack_processing(source, mask, settings.short_side)
+    else:
+        rows, cols = crop[0].slices
+        work = pack_processing(source[:, rows, cols], mask[:, rows, cols], settings.short_side, crop[1])
+        model = crop_subject_regions(model, crop[0], tuple(source.shape[1:3]))
     faithful = settings.faithful or settings.reference_output
     plan = plan_loops(model.get_model_object("model_sampling"), settings, faithful)
     inverter = Inverter(model, vae, inversion_context, plan, settings, faithful)
@@ -273,11 +307,13 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     reason = run_rounds(rounds, settings.policy, sample_round, vae, progress, plan.loop_steps, "editing round {}",
                         first_round_always=True)
     progress.finish()
-    for report, injection in zip(subjects, subject_injections(model)):
-        report["acted_share"] = round(injection.acted_share(), 4)
+    box = None if crop is None else crop[0]
+    acted_scale = 1.0 if box is None else box.height * box.width / (source.shape[1] * source.shape[2])
+    for report, injection in zip(subjects, subject_injections(model)):  # the patches that ran (cut to the box)
+        report["acted_share"] = round(injection.acted_share() * acted_scale, 4)
     warnings = warnings + reach_warnings(model)
-    result_image = finish_image(rounds.last_image[..., :3], source, mask, work, settings)
-    details = edit_details(plan, inverter, work, result_image, settings, rounds.loops)
+    result_image = finish_image(rounds.last_image[..., :3], source, mask, work, settings, box)
+    details = edit_details(plan, inverter, work, result_image, settings, rounds.loops, crop)
     report = rounds_report(rounds, reason, edit_counter.calls, details, settings.mode, started, warnings,
                            subjects=subjects)
     return RoundsResult(latent=rounds.last_latent, image=result_image, round_images=rounds.all_images(), report=report)
@@ -331,9 +367,10 @@ class Inverter:
 
 
 def edit_details(plan: LoopPlan, inverter: Inverter, work: WorkInputs, result_image: torch.Tensor,
-                 settings: EditSettings, loops: int) -> dict:
+                 settings: EditSettings, loops: int, crop: tuple[Box, tuple[int, int]] | None = None) -> dict:
     ms, inversion_steps = inverter.model_sampling, len(inverter.levels) - 1
     return {
+        "crop": "whole image" if crop is None else {"box": crop[0].as_list(), "work_size": list(crop[1])},
         "inversion_evaluations": inverter.counter.calls,
         "reference_unet_evaluations": reference_edit_unet_calls(plan.steps, settings.split_ratio, loops),
         "reference_inversion_evaluations": reference_inversion_calls(inversion_steps, loops),
@@ -345,13 +382,21 @@ def edit_details(plan: LoopPlan, inverter: Inverter, work: WorkInputs, result_im
 
 
 def finish_image(decoded: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, work: WorkInputs,
-                 settings: EditSettings) -> torch.Tensor:
+                 settings: EditSettings, box: Box | None = None) -> torch.Tensor:
     """The reference returns the decoded work image at its short-512 size; ours pastes the edit into the
-    source at the source size (pixels outside the mask exactly the source's)."""
+    source at the source size (pixels outside the mask exactly the source's), into the box when cropped
+    (pixels outside the box are the source's own, untouched)."""
     if settings.reference_output:
         return _pil_resize(decoded[0], work.result_size)[None]
     if settings.output_size != "source":
         return decoded
-    height, width = source.shape[1:3]
-    full_mask = mask[..., None]
-    return source * (1 - full_mask) + _resize_image(decoded, (height, width)) * full_mask
+    if box is None:
+        height, width = source.shape[1:3]
+        full_mask = mask[..., None]
+        return source * (1 - full_mask) + _resize_image(decoded, (height, width)) * full_mask
+    rows, cols = box.slices
+    box_mask = mask[:, rows, cols, None]
+    result = source.clone()
+    result[:, rows, cols] = (source[:, rows, cols] * (1 - box_mask)
+                             + _resize_image(decoded, (box.height, box.width)) * box_mask)
+    return result

@@ -85,6 +85,15 @@ class SubjectInjection:
         gated.window = window
         return gated
 
+    def with_region(self, region: torch.Tensor | None) -> SubjectInjection:
+        """This subject acting in `region` instead (a crop of its own mask); shares the adapter and cache."""
+        placed = copy.copy(self)
+        placed.region = region
+        placed.acts_somewhere = region is None or bool(region.any())
+        placed._region_cache = {}
+        placed._reach = {}  # where it acts is counted on its own grid (the box's), not on the whole image's
+        return placed
+
     def active_mask(self, sigmas: torch.Tensor | None, batch: int,
                     schedule: torch.Tensor | None = None) -> torch.Tensor | None:
         """Per-sample gate (None = all on); the UNet batch is the latent batch times the cond chunks.
@@ -275,6 +284,23 @@ def gate_subjects(model, window: tuple[float, float]):
                                for p in patches.get("middle_patch", [])]
     options["patches"] = patches
     return gated
+
+
+def crop_subject_regions(model, box, source_size: tuple[int, int]):
+    """A clone of `model` whose subject masks are cut to `box` (a `crop.Box` of a `source_size` image): a
+    subject's mask is stretched to the whole image, and crop-and-stitch edits only the box."""
+    if not any(p.region is not None for p in subject_injections(model)):
+        return model
+    rows, cols = box.slices
+    cropped = model.clone()
+    options = cropped.model_options["transformer_options"]
+    patches = dict(options.get("patches", {}))
+    patches["middle_patch"] = [
+        p.with_region(resize_region(p.region, source_size)[:, rows, cols].contiguous())
+        if isinstance(p, SubjectInjection) and p.region is not None else p
+        for p in patches.get("middle_patch", [])]
+    options["patches"] = patches
+    return cropped
 
 
 def subject_injections(model) -> list[SubjectInjection]:

@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..ezigen_lib.autostop import LoopPolicy
 from ..ezigen_lib.chart import similarity_chart
+from ..ezigen_lib.crop import CROP_MODES, DEFAULT_CONTEXT
 from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, run_edit
 from ..ezigen_lib.inversion import SOLVERS, exceptional_prompt
 from ..ezigen_lib.layout import require_conditioning_width, require_text_width
@@ -71,13 +72,25 @@ class EZIGenEdit(io.ComfyNode):
                 io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="source",
                                tooltip="source: the result at the source's size, pixels outside the mask taken "
                                        "from the source. reference: what the reference returns (the work-size "
-                                       "image)."),
+                                       "image; with crop 'around mask', the box's)."),
+                # Optional (with defaults), so prompts saved before these inputs existed still run.
+                io.Combo.Input("crop", options=list(CROP_MODES), default="around mask", optional=True,
+                               tooltip="around mask: edit only a box around the mask at short_side and paste it "
+                                       "back (crop-and-stitch): the region keeps its detail in a large image and "
+                                       "every pixel outside the box stays the source's. whole image: scale the "
+                                       "whole source to short_side (the cost and detail of a 512 px image). "
+                                       "The reference mode always uses the whole image."),
+                io.Float.Input("crop_context", default=DEFAULT_CONTEXT, min=0.0, max=4.0, step=0.05, optional=True,
+                               tooltip="How much of the surroundings the box keeps: every side of the mask's "
+                                       "bounding box grows by this fraction of the region's longer side (0.5: a "
+                                       "square region fills half the box's side)."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Image encoder for the autostop (OpenAI ViT-B/32 as the reference)."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The edited image."),
-                io.Image.Output(display_name="rounds", tooltip="The source then every round, at the work size."),
+                io.Image.Output(display_name="rounds", tooltip="The source (the box, when cropped) then every "
+                                                              "round, at the work size."),
                 io.String.Output(display_name="report", tooltip="Rounds, similarities, stop reason, UNet evaluations."),
                 similarity_chart_output("rounds"),
             ],
@@ -87,7 +100,7 @@ class EZIGenEdit(io.ComfyNode):
     def execute(cls, model, clip, vae, image, mask, positive, negative, seed: int, steps: int, cfg: float,
                 sampler_name: str, scheduler: str, split_ratio: float, loops: int, min_loops: int, max_loops: int,
                 sim_threshold: float, mode: str, inversion: str, mask_mode: str, short_side: int, output_size: str,
-                clip_vision=None) -> io.NodeOutput:
+                crop: str = "around mask", crop_context: float = DEFAULT_CONTEXT, clip_vision=None) -> io.NodeOutput:
         require_valid_widgets(cls, locals())
         for name, conditioning in (("positive", positive), ("negative", negative)):
             require_conditioning_width(model, conditioning, name)
@@ -96,7 +109,7 @@ class EZIGenEdit(io.ComfyNode):
             policy=LoopPolicy(loops=loops, min_loops=min_loops, max_loops=max_loops, threshold=sim_threshold),
             faithful=mode != "clean", reference_output=mode == "reference", solver=inversion,
             hard_mask=mask_mode == "hard", short_side=short_side,
-            output_size=output_size)
+            output_size=output_size, crop=crop, crop_context=crop_context)
         inversion_context = exceptional_prompt(clip)
         require_text_width(model, inversion_context.shape[-1], "The CLIP input's text embedding",
                            "connect the CLIP of the MODEL's own checkpoint (SD2.1-base for the official weights).")

@@ -139,11 +139,12 @@ def ezigen_edit_part(w, ckpt, source_image_src, mask_src, x0=840):
     ed = w.node("EZIGenEdit", (x0 + 860, 0),
                 {"seed": 0, "steps": 50, "cfg": 2.0, "sampler_name": "ddpm", "scheduler": "ddim_uniform", "split_ratio": 0.4,
                  "loops": -1, "min_loops": 3, "max_loops": 9, "sim_threshold": 0.99, "mode": "faithful",
-                 "inversion": "dpmpp_2m", "mask_mode": "soft", "short_side": 512, "output_size": "source"},
+                 "inversion": "dpmpp_2m", "mask_mode": "soft", "short_side": 512, "output_size": "source",
+                 "crop": "around mask", "crop_context": 0.5},
                 inputs=[("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE"), ("mask", "MASK"),
                         ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("clip_vision", "CLIP_VISION")],
                 outputs=[("image", "IMAGE"), ("rounds", "IMAGE"), ("report", "STRING"), ("similarity_chart", "IMAGE")],
-                size=(340, 540))
+                size=(340, 590))
     save = w.node("SaveImage", (x0 + 1240, 0), {"filename_prefix": "EZIGen_edit"}, inputs=[("images", "IMAGE")], size=(400, 450), title="Result")
     saver = w.node("SaveImage", (x0 + 1680, 0), {"filename_prefix": "EZIGen_edit_rounds"}, inputs=[("images", "IMAGE")], size=(400, 450),
                    title="Source, then every round")
@@ -177,7 +178,10 @@ NOTE = ("Split 0.4: the source is inverted over the last 40% of the schedule and
         "after every step the area outside the mask is put back from the source's inversion. Loops re-invert the result "
         "and repeat until two rounds have CLIP similarity >= 0.99 (3..9 rounds). Guidance 2 and an empty negative are "
         "the reference's. The result comes back at the source's size with every pixel outside the mask taken from the "
-        "source. Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 in "
+        "source. Crop 'around mask' (crop-and-stitch) edits only a box around the mask (its bounding box grown on every "
+        "side by crop_context = 0.5 of the region's longer side) at short_side and pastes it back: a region of a "
+        "2048 px image keeps its detail and costs what a 512 px edit costs, and every pixel outside the box stays the "
+        "source's; 'whole image' scales the whole source to short_side. Files: SD2.1-base in models/checkpoints, the EZIGen adapter in models/ezigen, CLIP ViT-B/32 in "
         "models/clip_vision (or bypass its loader).\n" + ADAPTER_NOTE)
 
 def finish(w, ed, rep):
@@ -360,7 +364,10 @@ def flux_to_edit() -> WF:
     w.node("Note", (-1400, 700), ["FLUX text-to-image, then EZIGen puts the subject into a region of the FLUX picture.\n\n"
            "Only the IMAGE crosses over: EZIGen re-encodes it with the SD2.1 VAE (a FLUX LATENT cannot be used by SD models). "
            "The region here is a rectangle (SolidMask + MaskComposite); any MASK of the image's size works, e.g. from a "
-           "segmentation node. " + NOTE], size=(780, 220), title="How this works")
+           "segmentation node. Crop-and-stitch: EZIGen Edit's crop 'around mask' edits only the 768 px box around the 384 px "
+           "region (the region grown by half its side all round) at 512 work pixels and pastes it back into the 1024 px "
+           "FLUX image, so the subject is drawn at the model's native size and the rest of the FLUX picture is kept bit "
+           "for bit. " + NOTE], size=(780, 260), title="How this works")
     return finish(w, ed, rep)
 
 

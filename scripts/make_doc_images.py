@@ -4,7 +4,7 @@
 
 The pictures explain the knobs: the split of the schedule on a timeline, a strip of rounds with the
 autostop, the similarity chart (drawn by the pack's own chart code, the one the nodes output) and an
-edit's source, mask and result region. They are diagrams: nothing here needs model weights.
+edit's source, mask and result region, and crop-and-stitch's box. They are diagrams: nothing here needs model weights.
 """
 from __future__ import annotations
 
@@ -123,11 +123,69 @@ def edit_mask_and_result() -> Image.Image:
     return img
 
 
+def crop_and_stitch() -> Image.Image:
+    """Crop-and-stitch on a 2048 x 1536 source: the box the pack's own geometry (ezigen_lib/crop.py) draws
+    around a 300 px region, the box as the model sees it at short side 512, and the box pasted back."""
+    from ezigen_lib.crop import Box, crop_box
+
+    height, width, region = 1536, 2048, Box(820, 1240, 300, 300)
+    box, work = crop_box(height, width, region, 512)
+    shown = 0.25  # the source is drawn at a quarter of its size
+    yy, xx = np.mgrid[0:height, 0:width]
+    scene = np.stack([120 + 80 * yy / height, 160 - 40 * xx / width, 200 - 90 * yy / height], -1)
+    scene[yy > height * 0.62] = (150, 110, 80)  # a floor
+    sofa = (yy > 900) & (yy < 1250) & (xx > 300) & (xx < 1200)
+    scene[sofa] = (70, 140, 90)
+    scene = scene.astype(np.uint8)
+    painted = np.zeros((height, width), bool)
+    painted[region.slices] = True
+    edited = scene.copy()
+    hatch = painted & (((yy + xx) // 24) % 2 == 0)
+    edited[painted] = 245
+    edited[hatch] = SUBJECT
+
+    def small(pixels: np.ndarray) -> Image.Image:
+        return Image.fromarray(pixels).resize((int(width * shown), int(height * shown)), Image.Resampling.BILINEAR)
+
+    def outline(d: ImageDraw.ImageDraw, left: int, top: int, b: Box, scale: float, colour, label: str = "") -> None:
+        x0, y0 = left + b.left * scale, top + b.top * scale
+        d.rectangle((x0, y0, x0 + b.width * scale, y0 + b.height * scale), outline=colour, width=3)
+        if label:
+            d.text((x0, y0 - 18), label, fill=colour, font=font(14))
+
+    source_tile, result_tile = small(scene), small(edited)
+    work_tile = Image.fromarray(edited[box.slices]).resize((work[1] // 2, work[0] // 2), Image.Resampling.BILINEAR)
+    w, h = source_tile.size
+    pad = 20
+    img = Image.new("RGB", (w * 2 + work_tile.size[0] + pad * 4, h + 100), "white")
+    d = ImageDraw.Draw(img)
+    img.paste(source_tile, (pad, 40))
+    outline(d, pad, 40, region, shown, (200, 40, 40), "mask")
+    outline(d, pad, 40, box, shown, (30, 60, 200), "")
+    d.text((pad, 10), f"source {width} x {height}: box around the mask (blue)", fill="black", font=font(15))
+    left = pad * 2 + w
+    img.paste(work_tile, (left, 40))
+    d.rectangle((left, 40, left + work_tile.size[0], 40 + work_tile.size[1]), outline=(30, 60, 200), width=3)
+    d.text((left, 10), f"edited at {work[0]} x {work[1]}", fill="black", font=font(15))
+    d.text((left, 48 + work_tile.size[1]), f"box {box.height} x {box.width} px", fill=(30, 60, 200), font=font(14))
+    d.text((left, 68 + work_tile.size[1]), "(drawn at half size)", fill=(90, 90, 90), font=font(13))
+    left = pad * 3 + w + work_tile.size[0]
+    img.paste(result_tile, (left, 40))
+    outline(d, left, 40, box, shown, (30, 60, 200))
+    d.text((left, 10), "pasted back: outside the box untouched", fill="black", font=font(15))
+    d.text((pad, 50 + h), f"crop 'around mask', crop_context 0.5: the {region.height} px region grows by "
+           f"{region.height // 2} px on every side; the whole image at short side 512 would give it "
+           f"{region.height * 512 // height} work px, the box gives it {region.height * work[0] // box.height}.",
+           fill="black", font=font(14))
+    return img
+
+
 PICTURES = {
     "split_timeline.png": split_timeline,
     "rounds_strip.png": rounds_strip,
     "similarity_chart.png": similarity_chart_picture,
     "edit_mask_result.png": edit_mask_and_result,
+    "crop_and_stitch.png": crop_and_stitch,
 }
 
 

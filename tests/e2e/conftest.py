@@ -90,3 +90,17 @@ def server(comfy_server: ComfyServer) -> ComfyServer:
 def seed() -> int:
     """A fresh seed per test, so no prompt is answered from ComfyUI's execution cache."""
     return random.randrange(1, 2**31)
+
+
+@pytest.fixture(scope="session")
+def flux_server(server: ComfyServer) -> ComfyServer:
+    """The session server with FLUX-layout stand-ins under the FLUX workflow's own file names: a FLUX.1-dev
+    diffusion model (UNETLoader), a CLIP-L text encoder and a 16-channel FLUX VAE (VAELoader), made once
+    (about 15 s, 1.5 GB) and cached under .cache/models; never committed."""
+    import make_checkpoints  # noqa: PLC0415
+
+    made = make_checkpoints.make_flux(MODEL_CACHE)
+    server.add_models("diffusion_models", [(made["flux_unet"], "flux1-dev.safetensors")])
+    server.add_models("text_encoders", [(made["flux_clip_l"], "clip_l.safetensors")])
+    server.add_models("vae", [(made["flux_vae"], "ae.safetensors")])
+    return server

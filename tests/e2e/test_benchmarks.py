@@ -30,3 +30,15 @@ def test_benchmark_training_prints_its_speed(stand_in_models):
     out = run_script("benchmark_training.py", "--resolution", "64", "--steps", "1")
     assert re.search(r"sd15_random\.safetensors: \d+\.\d{3} samples/s", out), out
     assert re.search(r"sd21base_random\.safetensors: \d+\.\d{3} samples/s", out), out
+
+
+def test_benchmark_edit_crop_prints_its_ratios(stand_in_models):
+    out = run_script("benchmark_edit_crop.py", "--sizes", "128", "256", "--region", "32", "--short-side", "64",
+                     "--steps", "1")
+    rows = {(crop, int(size)): (int(region), work) for crop, size, region, work in re.findall(
+        r"^\s+(around mask|whole image)\s+(\d+)\s+(\d+)\s+(\d+x\d+)\s+\d+\.\d\d\s+\d+\.\d{3}\s+\d+\.\d\s+\d+\.\d{3}$",
+        out, re.M)}
+    assert sorted(rows) == [("around mask", 128), ("around mask", 256), ("whole image", 128), ("whole image", 256)], out
+    # the box keeps the region's detail and work size whatever the source's size; the whole image shrinks it
+    assert rows[("around mask", 128)] == rows[("around mask", 256)] == (32, "64x64"), out
+    assert rows[("whole image", 128)] == (16, "64x64") and rows[("whole image", 256)] == (8, "64x64"), out

@@ -128,6 +128,20 @@ def test_the_checks_see_missing_nodes_and_bad_values(page):
     page.keyboard.press("Escape")  # the frontend's own "missing nodes" dialog agrees; close it
 
 
+def test_an_edit_workflow_saved_before_crop_existed_loads_with_the_defaults(page):
+    """Its EZIGen Edit widgets_values end at output_size: the editor gives crop and crop_context their defaults
+    and keeps every older value where it was."""
+    workflow = json.loads((WORKFLOWS / "ezigen_edit.json").read_text())
+    edit = next(n for n in workflow["nodes"] if n["type"] == "EZIGenEdit")
+    assert edit["widgets_values"][-3:] == ["source", "around mask", 0.5]
+    edit["widgets_values"] = edit["widgets_values"][:-2]
+    nodes = load(page, workflow=workflow)
+    widgets = {w["name"]: w["value"] for n in nodes if n["type"] == "EZIGenEdit" for w in n["widgets"]}
+    assert widgets["crop"] == "around mask" and widgets["crop_context"] == 0.5
+    assert (widgets["mode"], widgets["short_side"], widgets["output_size"]) == ("faithful", 512, "source")
+    assert widget_problems(nodes) == [] and page.page_errors == []
+
+
 def test_single_pass_queued_from_the_page_shows_its_image(page, server):
     load(page, "ezigen_single_pass.json")
     seed = int(time.time()) % 100000

@@ -60,7 +60,7 @@ def merged_prompt(server: ComfyServer, seed: int, adapter: str | None) -> dict:
             node = next(n for n, v in prompt.items() if v["class_type"] == "EZIGenSampler")
             latent = [node, 0]
         else:
-            set_inputs(prompt, "EZIGenEdit", seed=seed, steps=4, loops=1, short_side=64)
+            set_inputs(prompt, "EZIGenEdit", seed=seed, steps=4, loops=1, short_side=64, crop="whole image")
             node = next(n for n, v in prompt.items() if v["class_type"] == "EZIGenEdit")
             prompt["994"] = {"class_type": "VAEEncode", "inputs": {"pixels": [node, 0],
                                                                    "vae": prompt[node]["inputs"]["vae"]}}

@@ -76,9 +76,13 @@ def test_edit_work_size_is_bounded(server, seed):
     prompt = edit_prompt(server, seed)
     prompt["970"] = {"class_type": "LoadImage", "inputs": {"image": "one_row.png"}}
     prompt["971"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 4096, "height": 1}}
-    set_inputs(prompt, "EZIGenEdit", image=["970", 0], mask=["971", 0])
+    set_inputs(prompt, "EZIGenEdit", image=["970", 0], mask=["971", 0], crop="whole image")
     message = failure_of(server, prompt)
     assert "the source (1 x 4096) at short_side 64 would be edited at 64 x 262144" in message
+    assert "limit of 4,194,304 pixels (2048 x 2048)" in message
+    set_inputs(prompt, "EZIGenEdit", crop="around mask")  # the mask covers it all: so does the box
+    message = failure_of(server, prompt)
+    assert "the box around the mask (1 x 4096 source pixels) would be edited at 64 x 262144" in message
     assert "limit of 4,194,304 pixels (2048 x 2048)" in message
     assert server.running
 

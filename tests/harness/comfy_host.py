@@ -253,6 +253,14 @@ class ComfyServer:
         current["Comfy.TutorialCompleted"] = True
         settings.write_text(json.dumps(current, indent=2))
 
+    def add_models(self, folder_name: str, paths: Iterable[Path | tuple[Path, str]]) -> None:
+        """Link more model files into models/<folder_name> of the running server (ComfyUI rescans its model
+        folders when asked for a list, so they appear without a restart); (path, name) shows one under a name."""
+        for entry in paths:
+            path, name = (Path(entry[0]), entry[1]) if isinstance(entry, tuple) else (Path(entry), Path(entry).name)
+            _link_into(self.base_dir / "models" / folder_name, path, name)
+        self._object_info = None
+
     def command(self) -> list[str]:
         """The exact command line used to start the server (handy in failure messages)."""
         base = str(self.base_dir)
@@ -433,6 +441,12 @@ class ComfyServer:
         """Whether `prompt_id` is the prompt being executed now (GET /queue)."""
         queue = self._http.get(f"{self.url}/queue", timeout=30).json()
         return any(item[1] == prompt_id for item in queue.get("queue_running", []))
+
+    def free_memory(self) -> None:
+        """Ask the server to unload its models and drop its node cache before the next prompt (POST /free), so a
+        big model one test needed does not stay resident for the rest of the session."""
+        self._http.post(f"{self.url}/free", json={"unload_models": True, "free_memory": True},
+                        timeout=30).raise_for_status()
 
     def interrupt(self) -> None:
         """Ask the server to stop the prompt that is running (the editor's Cancel button)."""

@@ -666,13 +666,140 @@ def make_clip_vit_b32(path: Path, *, seed: int = 0, overwrite: bool = False) -> 
 
 
 # --------------------------------------------------------------------------------------------
+# FLUX.1 stand-ins: diffusion model, CLIP-L text encoder, 16-channel VAE
+# --------------------------------------------------------------------------------------------
+
+FLUX_FILE_NAMES: dict[str, str] = {
+    "flux_unet": "flux_dev_random.safetensors",
+    "flux_clip_l": "clip_l_random.safetensors",
+    "flux_vae": "flux_ae_random.safetensors",
+}
+# ComfyUI's model detection fixes FLUX.1's 24 heads of 16 + 56 + 56 rotary dimensions, so the width must be the
+# real 3072; only the depth is read from the file. One double-stream and one single-stream block (instead of 19
+# and 38) keep every code path at 1/22 of the parameters (0.53 B, 1.1 GB in bf16).
+FLUX_HIDDEN = 3072
+FLUX_HEADS = 24
+# The text width: CLIP-L's 768, not T5-XXL's 4096. ComfyUI builds FLUX's T5 from a fixed config
+# (comfy/text_encoders/t5_config_xxl.json: 24 layers, d_model 4096, 4.8 B parameters) whatever the file holds,
+# so no small T5 stand-in exists; the tests feed this model CLIP-L's hidden states (CLIPLoader) instead.
+FLUX_CONTEXT = 768
+
+
+def _flux_detection_keys(context_dim: int) -> dict[str, torch.Tensor]:
+    """The keys and shapes ComfyUI's `detect_unet_config` reads to call a diffusion model FLUX.1-dev
+    (meta tensors: shapes, no memory)."""
+    head = FLUX_HIDDEN // FLUX_HEADS
+
+    def meta(*shape: int) -> torch.Tensor:
+        return torch.empty(shape, device="meta")
+
+    return {
+        "img_in.weight": meta(FLUX_HIDDEN, 16 * 2 * 2),
+        "txt_in.weight": meta(FLUX_HIDDEN, context_dim),
+        "vector_in.in_layer.weight": meta(FLUX_HIDDEN, 768),
+        "guidance_in.in_layer.weight": meta(FLUX_HIDDEN, 256),
+        "double_blocks.0.img_attn.norm.key_norm.scale": meta(head),
+        "single_blocks.0.norm.key_norm.scale": meta(head),
+    }
+
+
+def flux_model_config(context_dim: int = FLUX_CONTEXT) -> Any:
+    """ComfyUI's own model config for the stand-in, found by its own detection; refused unless it is FLUX.1-dev."""
+    bootstrap()
+    import comfy.model_detection  # noqa: PLC0415
+
+    config = comfy.model_detection.model_config_from_unet(_flux_detection_keys(context_dim), "")
+    if config is None or type(config).__name__ != "Flux" or not config.unet_config.get("guidance_embed"):
+        raise RuntimeError(f"ComfyUI matched {type(config).__name__ if config else None} for the FLUX stand-in, "
+                           "expected Flux (FLUX.1-dev)")
+    return config
+
+
+def _flux_init_rule(name: str) -> InitRule:
+    """RMSNorm scales start at 1 (a random 0.02 scale would silence the attention), biases at 0."""
+    if name.endswith(".scale"):
+        return "ones"
+    return "zeros" if name.endswith(".bias") else "normal"
+
+
+def make_flux_unet(path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+    """A random-weight FLUX.1-dev diffusion model (bare keys, bf16) that UNETLoader detects as Flux."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        return path
+    model_config = flux_model_config()
+    dtype = torch.bfloat16
+    model_config.set_inference_dtype(dtype, None)
+    with torch.device("meta"):
+        diffusion_model = model_config.get_model({}, "").diffusion_model
+    shapes = {name: tuple(p.shape) for name, p in diffusion_model.named_parameters()}
+    if any(True for _ in diffusion_model.named_buffers()):
+        raise RuntimeError("the FLUX model has buffers; no init rule for them")
+    del diffusion_model
+    tensors = {name: TensorSource(shape, dtype, lambda n=name, s=shape: _random_value(_flux_init_rule(n), s, dtype,
+                                                                                      "flux/unet", n, seed))
+               for name, shape in shapes.items()}
+    write_safetensors(path, tensors, {"ezigen_random_weights": "true", "kind": "flux_unet", "seed": str(seed)})
+    return path
+
+
+def make_clip_l(path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+    """A random-weight CLIP-L text encoder in the transformers layout CLIPLoader / DualCLIPLoader read."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        return path
+    bootstrap()
+    from comfy import sd1_clip  # noqa: PLC0415
+
+    dtype = torch.float16
+    with torch.device("meta"):
+        encoder = sd1_clip.SDClipModel(device="meta", dtype=dtype).transformer
+    _materialize(encoder, "clip_l", seed, dtype)
+    metadata = {"ezigen_random_weights": "true", "kind": "clip_l", "seed": str(seed)}
+    write_safetensors(path, {k: TensorSource.of(v) for k, v in encoder.state_dict().items()}, metadata)
+    return path
+
+
+# FLUX.1's autoencoder: the SD layout (128 channels x 1, 2, 4, 4) with a 16-channel latent and no quant convs.
+_FLUX_VAE_DDCONFIG: dict[str, Any] = {**_KL_VAE_DDCONFIG, "z_channels": 16}
+
+
+def make_flux_vae(path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+    """A random-weight 16-channel FLUX.1 VAE (encoder.* / decoder.* keys, no quant convs) for VAELoader."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        return path
+    bootstrap()
+    from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder  # noqa: PLC0415
+
+    dtype = torch.float16
+    with torch.device("meta"):
+        halves = {"encoder": Encoder(**_FLUX_VAE_DDCONFIG), "decoder": Decoder(**_FLUX_VAE_DDCONFIG)}
+    tensors: dict[str, TensorSource] = {}
+    for prefix, module in halves.items():
+        _materialize(module, f"flux_vae/{prefix}", seed, dtype)
+        tensors.update({f"{prefix}.{k}": TensorSource.of(v) for k, v in module.state_dict().items()})
+    write_safetensors(path, tensors, {"ezigen_random_weights": "true", "kind": "flux_vae", "seed": str(seed)})
+    return path
+
+
+def make_flux(out: Path = DEFAULT_OUT, *, overwrite: bool = False) -> dict[str, Path]:
+    """The three FLUX stand-ins under ``out``: {"flux_unet", "flux_clip_l", "flux_vae": path}."""
+    makers = {"flux_unet": make_flux_unet, "flux_clip_l": make_clip_l, "flux_vae": make_flux_vae}
+    return {kind: makers[kind](out / FLUX_FILE_NAMES[kind], overwrite=overwrite) for kind in FLUX_FILE_NAMES}
+
+
+# --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
 
-ALL_KINDS = ("sd21base", "sd15", "ezigen", "clip_b32")
+ALL_KINDS = ("sd21base", "sd15", "ezigen", "clip_b32", "flux")
 
 
-def make_all(out: Path = DEFAULT_OUT, only: Sequence[str] = ALL_KINDS, *, overwrite: bool = False) -> dict[str, Path]:
+DEFAULT_KINDS = ("sd21base", "sd15", "ezigen", "clip_b32")  # FLUX (1.5 GB) only where a test asks for it
+
+
+def make_all(out: Path = DEFAULT_OUT, only: Sequence[str] = DEFAULT_KINDS, *, overwrite: bool = False) -> dict[str, Path]:
     """Make the requested stand-ins under ``out``; the EZIGen folder reuses the SD2.1 file if present."""
     unknown = set(only) - set(ALL_KINDS)
     if unknown:
@@ -688,6 +815,8 @@ def make_all(out: Path = DEFAULT_OUT, only: Sequence[str] = ALL_KINDS, *, overwr
         )
     if "clip_b32" in only:
         made["clip_b32"] = make_clip_vit_b32(out / CLIP_B32_FILE_NAME, overwrite=overwrite)
+    if "flux" in only:
+        made.update(make_flux(out, overwrite=overwrite))
     return made
 
 

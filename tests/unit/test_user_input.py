@@ -85,7 +85,7 @@ def test_edit_work_size_is_bounded_by_a_pixel_budget():
     with pytest.raises(EditInputError, match=r"1 x 4096\) at short_side 512 would be edited at 512 x 2097152 = "
                                              r"1,073,741,824 pixels, more than EZIGen Edit's limit of 4,194,304"):
         processing_size(1, 4096, 512)
-    with pytest.raises(EditInputError, match="crop the source around the masked region"):
+    with pytest.raises(EditInputError, match="set crop to 'around mask'"):
         processing_size(1024, 2100, 2048)
 
 
@@ -371,7 +371,7 @@ def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
             if issubclass(cls, BaseException) and cls.__module__.startswith("ezigen"):  # the pack's own
                 found[name] = full_type_name(cls)
     assert found == {name: f"ezigen.{name}" for name in (
-        "AdapterFileError", "ClipVisionFileError", "CoreChangedError", "EditInputError", "InputValueError", "MaskPlacementError",
+        "AdapterFileError", "ClipVisionFileError", "CoreChangedError", "CropError", "EditInputError", "InputValueError", "MaskPlacementError",
         "SubjectFileError", "UnsupportedModelError")}
 
 
