@@ -85,7 +85,8 @@ def test_inversion_trajectory_matches_the_reference_scheduler_on_the_tiny_unet(p
         trajectory = invert(with_window(model, NEVER_ON, CallCounter()), CONTEXT, latent, levels)
     assert len(trajectory) == len(expected) == math.ceil(split * steps) + 1
     for k, (x, sigma, reference) in enumerate(zip(trajectory, levels, expected)):
-        torch.testing.assert_close(x / math.sqrt(1 + float(sigma) ** 2), reference, rtol=1e-5, atol=1e-5,
+        # fp32 over up to 20 steps, both sides: summation order (thread count) moves the last bits by ~1e-5
+        torch.testing.assert_close(x / math.sqrt(1 + float(sigma) ** 2), reference, rtol=1e-4, atol=1e-4,
                                    msg=lambda m: f"level {k}: {m}")
 
 
