@@ -26,8 +26,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 host=${HOST:-0.3.75}
 case "$host" in
   0.3.75) venv="$root/.venv"; constraints="$root/scripts/constraints.txt" ;;
-  0.8.0|0.28.2) venv="$root/.venv-$host"; constraints="$root/scripts/constraints-$host.txt"
-          source_tree=${COMFYUI_SOURCE:-${COMFYUI_080_SOURCE:-$root/../shared/hosts/comfyui-$host}} ;;
+  0.8.0)  venv="$root/.venv-0.8.0"; constraints="$root/scripts/constraints-0.8.0.txt"
+          source_tree=${COMFYUI_SOURCE:-${COMFYUI_080_SOURCE:-$root/../shared/hosts/comfyui-0.8.0}} ;;
+  0.28.2) venv="$root/.venv-0.28.2"; constraints="$root/scripts/constraints-0.28.2.txt"
+          source_tree=${COMFYUI_SOURCE:-$root/../shared/hosts/comfyui-0.28.2} ;;
   *) echo "[setup] unknown HOST=$host (known: 0.3.75, 0.8.0, 0.28.2)" >&2; exit 2 ;;
 esac
 stamp="$venv/.ezigen-env-stamp"
