@@ -210,7 +210,7 @@ ROW_WITH_DOWNLOAD = """([name, folder, others]) => Array.from(document.querySele
 
 def test_missing_models_are_offered_for_download(page, tmp_path):
     """On a host without the models, opening a shipped workflow lists SD2.1-base and CLIP ViT-B/32 in the
-    frontend's missing-models dialog (1.32) / issues panel (1.58) with a download; the EZIGen adapter, which has no
+    frontend's missing-models dialog (1.32) / errors panel (1.45) / issues panel (1.58) with a download; the EZIGen adapter, which has no
     single-file download, gets none."""
     from comfy_host import ComfyServer
 
@@ -219,7 +219,8 @@ def test_missing_models_are_offered_for_download(page, tmp_path):
         try:
             editor.evaluate("async (wf) => { await app.loadGraphData(wf); }",
                             json.loads((WORKFLOWS / "ezigen_generate.json").read_text()))
-            details = editor.get_by_text("View details")  # newer frontends: the issues overlay first
+            # newer frontends show an errors overlay first: "View details" (1.58), "See Errors" (1.45, 0.28.2's)
+            details = editor.get_by_text("View details").or_(editor.get_by_text("See Errors"))
             try:
                 details.first.click(timeout=5000)
             except Exception:
