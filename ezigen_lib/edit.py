@@ -137,20 +137,22 @@ def reference_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 def require_work_shape(what: str, height: int, width: int, work: tuple[int, int], short_side: int,
                        fix: str) -> None:
     """Refuse to scale a source or box (`height` x `width` source pixels) up more than MAX_SCALE_UP times or to
-    edit one more elongated than MAX_ASPECT:1: within the work-pixel limit, a 1 px row at short side 64 became a
-    64 x 12,800 work area that ran for minutes and that SD cannot render sensibly. `fix` says what else to change."""
-    short, long = min(height, width), max(height, width)
-    scale = short_side / short
+    edit it at a `work` size more elongated than MAX_ASPECT:1: within the work-pixel limit, a 1 px row at short
+    side 64 became a 64 x 12,800 work area that ran for minutes and that SD cannot render sensibly. Both are
+    measured on the work size, which a box widened to the bounds (crop.py) meets exactly. `fix` says what else to
+    change."""
+    short, work_short, work_long = min(height, width), min(work), max(work)
+    scale = work_short / short
     if scale > MAX_SCALE_UP:
         raise EditInputError(
             f"{what} is {short} px on its short side: at short_side {short_side} it would be scaled up {scale:.3g}x "
             f"(edited at {work[0]} x {work[1]}), more than EZIGen Edit's limit of {MAX_SCALE_UP}x, beyond which SD "
-            f"only invents blur: use a source at least {math.ceil(short_side / MAX_SCALE_UP)} px on its short side "
+            f"only invents blur: use a source at least {math.ceil(work_short / MAX_SCALE_UP)} px on its short side "
             f"(short_side / {MAX_SCALE_UP}), or lower short_side")
-    if long > MAX_ASPECT * short:
+    if work_long > MAX_ASPECT * work_short:
         raise EditInputError(
-            f"{what} is {long / short:.3g}:1 (edited at {work[0]} x {work[1]}), more elongated than the {MAX_ASPECT}:1 "
-            f"EZIGen Edit works on: {fix}")
+            f"{what} would be edited at {work[0]} x {work[1]}, {work_long / work_short:.3g}:1, more elongated than the "
+            f"{MAX_ASPECT}:1 EZIGen Edit works on: {fix}")
 
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

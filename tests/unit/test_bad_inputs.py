@@ -321,7 +321,7 @@ def test_a_thin_source_is_refused_with_what_to_change():
                                              r"would be scaled up 64x \(edited at 64 x 12800\), more than EZIGen Edit's "
                                              r"limit of 16x.*at least 4 px on its short side"):
         processing_size(1, 200, 64)
-    with pytest.raises(EditInputError, match=r"the source \(8 x 1024\) is 128:1 \(edited at 64 x 8192\), more "
+    with pytest.raises(EditInputError, match=r"the source \(8 x 1024\) would be edited at 64 x 8192, 128:1, more "
                                              r"elongated than the 16:1 EZIGen Edit works on: set crop to 'around mask'"):
         processing_size(8, 1024, 64)
     assert processing_size(32, 512, 512) == (512, 8192)  # 16x and 16:1 exactly: still edited
@@ -331,9 +331,9 @@ def test_a_thin_source_is_refused_with_what_to_change():
     (1, 2048, slice(900, 1100), r"the box around the mask \(1 x 400 source pixels, in a 1 x 2048 source\) is 1 px on "
                                 r"its short side: at short_side 64 it would be scaled up 64x \(edited at 64 x 25600\)"),
     (1, 200, slice(0, 200), r"the box around the mask \(1 x 200 source pixels, in a 1 x 200 source\) is 1 px"),
-    (8, 2048, slice(0, 2048), r"the box around the mask \(8 x 2048 source pixels, in a 8 x 2048 source\) is 256:1 "
-                              r"\(edited at 64 x 16384\), more elongated than the 16:1 EZIGen Edit works on: the source "
-                              r"leaves no room to widen it"),
+    (8, 2048, slice(0, 2048), r"the box around the mask \(8 x 2048 source pixels, in a 8 x 2048 source\) would be "
+                              r"edited at 64 x 16384, 256:1, more elongated than the 16:1 EZIGen Edit works on: the "
+                              r"source leaves no room to widen it"),
 ])
 def test_a_thin_box_is_refused_with_what_to_change(height, width, painted, expected):
     mask = torch.zeros(1, height, width)
