@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import comfy.model_management
 
+from .checks import require_finite_pixels
 from .core import require_block, require_model_sampling, require_option
 from .layout import UnsupportedModelError, model_family, require_ezigen_layout
 from .schedule import derive_seed
@@ -17,6 +18,7 @@ from .vae_sample import encode_sample
 
 SUBJECT_TIMESTEP = 1  # the reference noises the subject latent to DDPM timestep 1
 FEATURE_DTYPE = torch.float16
+NODE = "Encode Subject (EZIGen)"
 CAPTURE = "which of the 16 self-attentions of the encoder a subject feature comes from"
 
 
@@ -149,7 +151,10 @@ def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, ma
                    seed: int, resolution: int, widths: tuple[int, ...],
                    adapter: str | None = None) -> SubjectFeatures:
     """Run the encoder MODEL once on the noised subject latents and return the 16 features.
-    `adapter`: the adapter file's name, recorded in the subject (see `SubjectFeatures`)."""
+    `adapter`: the adapter file's name, recorded in the subject (see `SubjectFeatures`). NaN or infinity in
+    the images or mask is refused first: it would come out as "the encoder model's weights are damaged"."""
+    require_finite_pixels(NODE, "image", images[..., :3], "IMAGE")  # the alpha channel is not used
+    require_finite_pixels(NODE, "mask", mask, "MASK")
     layout = _check_subject_inputs(encoder, context, images, widths)
     pixels = prepare_subject_pixels(images, mask, resolution)
     latent = encode_sample(vae, pixels, derive_seed(seed, "vae"))  # the reference samples the posterior

@@ -2,7 +2,9 @@
 
 ComfyUI 0.3.75 lets two kinds of bad widget values reach a node through its API: NaN and infinity
 (JSON accepts NaN, and NaN passes every min/max comparison) and combo values outside the option list
-(the host checks options only for V1 nodes). Both are refused here, before any work starts.
+(the host checks options only for V1 nodes). Both are refused here, before any work starts. So are
+IMAGE and MASK inputs holding NaN or infinity (Solid Mask with value NaN, Image Blend with a NaN blend
+factor): they would surface much later as an error that blames the model's precision or weights.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import math
 import os
 import re
 from collections.abc import Sequence
+
+import torch
 
 
 ERROR_MODULE = "ezigen"
@@ -31,7 +35,10 @@ def cut(text: str, limit: int = ECHO_LIMIT) -> str:
 
 
 def shown(value: object, limit: int = ECHO_LIMIT) -> str:
-    """`repr(value)`, cut to `limit` characters (see `cut`)."""
+    """`repr(value)`, cut to `limit` characters (see `cut`). A string is cut before it is quoted, so the length
+    said is the string's own (a 300-character name is "300 characters", not the 302 of its repr)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
     return cut(repr(value), limit)
 
 
@@ -63,6 +70,28 @@ def require_range(name: str, value: float, low: float | None, high: float | None
         raise InputValueError(f"{name} must be between {low} and {high}, got {shown(value)}")
 
 
+def require_finite_pixels(node: str, name: str, values: torch.Tensor, kind: str) -> None:
+    """Refuse an IMAGE (kind "IMAGE": (B, H, W, C), a pixel counts once whatever its channels) or MASK
+    (kind "MASK": (..., H, W)) input holding NaN or infinity, naming the node, the input and how many
+    pixels: NaN slips through clamp and every comparison, so later stages would fail far from the cause
+    (a crop box of None, "the encoder's weights are damaged") or give a black image."""
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+        return  # integer tensors cannot hold NaN; shapes are checked where they are used
+    bad = ~torch.isfinite(values.detach())
+    if kind == "IMAGE" and bad.ndim >= 1:
+        bad = bad.any(dim=-1)
+    count = int(bad.sum())
+    if count == 0:
+        return
+    kinds = [label for label, present in (("NaN", bool(torch.isnan(values).any())),
+                                          ("infinity", bool(torch.isinf(values).any()))) if present]
+    article = "an" if kind == "IMAGE" else "a"
+    raise InputValueError(
+        f"{node}: the {name} input holds {' and '.join(kinds)} in {count:,} of its {bad.numel():,} pixels: "
+        f"{article} {kind} holds numbers from 0 to 1. The node that made it was given NaN or infinity (e.g. Solid "
+        "Mask's value or Image Blend's blend_factor sent by a script): give it a number.")
+
+
 def latent_warnings(latent: dict) -> list[str]:
     """What the EZIGen Sampler ignores in a LATENT, said in its report instead of silently."""
     warnings = []
@@ -73,7 +102,13 @@ def latent_warnings(latent: dict) -> list[str]:
     return warnings
 
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+# POSIX (/srv/comfy/models/x), Windows drive (C:\ComfyUI\models\x, C:/...) and UNC (\\server\share\x) paths; a
+# Windows separator may come doubled, as an OSError's repr of the file name shows it.
+_PATH_PART = r"[\w.@+-]+(?: [\w.@+-]+)*"  # a Windows folder name: inner spaces, never a trailing one
+_WINDOWS_SEPARATOR = r"(?:\\{1,2}|/)"
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*"
+                            rf"|(?<!\w)[A-Za-z]:{_WINDOWS_SEPARATOR}(?:{_PATH_PART}{_WINDOWS_SEPARATOR})*[\w.@+-]*"
+                            rf"|(?<![\w\\])\\{{2,4}}[\w.@+-]+(?:\\{{1,2}}{_PATH_PART}(?=\\))*(?:\\{{1,2}}[\w.@+-]*)?")
 
 
 def exception_text(exc: BaseException, path: str | os.PathLike | None = None, shown: str = "the file",

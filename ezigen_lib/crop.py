@@ -4,13 +4,16 @@ Editing the whole source at short side 512 shrinks a 300 px region of a 2048 px 
 work, and its detail is lost when scaled back. Editing a box around the mask instead keeps the region
 at the model's native size, and the cost follows the region, not the source.
 
-The box: the bounding box of every painted pixel (mask > 0, so a soft mask's faint edge is inside),
-grown on every side by `context` times the region's longer side, clamped to the image, then shaped
-for the work size: its short side becomes `short_side` work pixels and its long side is grown (centred,
-kept inside the image) until it is a multiple of 8 work pixels at the same scale, so the box is scaled
-without distortion. Where the image is too narrow for that, the box takes the image's whole extent on
-that axis and the work size is floored to a multiple of 8 (a stretch of under 8 work pixels, as the
-whole-image path has). Several separate regions share one box around all of them: they are edited in
+The box: the bounding box of every painted pixel (mask >= 0.5/255: an 8-bit mask's faintest level, 1/255, and so
+a soft mask's faint edge are inside, a segmentation's haze of 1e-6 over the whole image is not), grown on
+every side by `context` times the region's longer side, then, where the image has room, widened so the box is
+at least short_side / MAX_SCALE_UP pixels on each side and at most MAX_ASPECT times as long as it is wide
+(a tiny or thin region gets more of its surroundings instead of a 40x scale-up or a 400:1 strip), clamped to
+the image, then shaped for the work size: its short side becomes `short_side` work pixels and its long side
+is grown (centred, kept inside the image) until it is a multiple of 8 work pixels at the same scale, so the
+box is scaled without distortion. Where the image is too narrow for that, the box takes the image's whole
+extent on that axis and the work size is floored to a multiple of 8 (a stretch of under 8 work pixels, as
+the whole-image path has). Several separate regions share one box around all of them: they are edited in
 one pass, as on the whole image; for regions far apart, chain two EZIGen Edit nodes with a mask each.
 """
 from __future__ import annotations
@@ -26,6 +29,14 @@ CROP_MODES = ("around mask", "whole image")
 # Each side grows by half the region's longer side: a square region fills half the box's side, about the share
 # of the 512 px frame a subject takes in the reference's training images.
 DEFAULT_CONTEXT = 0.5
+# A mask value an 8-bit mask would store as 0 is not painted for the box (half of its smallest step, 1/255).
+PAINTED_THRESHOLD = 0.5 / 255
+# What EZIGen Edit may make of a source or box: at most 16 work pixels per source pixel and at most 16:1 (512 x
+# 8192, the largest area at short side 512). Within the work-pixel limit a 1 px row at short side 64 became a
+# 64 x 12,800 work area (434 s and 10.6 GiB on a CPU) that SD cannot render sensibly; a 32 px thumbnail edited
+# at 512 is still allowed.
+MAX_SCALE_UP = 16
+MAX_ASPECT = 16
 
 
 @public_error
@@ -49,9 +60,11 @@ class Box:
         return [self.top, self.left, self.height, self.width]
 
 
-def mask_bounds(mask: torch.Tensor) -> Box | None:
-    """The bounding box of the pixels > 0 of a (H, W) or (1, H, W) mask; None when nothing is painted."""
-    painted = (mask.reshape(mask.shape[-2:]) > 0).cpu()
+def mask_bounds(mask: torch.Tensor, threshold: float = PAINTED_THRESHOLD) -> Box | None:
+    """The bounding box of the pixels >= `threshold` of a (H, W) or (1, H, W) mask; None when nothing is painted.
+    Why a threshold: a faint haze (1e-6 from a segmentation or a feathered brush) would make the box the whole
+    image and silently shrink the region to the whole-image edit's detail."""
+    painted = (mask.reshape(mask.shape[-2:]) >= threshold).cpu()
     rows, cols = torch.nonzero(painted.any(dim=1)), torch.nonzero(painted.any(dim=0))
     if len(rows) == 0:
         return None
@@ -63,6 +76,14 @@ def _grow(start: int, extent: int, margin: int, limit: int) -> tuple[int, int]:
     """[start - margin, start + extent + margin) clamped to [0, limit): (start, extent)."""
     low, high = max(0, start - margin), min(limit, start + extent + margin)
     return low, high - low
+
+
+def _widen(start: int, extent: int, wanted: int, limit: int) -> tuple[int, int]:
+    """(start, extent) of a span of at least `wanted` pixels (at most `limit`) centred on [start, start + extent)."""
+    wanted = min(wanted, limit)
+    if wanted <= extent:
+        return start, extent
+    return _fit(start, extent, wanted, limit), wanted
 
 
 def _fit(start: int, extent: int, wanted: int, limit: int) -> int:
@@ -83,6 +104,9 @@ def crop_box(height: int, width: int, region: Box, short_side: int, context: flo
     top, box_h = _grow(region.top, region.height, margin, height)
     left, box_w = _grow(region.left, region.width, margin, width)
     work_short = short_side // 8 * 8
+    least = math.ceil(work_short / MAX_SCALE_UP)  # where the image has room: no side scaled up over 16x,
+    top, box_h = _widen(top, box_h, max(least, math.ceil(box_w / MAX_ASPECT)), height)  # none over 16:1
+    left, box_w = _widen(left, box_w, max(least, math.ceil(box_h / MAX_ASPECT)), width)
     if box_h <= box_w:
         left, box_w, work_w = _shape_long_side(left, box_w, width, work_short / box_h)
         work = (work_short, work_w)

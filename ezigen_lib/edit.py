@@ -10,6 +10,7 @@ pasted into the source inside the mask (docs/method.md sections 11 to 13).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from PIL import Image
 import comfy.sample
 import comfy.samplers
 
-from .checks import public_error, require_choice, require_finite
-from .crop import CROP_MODES, DEFAULT_CONTEXT, Box, CropError, crop_box, mask_bounds
+from .checks import public_error, require_choice, require_finite, require_finite_pixels
+from .crop import (CROP_MODES, DEFAULT_CONTEXT, MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, CropError, crop_box,
+                   mask_bounds)
 from .inject import (ALWAYS_ON, NEVER_ON, crop_subject_regions, reach_warnings, require_region_batches,
                      reset_subject_reach, subject_injections, subject_reports)
 from .regions import share_outside
@@ -36,8 +38,11 @@ from .schedule import (derive_seed, reference_edit_unet_calls, reference_inversi
                        reference_inversion_timesteps, vp_scale)
 from .vae_sample import encode_sample
 
+log = logging.getLogger("EZIGen")
+
 OUTPUT_SIZES = ("source", "reference")
 REFERENCE_SHORT_SIDE = 512
+NODE = "EZIGen Edit"
 
 
 @public_error
@@ -76,7 +81,10 @@ class EditSettings(LoopSettings):
 
 
 def check_edit_inputs(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source (1,H,W,3|4) and mask (H,W) or (1,H,W) of the same size -> (1,H,W,3), (1,H,W)."""
+    """Source (1,H,W,3|4) and mask (H,W) or (1,H,W) of the same size -> (1,H,W,3), (1,H,W); NaN or infinity in
+    either is refused first, by input name (the alpha channel is ignored, so it is not checked)."""
+    require_finite_pixels(NODE, "image", image[..., :3] if image.ndim == 4 else image, "IMAGE")
+    require_finite_pixels(NODE, "mask", mask, "MASK")
     if image.ndim != 4 or image.shape[0] != 1:
         raise EditInputError(f"edit one source image at a time: got an IMAGE batch of shape {tuple(image.shape)} "
                              "(use ImageFromBatch to pick one)")
@@ -120,7 +128,31 @@ def reference_size(height: int, width: int, short_side: int) -> tuple[int, int]:
             f"the source ({height} x {width}) at short_side {short_side} would be edited at {size[0]} x {size[1]} = "
             f"{size[0] * size[1]:,} pixels, more than EZIGen Edit's limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): "
             "set crop to 'around mask' (only a box around the mask is edited) or lower short_side")
+    require_work_shape(f"the source ({height} x {width})", height, width, size, short_side,
+                       "set crop to 'around mask' or cut the source down to the region's surroundings first (e.g. "
+                       "ImageCrop) and paste the edit back (ImageCompositeMasked)")
     return size
+
+
+def require_work_shape(what: str, height: int, width: int, work: tuple[int, int], short_side: int,
+                       fix: str) -> None:
+    """Refuse to scale a source or box (`height` x `width` source pixels) up more than MAX_SCALE_UP times or to
+    edit it at a `work` size more elongated than MAX_ASPECT:1: within the work-pixel limit, a 1 px row at short
+    side 64 became a 64 x 12,800 work area that ran for minutes and that SD cannot render sensibly. Both are
+    measured on the work size, which a box widened to the bounds (crop.py) meets exactly. `fix` says what else to
+    change."""
+    short, work_short, work_long = min(height, width), min(work), max(work)
+    scale = work_short / short
+    if scale > MAX_SCALE_UP:
+        raise EditInputError(
+            f"{what} is {short} px on its short side: at short_side {short_side} it would be scaled up {scale:.3g}x "
+            f"(edited at {work[0]} x {work[1]}), more than EZIGen Edit's limit of {MAX_SCALE_UP}x, beyond which SD "
+            f"only invents blur: use a source at least {math.ceil(work_short / MAX_SCALE_UP)} px on its short side "
+            f"(short_side / {MAX_SCALE_UP}), or lower short_side")
+    if work_long > MAX_ASPECT * work_short:
+        raise EditInputError(
+            f"{what} would be edited at {work[0]} x {work[1]}, {work_long / work_short:.3g}:1, more elongated than the "
+            f"{MAX_ASPECT}:1 EZIGen Edit works on: {fix}")
 
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -139,7 +171,7 @@ def edit_box(source: torch.Tensor, mask: torch.Tensor, settings: EditSettings) -
     reference mode, which keeps the reference's whole-image processing)."""
     if settings.crop != "around mask" or settings.reference_output:
         return None
-    region = mask_bounds(mask)
+    region = mask_bounds(mask)  # not None: run_edit returned an unpainted mask's source before
     try:
         box, work = crop_box(*source.shape[1:3], region, settings.short_side, settings.crop_context)
     except CropError as error:
@@ -150,7 +182,31 @@ def edit_box(source: torch.Tensor, mask: torch.Tensor, settings: EditSettings) -
             f"{work[1]} = {work[0] * work[1]:,} pixels at short_side {settings.short_side}, more than EZIGen Edit's "
             f"limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): lower crop_context or short_side, or edit long thin "
             "or far apart regions one at a time (a mask each)")
+    # The box was widened as far as the source allows (crop.py): what is left is a source too small or thin.
+    require_work_shape(f"the box around the mask ({box.height} x {box.width} source pixels, in a {source.shape[1]} x "
+                       f"{source.shape[2]} source)", box.height, box.width, work, settings.short_side,
+                       f"the source leaves no room to widen it; mask a region at most {MAX_ASPECT} times as long as "
+                       "the source's short side, or edit a long region in pieces (a mask each)")
     return box, work
+
+
+def faint_mask_warnings(mask: torch.Tensor, box: Box | None) -> list[str]:
+    """Say where a faint haze of the mask (values an 8-bit mask stores as 0) was left out of the box: those
+    pixels stay the source's, which is what such values mean, but the user may have meant them (logged too)."""
+    if box is None:
+        return []
+    faint = (mask > 0) & (mask < PAINTED_THRESHOLD)
+    rows, cols = box.slices
+    faint[:, rows, cols] = False
+    count = int(faint.sum())
+    if count == 0:
+        return []
+    warning = (f"{count:,} pixels of the mask outside the crop box hold faint values (at most "
+               f"{float(mask[faint].max()):.2g}, below 0.5/255, which an 8-bit mask stores as 0): the box was drawn "
+               "around the painted pixels only and those stay the source's. Threshold the mask (e.g. "
+               "ThresholdMask) or set crop to 'whole image' if they were meant.")
+    log.warning("EZIGen Edit: %s", warning)
+    return [warning]
 
 
 @dataclass(frozen=True)
@@ -269,9 +325,13 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     require_region_batches(model, 1)
     reset_subject_reach(model)
     subjects, warnings = edit_subjects(model, mask)
-    if float(mask.max()) == 0.0:
-        report = rounds_report(None, "empty mask: the source is returned unchanged", 0, {"inversion_evaluations": 0},
-                               settings.mode, started, warnings, subjects=subjects)
+    if not bool((mask >= PAINTED_THRESHOLD).any()):  # nothing an 8-bit mask would store as painted
+        largest = float(mask.max())
+        reason = "empty mask: the source is returned unchanged" if largest == 0.0 else (
+            f"empty mask (its largest value, {largest:.2g}, is below 0.5/255, which an 8-bit mask stores as 0): "
+            "the source is returned unchanged")
+        report = rounds_report(None, reason, 0, {"inversion_evaluations": 0}, settings.mode, started, warnings,
+                               subjects=subjects)
         return RoundsResult(latent=None, image=source, round_images=source, report=report)
 
     crop = edit_box(source, mask, settings)
@@ -283,6 +343,7 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
         rows, cols = crop[0].slices
         work = pack_processing(source[:, rows, cols], mask[:, rows, cols], settings.short_side, crop[1])
         model = crop_subject_regions(model, crop[0], tuple(source.shape[1:3]))
+        warnings = warnings + faint_mask_warnings(mask, crop[0])
     faithful = settings.faithful or settings.reference_output
     plan = plan_loops(model.get_model_object("model_sampling"), settings, faithful)
     inverter = Inverter(model, vae, inversion_context, plan, settings, faithful)

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .checks import InputValueError, public_error
+from .checks import InputValueError, public_error, require_finite_pixels
 from .core import core_changed, note_fallback, require_option
 from .frames import VIEWS_KEY, LatentView
 
@@ -26,8 +26,7 @@ def subject_region(mask: torch.Tensor | None) -> torch.Tensor | None:
         raise InputValueError(f"The subject mask must be a MASK of shape (H, W) or (batch, H, W), got {shape}: "
                               "connect a mask (e.g. from Solid Mask, Load Image's mask, or a mask editor).")
     region = mask.detach().float().cpu()
-    if not bool(torch.isfinite(region).all()):
-        raise InputValueError("The subject mask contains NaN or infinite values: give a mask with values in [0, 1].")
+    require_finite_pixels("Patch UNet Attention (EZIGen)", "mask", region, "MASK")
     region = region.clamp(0.0, 1.0)
     if region.ndim == 2:
         region = region[None]

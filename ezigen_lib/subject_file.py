@@ -14,14 +14,18 @@ file is a plain safetensors (no pickles):
 Both ends are bounded so that a file can neither hurt nor flood a message: the features must be finite,
 the adapter name is at most 1024 characters, the words 2000, all metadata 16 KiB; names the filesystem
 or ComfyUI's file lists would refuse (over 255 bytes per name, hidden '.' parts) are refused before
-writing; a save writes a temporary `.partial` file and links it into place, so a killed save never
-leaves a damaged subject under a listed name.
+writing, and so are names Windows would change or refuse (a subjects folder may be shared with a Windows
+install: reserved device names such as CON or COM1, folder names ending in '.' or ' ', ':' and the like)
+and text that is not valid Unicode (lone surrogates from a broken JSON escape); a save writes a temporary
+`.partial` file and links it into place, so a killed save never leaves a damaged subject under a listed
+name, and a save that fails (full disk, read-only folder, folder removed) removes it and says why.
 
 The layout (family and widths) decides whether a subject fits an encoder: SD1.5 and SD2.1 have the same
 widths but different features, so the family is part of it. The adapter name is a record, not a rule.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -64,6 +68,10 @@ PATH_MAX = 4096  # bytes of a whole path (Linux)
 _FAMILY = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
 _DECIMAL = re.compile(r"[0-9]{1,9}")
 _UNSAFE_NAME = re.compile(r'[<>:"|?*\x00-\x1f]')  # not allowed in file names on Windows (or anywhere, for NUL)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no character, no UTF-8 encoding
+# Names Windows reserves for devices, with or without an extension (the part before the first '.', spaces dropped).
+_WINDOWS_RESERVED = re.compile(r"(CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|COM[0-9\u00b9\u00b2\u00b3]|LPT[0-9\u00b9\u00b2\u00b3])",
+                               re.IGNORECASE)
 
 
 @public_error
@@ -110,6 +118,11 @@ def subject_metadata(subject: SubjectFeatures, subject_prompt: str = "") -> dict
                                f"{shown_value(subject.adapter)}: a family of at most 64 letters, digits and '_.+-' and "
                                f"an adapter name of at most {MAX_ADAPTER_NAME} characters are expected; encode the "
                                "subject with Encode Subject (EZIGen).")
+    surrogate = _SURROGATE.search(subject_prompt or "")
+    if surrogate is not None:  # safetensors keeps metadata as UTF-8, which has no encoding for it
+        raise SubjectFileError(f"subject_prompt {shown_value(subject_prompt)} holds a lone surrogate (U+"
+                               f"{ord(surrogate.group()):04X} at character {surrogate.start() + 1}), which is not a "
+                               "character (a script sent a broken \\u escape): send the words as plain Unicode text.")
     if len(subject_prompt or "") > MAX_SUBJECT_PROMPT:
         raise SubjectFileError(f"subject_prompt is {len(subject_prompt)} characters, more than the "
                                f"{MAX_SUBJECT_PROMPT} a subject file keeps: give the subject's words only, e.g. "
@@ -168,7 +181,10 @@ def _write_new(path: Path, data: bytes) -> None:
                 raise FileExistsError(f"{path.name} exists") from None
             os.replace(temp, path)
     finally:
-        temp.unlink(missing_ok=True)
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:  # e.g. the folder went read-only: the error that stopped the save is the one to report
+            log.warning("EZIGen: could not remove the temporary file %s", temp.name)
 
 
 def save_subject(path: str | os.PathLike, subject: SubjectFeatures, subject_prompt: str = "") -> None:
@@ -178,32 +194,60 @@ def save_subject(path: str | os.PathLike, subject: SubjectFeatures, subject_prom
 
 def prefix_parts(prefix: str, folder_shown: str) -> list[str]:
     """`filename_prefix` as path parts inside the subjects folder: subfolders are fine, leaving the
-    folder (absolute paths, drive letters, '..') is refused."""
+    folder (absolute paths, Windows drives and shares, '..') is refused, and so is any name that would not
+    come back as saved on every system ComfyUI runs on (see the module docstring)."""
+    surrogate = _SURROGATE.search(prefix)
+    if surrogate is not None:  # checked first: such text cannot even be written to the log
+        raise SubjectFileError(
+            f"filename_prefix {shown_value(prefix)} holds a lone surrogate (U+{ord(surrogate.group()):04X} at character "
+            f"{surrogate.start() + 1}), which is not a character and cannot be part of a file name (a script sent a "
+            "broken \\u escape): send the name as plain Unicode text, e.g. 'dogs/rex'.")
     text = prefix.strip()
-    prefix = cut(prefix)  # as messages repeat it
+    prefix = shown_value(prefix)  # as messages repeat it: quoted, cut short, control characters escaped
     if not text:
         raise SubjectFileError(f"filename_prefix is empty: give a name such as 'subject' or 'dogs/rex' (saved "
                                f"under {folder_shown}).")
-    if os.path.isabs(text) or text[0] in "/\\" or re.match(r"[A-Za-z]:", text):
-        raise SubjectFileError(f"filename_prefix '{prefix}' is an absolute path: subjects are saved under "
+    if os.path.isabs(text) or text[0] in "/\\" or re.match(r"[A-Za-z]:[\\/]", text):
+        raise SubjectFileError(f"filename_prefix {prefix} is an absolute path: subjects are saved under "
                                f"{folder_shown}; give a name relative to it, e.g. 'subject' or 'dogs/rex'.")
     parts = re.split(r"[\\/]+", text)
     if ".." in parts:
-        raise SubjectFileError(f"filename_prefix '{prefix}' uses '..', which would leave {folder_shown}; give a "
+        raise SubjectFileError(f"filename_prefix {prefix} uses '..', which would leave {folder_shown}; give a "
                                "name inside it, e.g. 'subject' or 'dogs/rex'.")
     if parts[-1] in ("", "."):
-        raise SubjectFileError(f"filename_prefix '{prefix}' does not end with a file name: add one, e.g. 'dogs/rex' "
+        raise SubjectFileError(f"filename_prefix {prefix} does not end with a file name: add one, e.g. 'dogs/rex' "
                                f"saves {folder_shown}/dogs/rex_00001.safetensors.")
     hidden = next((p for p in parts if p.startswith(".") and p != "."), None)
     if hidden is not None:
-        raise SubjectFileError(f"filename_prefix '{prefix}' has a part that starts with '.' ({shown_value(hidden)}): "
+        raise SubjectFileError(f"filename_prefix {prefix} has a part that starts with '.' ({shown_value(hidden)}): "
                                "hidden names are left out of ComfyUI's file lists (e.g. '.git'), so Load EZIGen "
                                "Subject could not list the file; drop the leading '.', e.g. 'dogs/rex'.")
     bad = sorted(set(_UNSAFE_NAME.findall(text)))
     if bad:
-        raise SubjectFileError(f"filename_prefix '{prefix}' contains {', '.join(repr(c) for c in bad)}, which "
-                               "file names cannot hold on every system: use letters, digits, '-', '_' and '/'.")
-    return [p for p in parts if p not in ("", ".")]
+        drive = " (Windows reads 'a:' as a drive)" if ":" in bad else ""
+        raise SubjectFileError(f"filename_prefix {prefix} contains {', '.join(repr(c) for c in bad)}, which "
+                               f"file names cannot hold on every system{drive}: use letters, digits, '-', '_' and "
+                               "'/'.")
+    parts = [p for p in parts if p not in ("", ".")]
+    require_portable_names(prefix, [*parts[:-1], f"{parts[-1]}_{1:0{COUNTER_DIGITS}d}{SUFFIX}"])
+    return parts
+
+
+def require_portable_names(prefix: str, names: list[str]) -> None:
+    """Refuse folder and file names that Windows changes or refuses, naming the part: a subjects folder shared
+    with a Windows install (or copied to one) would hold files whose names do not come back as saved."""
+    for name in names:
+        if name.endswith((".", " ")):
+            raise SubjectFileError(
+                f"filename_prefix {prefix} has the folder name {shown_value(name)}, which ends with "
+                f"{'a dot' if name.endswith('.') else 'a space'}: Windows drops it, so the folder would not come back "
+                "under this name; remove it, e.g. 'dogs/rex'.")
+        device = name.split(".", 1)[0].rstrip(" ")
+        if _WINDOWS_RESERVED.fullmatch(device):
+            raise SubjectFileError(
+                f"filename_prefix {prefix} has the name {shown_value(name)}: Windows reserves '{device}' for a "
+                f"device, so a subjects folder shared with Windows could not hold it; rename that part, e.g. "
+                f"'{device}_1'.")
 
 
 def next_subject_path(folder: str | os.PathLike, prefix: str, folder_shown: str,
@@ -250,22 +294,68 @@ def require_short_enough(prefix: str, folders: list[str], path: Path, folder_sho
                                "shorter subfolders.")
 
 
+# Why a write failed, in words, and what to do (never the exception's text: it holds the server's path).
+_ADVICE = {
+    errno.ENOSPC: ("the disk is full", "free some space on the disk, then queue the prompt again"),
+    errno.EACCES: ("ComfyUI may not write there (a read-only folder?)",
+                   "make the folder writable for the user ComfyUI runs as, then queue the prompt again"),
+    errno.EPERM: ("ComfyUI may not write there (a read-only or locked folder?)",
+                  "make the folder writable for the user ComfyUI runs as, then queue the prompt again"),
+    errno.EROFS: ("the filesystem is mounted read-only", "save to a writable disk, then queue the prompt again"),
+    errno.ENOENT: ("the folder was removed or renamed during the save",
+                   "queue the prompt again (the folder is made anew)"),
+    errno.ENOTDIR: ("a file is in the way of a folder of that name",
+                    "rename that file or choose another filename_prefix"),
+    errno.EEXIST: ("a file is in the way of a folder of that name",
+                   "rename that file or choose another filename_prefix"),
+    errno.EFBIG: ("the file is larger than the filesystem or ComfyUI's process allows",
+                  "save to another disk, then queue the prompt again"),
+    errno.EIO: ("the disk reported an input/output error", "check the disk, then queue the prompt again"),
+}
+if hasattr(errno, "EDQUOT"):
+    _ADVICE[errno.EDQUOT] = ("the disk quota is used up", "free some space, then queue the prompt again")
+
+
+def write_error(exc: OSError, what: str) -> SubjectFileError:
+    """`exc` (a failed mkdir, listing or write) as the pack's error: `what` (the file or folder as the user knows
+    it, 'models/ezigen_subjects/...'), the reason in words and the errno's name, and what to do."""
+    reason, advice = _ADVICE.get(exc.errno, (None, "check the folder, then queue the prompt again"))
+    code = errno.errorcode.get(exc.errno or 0)
+    if reason is None:
+        reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    return SubjectFileError(f"Save EZIGen Subject could not write {what}: {reason}"
+                            f"{f' ({code})' if code else ''}. Nothing was saved: {advice}.")
+
+
 def save_new_subject(folder: str | os.PathLike, prefix: str, subject: SubjectFeatures, subject_prompt: str,
                      folder_shown: str, taken: Callable[[str], bool] = lambda name: False) -> str:
-    """Save under the next free name (see `next_subject_path`); returns the name as the dropdown lists it."""
+    """Save under the next free name (see `next_subject_path`); returns the name as the dropdown lists it.
+    Any filesystem error is reported with the file as the user knows it and the reason; a failed write leaves
+    no temporary file."""
     data = subject_file_bytes(subject, subject_prompt)  # an unsaveable subject is refused before any folder is made
+    root = os.path.abspath(folder)
     while True:
-        path, name = next_subject_path(folder, prefix, folder_shown, taken)
+        try:
+            path, name = next_subject_path(folder, prefix, folder_shown, taken)
+        except OSError as exc:  # the subfolder could not be listed
+            raise write_error(exc, f"into {folder_shown} (filename_prefix {shown_value(prefix)})") from exc
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            where = os.path.relpath(path.parent, os.path.abspath(folder))
-            raise SubjectFileError(f"cannot make the folder '{cut(where)}' in {folder_shown} for filename_prefix "
-                                   f"'{cut(prefix)}' ({type(exc).__name__}; is there a file of that name?).") from exc
+            where = os.path.relpath(path.parent, root).replace(os.sep, "/")
+            raise write_error(exc, f"the folder '{folder_shown}/{cut(where)}' (filename_prefix "
+                                   f"{shown_value(prefix)})") from exc
         try:
             _write_new(path, data)
         except FileExistsError:
             continue  # written by someone else in between: take the next number
+        except OSError as exc:
+            raise write_error(exc, f"'{folder_shown}/{cut(name.replace(os.sep, '/'), 300)}'") from exc
+        given = prefix.replace("\\", "/")
+        used = "/".join(name.replace(os.sep, "/").split("/")[:-1] + [path.stem.rsplit("_", 1)[0]])
+        if given != used:
+            log.warning("EZIGen: filename_prefix %s was saved as '%s' (spaces around it and empty or '.' parts "
+                        "dropped).", shown_value(prefix), name.replace(os.sep, "/"))
         return name
 
 

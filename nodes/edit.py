@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..ezigen_lib.autostop import LoopPolicy
 from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.crop import CROP_MODES, DEFAULT_CONTEXT
-from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, run_edit
+from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, check_edit_inputs, run_edit
 from ..ezigen_lib.inversion import SOLVERS, exceptional_prompt
 from ..ezigen_lib.layout import require_conditioning_width, require_text_width
 from .common import MODES, autostop_inputs, require_valid_widgets, similarity_chart_output
@@ -34,7 +34,9 @@ class EZIGenEdit(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE."),
                 io.Image.Input("image", tooltip="The source image (one image; alpha is ignored). Any size."),
                 io.Mask.Input("mask", tooltip="Where to put the subject (1 = regenerate), same size as the image: a "
-                                              "painted mask, LoadImage's alpha mask, or a segmentation."),
+                                              "painted mask, LoadImage's alpha mask, or a segmentation. Values below "
+                                              "0.5/255 (what an 8-bit mask stores as 0, e.g. a segmentation's faint "
+                                              "haze) count as unpainted for the crop box."),
                 io.Conditioning.Input("positive", tooltip="What the edited region shows, e.g. 'a dog on the sofa'."),
                 io.Conditioning.Input("negative", tooltip="The reference uses an empty prompt here."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
@@ -68,7 +70,10 @@ class EZIGenEdit(io.ComfyNode):
                                tooltip="soft: use the mask as painted. hard: only fully painted pixels count "
                                        "(the reference's == 255 threshold)."),
                 io.Int.Input("short_side", default=512, min=64, max=2048, step=8,
-                             tooltip="Work resolution of the short side (512 as trained)."),
+                             tooltip="Work resolution of the short side (512 as trained). A source or crop box is "
+                                     "scaled up at most 16x (at least short_side / 16 px on its short side) and "
+                                     "edited at most 16:1; the box takes more surroundings where the source has "
+                                     "room."),
                 io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="source",
                                tooltip="source: the result at the source's size, pixels outside the mask taken "
                                        "from the source. reference: what the reference returns (the work-size "
@@ -102,6 +107,7 @@ class EZIGenEdit(io.ComfyNode):
                 sim_threshold: float, mode: str, inversion: str, mask_mode: str, short_side: int, output_size: str,
                 crop: str = "around mask", crop_context: float = DEFAULT_CONTEXT, clip_vision=None) -> io.NodeOutput:
         require_valid_widgets(cls, locals())
+        check_edit_inputs(image, mask)  # NaN in the image or mask, wrong shapes: refused before the CLIP runs
         for name, conditioning in (("positive", positive), ("negative", negative)):
             require_conditioning_width(model, conditioning, name)
         settings = EditSettings(

@@ -34,8 +34,10 @@ class EZIGenSaveSubject(io.ComfyNode):
                 EZIGenSubjectType.Input("subject", tooltip="From Encode Subject (EZIGen)."),
                 io.String.Input("filename_prefix", default="subject",
                                 tooltip="File name in models/ezigen_subjects; _00001, _00002, ... is added. Subfolders "
-                                        "work (e.g. 'dogs/rex'); absolute paths, '..', parts starting with '.' and "
-                                        "names over 220 bytes are refused."),
+                                        "work (e.g. 'dogs/rex'); absolute paths, '..', parts starting with '.', "
+                                        "names over 220 bytes and names Windows changes or refuses (CON, NUL, COM1, "
+                                        "folder names ending in '.' or ' ', ':' and other reserved characters) are "
+                                        "refused."),
                 io.String.Input("subject_prompt", default="", multiline=False, optional=True,
                                 tooltip="The subject's words, e.g. 'a dog' (the text of the subject prompt), kept in "
                                         "the file; Load EZIGen Subject gives it back."),

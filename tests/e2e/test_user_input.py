@@ -1,17 +1,21 @@
-"""Issue 12 through the real server: what a user (or an attacker) sends over the API is refused with a
-message that says what to do, and a replaced adapter file is loaded anew."""
+"""Issues 12 and 27 through the real server: what a user (or an attacker) sends over the API is refused with a
+message that says what to do, and a replaced adapter file is loaded anew; NaN in images and masks, save names
+and failed writes, faint mask hazes and long thin sources end in the pack's own clear errors or warnings."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
-from comfy_host import PromptFailed, PromptRejected, set_inputs
+from comfy_host import PromptFailed, PromptRejected, node_id, set_inputs
 
+from ezigen_lib.crop import Box, crop_box
 from ezigen_prompts import ADAPTER, SD15, api_prompt, images_of, saver_of, small
 
 
@@ -134,3 +138,221 @@ def test_adapter_name_in_errors_is_relative(server, seed):
     message = failure_of(server, prompt)
     assert "EZIGen adapter file 'models/ezigen/broken_adapter.safetensors'" in message
     assert str(server.base_dir) not in message and ADAPTER not in message
+
+
+# -- issue 27: bad inputs end in the pack's own clear errors ----------------------------------------------------
+
+def upstream_of(prompt: dict, *outputs: str) -> dict:
+    """Only the nodes `outputs` need: a test that meets an error early does not run the rest of the workflow."""
+    keep, todo = set(), list(outputs)
+    while todo:
+        nid = todo.pop()
+        if nid in keep:
+            continue
+        keep.add(nid)
+        todo += [v[0] for v in prompt[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2
+                 and isinstance(v[0], str)]
+    return {nid: node for nid, node in prompt.items() if nid in keep}
+
+
+def refusal_of(server, prompt) -> dict:
+    """The execution error of a prompt sent as raw JSON (NaN, lone surrogates), as a client meets it."""
+    with pytest.raises(PromptFailed) as info:
+        run_raw(server, prompt)
+    error = info.value.execution_error
+    assert str(server.base_dir) not in error["exception_message"] and len(error["exception_message"]) < 600
+    return error
+
+
+NAN = float("nan")
+SOURCE_PIXELS = 80 * 112  # demo_inputs.write_source_image
+SUBJECT_PIXELS = 96 * 96  # demo_inputs.write_subject_image
+
+
+def nan_image(prompt: dict, of: str, nid: str) -> list:
+    """An IMAGE of NaN from a real core node: ImageBlend with blend_factor NaN (the API lets NaN through)."""
+    prompt[nid] = {"class_type": "ImageBlend", "inputs": {"image1": of, "image2": of, "blend_factor": NAN,
+                                                         "blend_mode": "normal"}}
+    return [nid, 0]
+
+
+@pytest.mark.parametrize("case", ["edit mask", "edit mask half", "edit image", "subject image", "subject mask",
+                                  "patch mask"])
+def test_non_finite_images_and_masks_are_refused_by_name(server, seed, case):
+    prompt = edit_prompt(server, seed)
+    edit, encode = node_id(prompt, "EZIGenEdit"), node_id(prompt, "EZIGenEncodeSubject")
+    source, subject = prompt[edit]["inputs"]["image"], prompt[encode]["inputs"]["image"]
+    solid = lambda value, width, height: {"class_type": "SolidMask",
+                                          "inputs": {"value": value, "width": width, "height": height}}
+    if case == "edit mask":
+        prompt["972"] = solid(NAN, 112, 80)
+        set_inputs(prompt, "EZIGenEdit", mask=["972", 0])
+        node, expected = "EZIGen Edit", f"the mask input holds NaN in {SOURCE_PIXELS:,} of its {SOURCE_PIXELS:,} pixels"
+    elif case == "edit mask half":  # NaN on the left half only: the box would have covered the whole image
+        prompt["972"], prompt["973"] = solid(0.0, 112, 80), solid(NAN, 56, 80)
+        prompt["974"] = {"class_type": "MaskComposite", "inputs": {"destination": ["972", 0], "source": ["973", 0],
+                                                                   "x": 0, "y": 0, "operation": "add"}}
+        set_inputs(prompt, "EZIGenEdit", mask=["974", 0])
+        node, expected = "EZIGen Edit", f"the mask input holds NaN in {SOURCE_PIXELS // 2:,} of its {SOURCE_PIXELS:,}"
+    elif case == "edit image":
+        set_inputs(prompt, "EZIGenEdit", image=nan_image(prompt, source, "975"))
+        node, expected = "EZIGen Edit", f"the image input holds NaN in {SOURCE_PIXELS:,} of its {SOURCE_PIXELS:,}"
+    elif case == "subject image":
+        set_inputs(prompt, "EZIGenEncodeSubject", image=nan_image(prompt, subject, "975"))
+        node = "Encode Subject (EZIGen)"
+        expected = f"the image input holds NaN in {SUBJECT_PIXELS:,} of its {SUBJECT_PIXELS:,} pixels"
+    elif case == "subject mask":
+        prompt["972"] = solid(NAN, 96, 96)
+        set_inputs(prompt, "EZIGenEncodeSubject", mask=["972", 0])
+        node = "Encode Subject (EZIGen)"
+        expected = f"the mask input holds NaN in {SUBJECT_PIXELS:,} of its {SUBJECT_PIXELS:,} pixels"
+    else:
+        prompt["972"] = solid(NAN, 64, 64)
+        set_inputs(prompt, "EZIGenPatchUNetAttention", mask=["972", 0])
+        node, expected = "Patch UNet Attention (EZIGen)", "the mask input holds NaN in 4,096 of its 4,096 pixels"
+    error = refusal_of(server, upstream_of(prompt, node_id(prompt, "PreviewAny")))  # the report: Edit and before
+    assert error["exception_type"] == "ezigen.InputValueError"
+    assert error["exception_message"].startswith(f"{node}: {expected}"), error["exception_message"]
+    assert "give it a number" in error["exception_message"]
+
+
+def save_prompt(server, seed: int, prefix: str, **save) -> dict:
+    """Encode Subject -> Save EZIGen Subject and nothing else (the encoding is cached between tests of one seed)."""
+    prompt = small(api_prompt(server, "ezigen_single_pass.json"), seed)
+    encode = node_id(prompt, "EZIGenEncodeSubject")
+    prompt["950"] = {"class_type": "EZIGenSaveSubject",
+                     "inputs": {"subject": [encode, 0], "filename_prefix": prefix, **save}}
+    return upstream_of(prompt, "950")
+
+
+def subject_files(server) -> list:
+    folder = server.base_dir / "models" / "ezigen_subjects"
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("prefix,expected", [
+    ("\udc80dog", "filename_prefix '\\udc80dog' holds a lone surrogate (U+DC80 at character 1), which is not a "
+                  "character"),
+    ("a:b", "filename_prefix 'a:b' contains ':', which file names cannot hold on every system (Windows reads 'a:' "
+            "as a drive)"),
+    ("x" * 300, "... (300 characters) is too long"),
+    ("C:\\Users\\me\\rex", "is an absolute path"),
+    ("\\\\server\\share\\rex", "is an absolute path"),
+    ("CON/rex", "filename_prefix 'CON/rex' has the name 'CON': Windows reserves 'CON' for a device"),
+    ("dogs/com1.v2/rex", "Windows reserves 'com1'"),
+    ("dogs./rex", "has the folder name 'dogs.', which ends with a dot: Windows drops it"),
+], ids=["surrogate", "colon", "long", "drive", "unc", "CON", "com1", "trailing-dot"])
+def test_save_names_are_unicode_and_portable(server, prefix, expected):
+    before = subject_files(server)
+    error = refusal_of(server, save_prompt(server, 27, prefix))
+    assert error["exception_type"] == "ezigen.SubjectFileError"
+    assert expected in error["exception_message"], error["exception_message"]
+    assert "absolute" not in error["exception_message"] or "absolute" in expected
+    assert subject_files(server) == before
+
+
+def test_a_subject_prompt_with_a_lone_surrogate_is_refused(server):
+    error = refusal_of(server, save_prompt(server, 27, "surrogate_words", subject_prompt="a \ud83d dog"))
+    assert error["exception_type"] == "ezigen.SubjectFileError"
+    assert error["exception_message"].startswith("subject_prompt 'a \\ud83d dog' holds a lone surrogate (U+D83D at "
+                                                 "character 3)")
+
+
+@pytest.fixture
+def read_only_folder(server, seed):
+    """A subfolder of models/ezigen_subjects that not even root may write in (the immutable attribute: root ignores
+    permission bits); skipped where chattr is missing or the filesystem has no such attribute."""
+    folder = server.base_dir / "models" / "ezigen_subjects" / f"locked_{seed}"
+    folder.mkdir(parents=True)
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+        pytest.skip("chattr +i is not available here (not root, or the filesystem has no immutable attribute)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_read_only_folder_is_reported_and_nothing_is_left(server, read_only_folder):
+    name = read_only_folder.name
+    error = refusal_of(server, save_prompt(server, 27, f"{name}/rex"))
+    assert error["exception_type"] == "ezigen.SubjectFileError"
+    assert error["exception_message"].strip() == (
+        f"Save EZIGen Subject could not write 'models/ezigen_subjects/{name}/rex_00001.safetensors': ComfyUI may not "
+        "write there (a read-only or locked folder?) (EPERM). Nothing was saved: make the folder writable for the user "
+        "ComfyUI runs as, then queue the prompt again.")
+    assert list(read_only_folder.iterdir()) == []
+
+
+@pytest.fixture
+def full_folder(server, seed):
+    """A subfolder of models/ezigen_subjects on its own 8 KiB tmpfs, smaller than any subject file: a real full disk.
+    Skipped where mounting is not allowed (it needs root with CAP_SYS_ADMIN)."""
+    folder = server.base_dir / "models" / "ezigen_subjects" / f"full_{seed}"
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_reported_and_no_partial_file_is_left(server, full_folder):
+    name = full_folder.name
+    error = refusal_of(server, save_prompt(server, 27, f"{name}/rex"))
+    assert error["exception_type"] == "ezigen.SubjectFileError"
+    assert error["exception_message"].strip() == (
+        f"Save EZIGen Subject could not write 'models/ezigen_subjects/{name}/rex_00001.safetensors': the disk is full "
+        "(ENOSPC). Nothing was saved: free some space on the disk, then queue the prompt again.")
+    assert list(full_folder.iterdir()) == []  # the partial file is gone
+
+
+def edit_report(history: dict) -> dict:
+    (text,) = [t for out in history["outputs"].values() for t in out.get("text", [])]
+    return json.loads(text)
+
+
+def test_a_faint_mask_haze_does_not_make_the_box_the_whole_image(server, seed):
+    """A 20 x 20 square painted at 1.0 on a background of 1e-6 (a segmentation's haze): the box is drawn around the
+    square, as for a clean mask, and the report and log say the haze was left out."""
+    prompt = edit_prompt(server, seed)
+    prompt["976"] = {"class_type": "SolidMask", "inputs": {"value": 1e-6, "width": 112, "height": 80}}
+    prompt["977"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 20, "height": 20}}
+    prompt["978"] = {"class_type": "MaskComposite", "inputs": {"destination": ["976", 0], "source": ["977", 0],
+                                                               "x": 50, "y": 30, "operation": "add"}}
+    set_inputs(prompt, "EZIGenEdit", mask=["978", 0], short_side=64)
+    report = edit_report(server.run(prompt))
+    box, work = crop_box(80, 112, Box(30, 50, 20, 20), 64)
+    assert report["crop"] == {"box": box.as_list(), "work_size": list(work)}
+    assert box.height * box.width < 80 * 112
+    (warning,) = [w for w in report["warnings"] if "faint values" in w]
+    assert warning.startswith(f"{80 * 112 - box.height * box.width:,} pixels of the mask outside the crop box hold "
+                              "faint values (at most 1e-06, below 0.5/255")
+    assert "faint values" in server.log_text()
+
+
+@pytest.mark.parametrize("width,painted,crop,expected", [
+    (200, (0, 200), "whole image", "the source (1 x 200) is 1 px on its short side: at short_side 64 it would be "
+                                   "scaled up 64x (edited at 64 x 12800), more than EZIGen Edit's limit of 16x"),
+    (200, (0, 200), "around mask", "the box around the mask (1 x 200 source pixels, in a 1 x 200 source) is 1 px on "
+                                   "its short side: at short_side 64 it would be scaled up 64x"),
+    (2048, (900, 1100), "around mask", "the box around the mask (1 x 400 source pixels, in a 1 x 2048 source) is 1 px "
+                                       "on its short side: at short_side 64 it would be scaled up 64x (edited at 64 x "
+                                       "25600)"),
+])
+def test_a_long_thin_source_is_refused_at_once(server, seed, width, painted, crop, expected):
+    """Within the work-pixel limit, these ran for 6 to 7 minutes and 10 GiB on a CPU before issue 27."""
+    row = np.zeros((1, width, 4), np.uint8)
+    row[..., :3] = 120
+    row[0, :, 3] = 255
+    row[0, painted[0]:painted[1], 3] = 0  # transparent = painted: LoadImage's mask
+    Image.fromarray(row, "RGBA").save(server.base_dir / "input" / f"row_{width}.png")
+    prompt = edit_prompt(server, seed)
+    prompt["979"] = {"class_type": "LoadImage", "inputs": {"image": f"row_{width}.png"}}
+    set_inputs(prompt, "EZIGenEdit", image=["979", 0], mask=["979", 1], crop=crop, short_side=64)
+    with pytest.raises(PromptFailed) as info:  # refused before any sampling: well within the timeout
+        server.run(upstream_of(prompt, node_id(prompt, "PreviewAny")), timeout=180)
+    assert info.value.execution_error["exception_type"] == "ezigen.EditInputError"
+    message = info.value.exception_message
+    assert message.startswith(expected) and "use a source at least 4 px on its short side" in message, message

@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ezigen_lib.crop import DEFAULT_CONTEXT, Box, CropError, crop_box, mask_bounds
+from ezigen_lib.crop import DEFAULT_CONTEXT, MAX_ASPECT, MAX_SCALE_UP, Box, CropError, crop_box, mask_bounds
 
 EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -107,3 +107,12 @@ def test_box_properties(scene, short_side, context):
         assert abs(long_box * scale - long_work) <= scale + 1e-6
     else:
         assert abs(long_box * scale - long_work) < 8 + scale
+    # where the image has room, no side is scaled up more than MAX_SCALE_UP times and the work size is at most
+    # MAX_ASPECT:1 (EZIGen Edit refuses beyond; a box the image leaves room for must never be refused)
+    least = math.ceil(short_side / MAX_SCALE_UP)
+    assert box.height >= min(least, height) and box.width >= min(least, width)
+    if min(box.height, box.width) >= least:
+        assert min(work_h, work_w) / min(box.height, box.width) <= MAX_SCALE_UP
+    short_box, short_limit = (box.height, height) if short_is_height else (box.width, width)
+    if short_box < short_limit:  # the short side could still grow: the bound holds
+        assert max(work_h, work_w) <= MAX_ASPECT * min(work_h, work_w)

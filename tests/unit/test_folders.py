@@ -1,7 +1,18 @@
 """models/ezigen registration and the messages for missing model files."""
 import folder_paths
+import pytest
 
 from .tiny import load_pack
+
+
+@pytest.fixture(autouse=True)
+def restore_registration(monkeypatch):
+    """These tests point models/ezigen at their tmp_path: put the registration back afterwards, as a later test
+    that lists the folder (every node's schema does) must not meet a folder that pytest has since removed."""
+    load_pack()  # registers the folder
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "ezigen", folder_paths.folder_names_and_paths["ezigen"])
+    yield
+    folder_paths.filename_list_cache.clear()
 
 
 def test_registration_keeps_paths_from_extra_model_paths(tmp_path):
