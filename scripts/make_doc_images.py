@@ -17,7 +17,6 @@ from PIL import Image, ImageDraw, ImageFont
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "web" / "docs" / "images"
 sys.path.insert(0, str(REPO))  # ezigen_lib (its chart)
-sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness (its demo inputs)
 
 TEXT_ONLY, SUBJECT, LOOP = (120, 150, 200), (230, 120, 30), (90, 170, 90)
 

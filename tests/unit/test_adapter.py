@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from ezigen_lib.adapter import AdapterSet
 from ezigen_lib.slots import SD_WIDTHS, SLOTS, slot_widths
 
-from .tiny import TINY_CHANNELS, TINY_HEAD_DIM, random_adapter_state
+from tiny_models import TINY_CHANNELS, TINY_HEAD_DIM, random_adapter_state
 
 
 def reference_residual(sd, slot, h1, subject, head_dim):

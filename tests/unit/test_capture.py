@@ -9,8 +9,8 @@ from ezigen_lib.slots import SLOTS
 
 from training_data import write_training_folder
 
-from .tiny import random_context, tiny_encoder, tiny_vae
-from .training_fixtures import encode_text, tiny_trainer
+from tiny_models import random_context, tiny_encoder, tiny_vae
+from tiny_models import encode_text, tiny_trainer
 
 IMAGES = torch.rand(2, 48, 40, 3, generator=torch.Generator().manual_seed(9))
 

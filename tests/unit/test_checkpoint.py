@@ -11,7 +11,7 @@ from ezigen_lib.checkpoint import AdapterFileError, load_adapter
 from ezigen_lib.slots import slot_widths
 
 from .checkpoints import to_reference_keys, write_malicious_pickle, write_reference_folder
-from .tiny import TINY_CHANNELS, random_adapter_state
+from tiny_models import TINY_CHANNELS, random_adapter_state
 
 CANONICAL = random_adapter_state(seed=5)
 WHERE = "models/ezigen"

@@ -26,8 +26,8 @@ from ezigen_lib.vae_sample import encode_sample, no_posterior_note
 
 from training_data import write_training_folder
 
-from .tiny import init_random, random_context, sample, tiny_encoder, tiny_model, tiny_vae
-from .training_fixtures import encode_text
+from tiny_models import init_random, random_context, sample, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import encode_text
 
 VERSION = ".".join(map(str, comfy_version()))  # read from the host's comfyui_version.py as text
 POSITIVE = [[random_context(100), {}]]

@@ -12,7 +12,7 @@ from ezigen_lib.inject import NEVER_ON
 from ezigen_lib.sampling import CallCounter, with_window
 
 from .reference_scheduler import reference_inverse_levels, reference_inverse_scheduler, reference_inversion_steps
-from .tiny import patched_tiny, random_context
+from tiny_models import patched_tiny, random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]

@@ -7,7 +7,7 @@ from ezigen_lib.crop import Box, crop_box
 from ezigen_lib.edit import EditInputError, EditSettings, edit_box, run_edit
 from ezigen_lib.inject import crop_subject_regions, subject_injections
 
-from .tiny import patched_tiny, random_context
+from tiny_models import patched_tiny, random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]

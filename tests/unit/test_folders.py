@@ -1,7 +1,7 @@
 """models/ezigen registration and the messages for missing model files."""
 import folder_paths
 
-from .tiny import load_pack
+from tiny_models import load_pack
 
 
 def test_registration_keeps_paths_from_extra_model_paths(tmp_path):

@@ -11,7 +11,7 @@ from ezigen_lib.checks import InputValueError
 from ezigen_lib.inject import NEVER_ON, SubjectInjection, apply_subject, gate_subjects
 from ezigen_lib.layout import UnsupportedModelError
 
-from .tiny import random_context, sample, tiny_encoder, tiny_flux, tiny_model, tiny_sdxl_like, tiny_vae
+from tiny_models import random_context, sample, tiny_encoder, tiny_flux, tiny_model, tiny_sdxl_like, tiny_vae
 
 
 @pytest.fixture(scope="module")

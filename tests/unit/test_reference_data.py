@@ -11,7 +11,7 @@ from ezigen_lib.training.reference_data import CocoPairs, YtvisPairs, rle_to_mas
 
 from training_data import write_training_folder
 
-from .training_fixtures import tiny_trainer
+from tiny_models import tiny_trainer
 
 
 def mask_counts(mask: np.ndarray) -> list[int]:

@@ -29,8 +29,8 @@ from ezigen_lib.slots import SD_WIDTHS, SLOT_COUNT, SLOTS
 
 from training_data import write_training_folder
 
-from .tiny import TINY_CHANNELS, random_adapter_state
-from .training_fixtures import tiny_trainer
+from tiny_models import TINY_CHANNELS, random_adapter_state
+from tiny_models import tiny_trainer
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 KEYS_JSON = DATA / "reference_checkpoint_keys.json"

@@ -10,7 +10,7 @@ from ezigen_lib.checks import InputValueError
 from ezigen_lib.inject import SubjectInjection, apply_subject
 from ezigen_lib.regions import block_grid, per_batch_item
 
-from .tiny import random_context, sample, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import random_context, sample, tiny_encoder, tiny_model, tiny_vae
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from ezigen_lib.inject import apply_subject
 from ezigen_lib.subject_file import (FEATURE_KEYS, SubjectFileError, load_subject, next_subject_path,
                                      require_subject_fits, save_new_subject, save_subject)
 
-from .tiny import load_pack, random_adapter_state, random_context, sample, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import load_pack, random_adapter_state, random_context, sample, tiny_encoder, tiny_model, tiny_vae
 
 ADAPTER = "tiny/adapter.safetensors"
 SHOWN = "models/ezigen_subjects/bad.safetensors"

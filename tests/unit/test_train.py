@@ -10,8 +10,8 @@ from ezigen_lib.training.trainer import TrainSettings, checkpoint_steps
 
 from training_data import write_training_folder
 
-from .tiny import sample, tiny_model, tiny_vae, random_context
-from .training_fixtures import tiny_trainer
+from tiny_models import sample, tiny_model, tiny_vae, random_context
+from tiny_models import tiny_trainer
 
 
 @pytest.fixture(scope="module")

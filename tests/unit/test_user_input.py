@@ -18,7 +18,7 @@ from ezigen_lib.edit import MAX_WORK_PIXELS, EditInputError, processing_size
 from ezigen_lib.slots import slot_widths
 
 from .checkpoints import write_malicious_pickle
-from .tiny import (TINY_CHANNELS, load_pack, patched_tiny, random_adapter_state, random_context, tiny_encoder,
+from tiny_models import (TINY_CHANNELS, load_pack, patched_tiny, random_adapter_state, random_context, tiny_encoder,
                    tiny_model, tiny_vae)
 
 NAN, INF = float("nan"), float("inf")

@@ -1,4 +1,5 @@
-"""Tiny models with the SD1.x/SD2.x block layout, built from ComfyUI's own classes.
+"""Tiny models with the SD1.x/SD2.x block layout, built from ComfyUI's own classes (the unit tests' and
+scripts/record_outputs.py's models).
 
 Same 16 depth-1 transformers in the same places as SD2.1-base, but 32/64/128 channels, so a
 forward pass takes milliseconds on a CPU.
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import zlib
+from pathlib import Path
 
 import torch
 
@@ -16,7 +19,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models_base
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_CHANNELS = 64
 TINY_HEAD_DIM = 32
@@ -192,3 +195,20 @@ def patched_tiny(start_percent: float, end_percent: float, dtype: torch.dtype = 
                                  encoder.info.widths)
     model = tiny_model(7, dtype=dtype, **model_kw)
     return apply_subject(model, encoder, subject, 1.0, start_percent, end_percent), vae
+
+
+def encode_text(captions: list[str]) -> torch.Tensor:
+    """A fixed random context per caption (the tiny model has no real text encoder)."""
+    return torch.cat([torch.randn(1, 7, TINY_CONTEXT, generator=torch.Generator().manual_seed(zlib.crc32(c.encode())))
+                      for c in captions])
+
+
+def tiny_trainer(folder: Path, out: Path, **settings):
+    """A trainer of the tiny model (TAESD VAE, `encode_text`) on a training folder."""
+    from ezigen_lib.training.data import FolderDataset
+    from ezigen_lib.training.trainer import Trainer, TrainSettings
+
+    settings.setdefault("head_dim", 32)
+    settings.setdefault("subject_dropout", 0.0)
+    return Trainer(tiny_model(seed=7), tiny_vae(), encode_text, FolderDataset(folder, 64), out,
+                   TrainSettings(**settings))
