@@ -10,13 +10,12 @@ from comfy.patcher_extension import WrappersMP
 
 from .capture import SubjectFeatures
 from .checks import InputValueError, cut, require_finite
-from .core import core_changed, note_fallback, require_block, require_model_sampling, require_option
-from .layout import model_family, require_ezigen_layout
+from .core import note_fallback, require_model_sampling, require_option
+from .family import Family, model_family_name, require_adapter_fits
 from .frames import VIEWS_KEY, LatentView, add_view_wrappers
 from .regions import (block_grid, chunk_views, per_batch_item, placement_problem, resize_region, subject_region,
                       view_region)
 from .schedule import appearance_start_index
-from .slots import SLOT_COUNT, SLOTS
 
 KV_WRAPPER_KEY = "ezigen_subject_kv"
 INJECT = "where Patch UNet Attention injects the subject"
@@ -34,9 +33,10 @@ class SubjectInjection:
     per-run cache of subject keys/values, which the OUTER_SAMPLE wrapper drops after each run.
     """
 
-    def __init__(self, adapter_patcher, subject: SubjectFeatures, strength: float,
+    def __init__(self, adapter_patcher, family: Family, subject: SubjectFeatures, strength: float,
                  start_percent: float, end_percent: float, model_sampling, region: torch.Tensor | None = None):
         self.adapter_patcher = adapter_patcher
+        self.family = family  # of the patched model: which adapter each block takes
         self.subject = subject
         self.strength = float(strength)
         self.start_percent = float(start_percent)
@@ -215,10 +215,7 @@ class SubjectInjection:
     def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
         if self.strength == 0.0 or not self.acts_somewhere:
             return x
-        slot = require_option(extra_options, "transformer_index", f"which of the {SLOT_COUNT} adapters a block takes")
-        if not 0 <= slot < SLOT_COUNT:
-            raise core_changed(f"transformer_index 0..{SLOT_COUNT - 1} (got {slot})", INJECT)
-        require_block(extra_options, slot, SLOTS[slot].comfy_block, INJECT)
+        slot = self.family.layer_at(extra_options, INJECT).index
         region = self.region_weights(x, extra_options)  # first: a call outside sampling has no views and no sigmas
         sigmas = require_option(extra_options, "sigmas", "the gate that turns the subject on at its steps only")
         on = self.active_mask(sigmas, x.shape[0], extra_options.get("sample_sigmas"))
@@ -251,11 +248,11 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
         raise InputValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent}): the subject "
                               "would never be injected. Set start_percent <= end_percent (EZIGen's default is 0.6 "
                               "to 1.0), or strength 0 to switch the subject off.")
-    require_ezigen_layout(model, encoder.info.widths, "model to patch")
-    family = model_family(encoder.model)
-    if subject.family is not None and subject.family != family:
+    family = require_adapter_fits(model, encoder.info.widths, "model to patch")
+    encoder_family = model_family_name(encoder.model)
+    if subject.family is not None and subject.family != encoder_family:
         raise InputValueError(f"The subject was encoded by a {subject.family} encoder (adapter "
-                              f"'{cut(str(subject.adapter), 120)}') but this encoder is {family} (adapter "
+                              f"'{cut(str(subject.adapter), 120)}') but this encoder is {encoder_family} (adapter "
                               f"'{cut(str(encoder.name), 120)}'): connect the encoder the subject "
                               "was made with, or encode the subject with this one.")
     for k, (feature, width) in enumerate(zip(subject.features, encoder.info.widths)):
@@ -265,7 +262,7 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
     region = subject_region(mask)
     model_sampling = require_model_sampling(model.get_model_object("model_sampling"), "percent_to_sigma",
                                             purpose="the subject's start/end percents as noise levels")
-    injection = SubjectInjection(encoder.adapter, subject, strength, start_percent, end_percent, model_sampling,
+    injection = SubjectInjection(encoder.adapter, family, subject, strength, start_percent, end_percent, model_sampling,
                                  region)
     patched = model.clone()
     patched.set_model_patch(injection, "middle_patch")

@@ -85,7 +85,7 @@ def record() -> dict:
     reference = {"learnable_weights": state["learnable_weights"]}
     for k in range(len(state["learnable_weights"])):
         for name in REFERENCE_TENSOR_NAMES:
-            reference[reference_key(k, name)] = state[canonical_key(k, name)]
+            reference[reference_key(tiny.SD_REFERENCE_PREFIXES[k], name)] = state[canonical_key(k, name)]
     (base / "checkpoint-1").mkdir()
     save_file(reference, str(base / "checkpoint-1" / "model.safetensors"))
     converted = base / "adapter.safetensors"

@@ -30,7 +30,7 @@ from ..adapter import AdapterSet
 from ..capture import capture_features
 from ..checkpoint import REFERENCE_TENSOR_NAMES, AdapterInfo, AdapterWeights, reference_key, save_adapter
 from ..core import require_model_sampling
-from ..slots import SLOT_COUNT
+from ..family import Family, family_of, layer_modules
 from .data import MAX_SUBJECTS, collate
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -71,11 +71,12 @@ class TrainingInjection:
     applies), so no padded slot is ever attended.
     """
 
-    def __init__(self, adapters: AdapterSet, features: list[list[torch.Tensor]], checkpointing: bool):
-        self.adapters, self.features, self.checkpointing = adapters, features, checkpointing
+    def __init__(self, family: Family, adapters: AdapterSet, features: list[list[torch.Tensor]],
+                 checkpointing: bool):
+        self.family, self.adapters, self.features, self.checkpointing = family, adapters, features, checkpointing
 
     def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        slot = extra_options["transformer_index"]
+        slot = self.family.layer_at(extra_options, "which adapter a block trains").index
         per_example = self.features[slot]
         same_length = len({f.shape[1] for f in per_example}) == 1
         groups = [(slice(None), torch.cat(per_example))] if same_length else \
@@ -97,13 +98,9 @@ class TrainingInjection:
 
 
 def init_adapters_from_unet(adapters: AdapterSet, unet) -> None:
-    """The reference's initialisation: each adapter copies its block's attn1 and norm1 (no zero-init)."""
-    from comfy.ldm.modules.attention import SpatialTransformer
-
-    blocks = [m.transformer_blocks[0] for part in (unet.input_blocks, unet.middle_block, unet.output_blocks)
-              for m in part.modules() if isinstance(m, SpatialTransformer)]
+    """The reference's initialisation: each adapter copies its layer's attn1 and norm1 (no zero-init)."""
     with torch.no_grad():
-        for adapter, block in zip(adapters.blocks, blocks):
+        for adapter, block in zip(adapters.blocks, layer_modules(unet)):
             for name in ("to_q", "to_k", "to_v"):
                 getattr(adapter, name).weight.copy_(getattr(block.attn1, name).weight)
             adapter.to_out[0].weight.copy_(block.attn1.to_out[0].weight)
@@ -127,17 +124,15 @@ class Trainer:
 
     def __init__(self, model, vae, encode_text: Callable[[list[str]], torch.Tensor], dataset, out_dir: str | Path,
                  settings: TrainSettings, device: torch.device | str = "cpu"):
-        from ..layout import unet_layout
-
         self.model, self.vae, self.encode_text, self.dataset = model, vae, encode_text, dataset
         self.out_dir, self.settings, self.device = Path(out_dir), settings, torch.device(device)
         self.rank, self.world = _world()
         self.base = model.model
         self.unet = self.base.diffusion_model.to(self.device).requires_grad_(False).eval()
-        layout = unet_layout(model)
-        self.info = AdapterInfo(widths=layout.widths, head_dim=settings.head_dim, base_model=settings.base_model,
+        self.family = family_of(model)
+        self.info = AdapterInfo(widths=self.family.widths, head_dim=settings.head_dim, base_model=settings.base_model,
                                 source="ezigen_lib.train")
-        self.adapters = AdapterSet(layout.widths, settings.head_dim, dtype=torch.float32, device=self.device)
+        self.adapters = AdapterSet(self.family.widths, settings.head_dim, dtype=torch.float32, device=self.device)
         init_adapters_from_unet(self.adapters, self.unet)
         self.optimizer = torch.optim.AdamW(self.adapters.parameters(), lr=settings.learning_rate,
                                            weight_decay=settings.weight_decay, betas=(0.9, 0.999), eps=1e-8)
@@ -181,7 +176,7 @@ class Trainer:
         """subject_features after the VAE, text encoder and noise draw (clean latents in model space, one
         context row per subject image), public so a test can give it and Encode Subject the same inputs."""
         features = capture_features(self.base, latent, noise, context, self.device, self.device, torch.float32)
-        return [[f.reshape(1, -1, f.shape[-1]) for f in features[k].split(counts)] for k in range(SLOT_COUNT)]
+        return [[f.reshape(1, -1, f.shape[-1]) for f in features[k].split(counts)] for k in range(len(self.family.layers))]
 
     def loss(self, batch: dict) -> torch.Tensor:
         s = self.settings
@@ -196,7 +191,7 @@ class Trainer:
         t = torch.randint(0, len(self.alphas_cumprod), (batch_size,), device=self.device)
         eps = torch.randn_like(z_t)
         noisy = self._noised(z_t, t, eps)
-        injection = TrainingInjection(self.adapters, features, s.gradient_checkpointing)
+        injection = TrainingInjection(self.family, self.adapters, features, s.gradient_checkpointing)
         with self._autocast():
             prediction = self._unet(noisy, t, context, "middle_patch", injection)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -272,9 +267,9 @@ class Trainer:
         """The reference's accelerate-style layout (model.safetensors with its key names)."""
         state = self.weights().state_dict
         reference = {"learnable_weights": state["learnable_weights"]}
-        for k in range(SLOT_COUNT):
+        for layer in self.family.layers:
             for ref_name, ours in REFERENCE_TENSOR_NAMES.items():
-                reference[reference_key(k, ref_name)] = state[f"blocks.{k}.{ours}"]
+                reference[reference_key(layer.reference_prefix, ref_name)] = state[f"blocks.{layer.index}.{ours}"]
         folder.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             save_file({k: v.contiguous() for k, v in reference.items()}, str(folder / "model.safetensors"))

@@ -9,7 +9,7 @@ from ezigen_lib.adapter import AdapterSet, BlockAdapter
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.checks import InputValueError
 from ezigen_lib.inject import NEVER_ON, SubjectInjection, apply_subject, gate_subjects
-from ezigen_lib.layout import UnsupportedModelError
+from ezigen_lib.family import UnsupportedModelError, family_of
 
 from tiny_models import random_context, sample, tiny_encoder, tiny_flux, tiny_model, tiny_sdxl_like, tiny_vae
 
@@ -82,9 +82,10 @@ def test_batches_and_cfg_match_single_samples(setup, batch, cfg):
 
 def test_mixed_sigmas_in_one_batch_gate_per_sample(setup):
     base, encoder, subject = setup
-    injection = SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"))
+    injection = SubjectInjection(encoder.adapter, family_of(base), subject, 1.0, 0.0, 1.0,
+                                 base.get_model_object("model_sampling"))
     x = torch.randn(4, 16, 64)  # 2 latents x (cond, uncond)
-    out = injection.with_window((1.0, 0.0))(x, {"transformer_index": 0, "block": ("input", 1),
+    out = injection.with_window((1.0, 0.0))(x, {"transformer_index": 0, "block": ("input", 1), "block_index": 0,
                                                 "sigmas": torch.tensor([5.0, 0.5]), "attn_precision": None})
     changed = [(out[i] - x[i]).abs().max().item() > 0 for i in range(4)]
     assert changed == [False, True, False, True]
@@ -161,7 +162,8 @@ def test_patch_and_encoder_follow_the_cores_model_protocols(setup):
 
 @pytest.mark.parametrize("make,message", [
     (lambda: tiny_model(model_channels=128), "has transformer widths \\[128, 256, 512\\] but the EZIGen adapter"),
-    (tiny_sdxl_like, "TinySD model with 11 transformer blocks of depths \\[2\\].*SDXL and other layouts"),
+    (tiny_sdxl_like, "TinySD model with 22 transformer layers in 11 blocks of depths \\[2\\], but the EZIGen "
+                     "adapter was made for a UNet of 16"),
     (tiny_flux, "Flux model, which has no SD-style UNet"),
 ])
 def test_unsupported_models_are_refused_before_patching(setup, make, message):
@@ -180,8 +182,9 @@ def test_attention_precision_reaches_the_adapter_attention(setup, monkeypatch):
     monkeypatch.setattr(attention, "optimized_attention",
                         lambda *a, **k: seen.append(k.get("attn_precision")) or original(*a, **k))
     base, encoder, subject = setup
-    injection = SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"))
-    injection(torch.randn(1, 16, 64), {"transformer_index": 0, "block": ("input", 1), "sigmas": torch.tensor([0.5]),
+    injection = SubjectInjection(encoder.adapter, family_of(base), subject, 1.0, 0.0, 1.0,
+                                 base.get_model_object("model_sampling"))
+    injection(torch.randn(1, 16, 64), {"transformer_index": 0, "block": ("input", 1), "block_index": 0, "sigmas": torch.tensor([0.5]),
                                        "attn_precision": torch.float32})
     assert seen == [torch.float32]
 
@@ -197,7 +200,7 @@ def test_gating_a_clone_leaves_the_patched_model_as_it_was(setup):
     assert original.window is None and windowed.window == NEVER_ON and windowed is not original
     assert windowed._kv_cache is original._kv_cache
     x = torch.randn(2, 16, 64)
-    options = {"transformer_index": 0, "block": ("input", 1), "sigmas": torch.tensor([1.0]), "attn_precision": None}
+    options = {"transformer_index": 0, "block": ("input", 1), "block_index": 0, "sigmas": torch.tensor([1.0]), "attn_precision": None}
     assert torch.equal(windowed(x, options), x)  # never on
     assert not torch.equal(original(x, options), x)  # sigma 1.0 lies in the percents' window
 
