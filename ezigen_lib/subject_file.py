@@ -4,8 +4,8 @@ A subject is costly to make (a VAE pass and a UNet pass over every subject image
 time for the same images, prompt and seed, so it can be saved once and loaded in later workflows. The
 file is a plain safetensors (no pickles):
 
-- tensors ``features.0`` .. ``features.<n-1>``, one per transformer layer of the encoder's family: layer k's tokens, (1, images * HW_k, C_k), exactly as Encode
-  Subject keeps them (fp16), so a loaded subject gives bit-identical results to the fresh one;
+- tensors ``features.0`` .. ``features.<n-1>``, one per transformer layer of the encoder's family (family.py):
+  layer k's tokens, (1, images * HW_k, C_k), exactly as Encode Subject keeps them (fp16), so a loaded subject gives bit-identical results to the fresh one;
 - metadata (strings): ``format`` = ``ezigen-subject``, ``format_version``, ``family`` (ComfyUI's model
   family of the encoder UNet, e.g. SD20), ``widths`` (the n feature widths), ``adapter`` (the adapter
   file the encoder was loaded with, as Load EZIGen Encoder lists it), ``resolution``, ``image_count`` and
@@ -135,7 +135,8 @@ def subject_metadata(subject: SubjectFeatures, subject_prompt: str = "") -> dict
 def subject_file_bytes(subject: SubjectFeatures, subject_prompt: str = "") -> bytes:
     """The whole file: contiguous CPU copies of the features, unchanged in dtype and values."""
     metadata = subject_metadata(subject, subject_prompt)
-    tensors = {key: f.detach().to("cpu").contiguous() for key, f in zip(feature_keys(len(subject.features)), subject.features)}
+    keys = feature_keys(len(subject.features))
+    tensors = {key: f.detach().to("cpu").contiguous() for key, f in zip(keys, subject.features)}
     return safetensors_bytes(tensors, metadata)
 
 

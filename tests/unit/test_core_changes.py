@@ -18,7 +18,9 @@ from ezigen_lib.frames import add_view_wrappers
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.host import comfy_version
 from ezigen_lib.family import family_of
-from ezigen_lib.inject import NO_SCHEDULE, SubjectInjection, apply_subject
+from ezigen_lib.gate import NO_SCHEDULE, Gate
+from ezigen_lib.inject import SubjectInjection, apply_subject
+from ezigen_lib.placement import Placement
 from ezigen_lib.regions import NO_ACTIVATIONS_SHAPE
 from ezigen_lib.rounds import plan_loops
 from ezigen_lib.training.data import FolderDataset
@@ -76,8 +78,8 @@ def block_call(setup):
 
 def injection(setup, region=None):
     base, encoder, subject = setup
-    return SubjectInjection(encoder.adapter, family_of(base), subject, 1.0, 0.0, 1.0,
-                            base.get_model_object("model_sampling"), region)
+    return SubjectInjection(encoder.adapter, family_of(base), subject, 1.0,
+                            Gate.from_percents(base.get_model_object("model_sampling"), 0.0, 1.0), Placement(region))
 
 
 def without(options: dict, *pieces: str) -> dict:
@@ -101,7 +103,7 @@ def test_a_block_detail_taken_away_stops_the_injection(setup, block_call, piece)
 
 def test_a_block_counted_another_way_stops_the_injection(setup, block_call):
     x, options = block_call
-    with core_changed("transformer_index 10 at block ('output', 3) (ComfyUI gave transformer_index 0)"), \
+    with core_changed("transformer_index 7 at block ('output', 3) (ComfyUI gave transformer_index 0)"), \
             torch.inference_mode():
         injection(setup)(x, {**options, "block": ("output", 3)})
     with core_changed("block ('output', 0) layer 0 among the 16 transformer layers"), torch.inference_mode():

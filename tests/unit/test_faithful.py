@@ -19,7 +19,7 @@ from ezigen_lib.edit import EditSettings, run_edit
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.inject import SubjectInjection
 from ezigen_lib.inversion import invert
-from ezigen_lib.inject import NEVER_ON
+from ezigen_lib.gate import NEVER_ON
 from ezigen_lib.sampling import CallCounter, with_window
 
 from .reference_scheduler import reference_inverse_levels

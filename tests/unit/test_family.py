@@ -12,7 +12,8 @@ from ezigen_lib.capture import encode_subject
 from ezigen_lib.checkpoint import AdapterInfo, REFERENCE_TENSOR_NAMES, load_adapter, reference_key
 from ezigen_lib.encoder import EZIGenEncoder, adapter_patcher
 from ezigen_lib.family import family_of
-from ezigen_lib.inject import SubjectInjection, apply_subject
+from ezigen_lib.inject import apply_subject
+from ezigen_lib.subject_kv import SubjectKV
 from safetensors.torch import save_file
 
 from tiny_models import (SD_BLOCKS, SD_REFERENCE_PREFIXES, random_adapter_state, random_context, sample,
@@ -65,9 +66,8 @@ def test_capture_and_injection_run_on_an_sdxl_shaped_unet(sdxl_like, monkeypatch
     # 64 px -> 8x8 latent: level 1 at 4x4, level 2 and the middle at 2x2
     assert [f.shape for f in subject.features] == [(1, 16 if w == 128 else 4, w) for w in family.widths]
     used = []
-    original = SubjectInjection.subject_kv
-    monkeypatch.setattr(SubjectInjection, "subject_kv",
-                        lambda self, slot, *a: used.append(slot) or original(self, slot, *a))
+    original = SubjectKV.get
+    monkeypatch.setattr(SubjectKV, "get", lambda self, layer, *a: used.append(layer) or original(self, layer, *a))
     patched = apply_subject(model, encoder, subject, 1.0, 0.0, 1.0)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     out = sample(patched, steps=2, noise=noise)
