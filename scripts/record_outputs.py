@@ -140,20 +140,27 @@ def record() -> dict:
     out["reloaded/metadata"] = json.dumps(metadata, sort_keys=True)
     out["reloaded/single_pass"] = tiny.sample(patch(model, reloaded), seed=3, steps=10, sampler="ddpm")
 
-    # EZIGen Edit: the whole image and around the mask (faithful, clean with a hard mask, reference output)
-    source = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(4))
-    edit_mask = torch.zeros(50, 70)
-    edit_mask[10:30, 20:50] = 1
-    edit_mask[8:10, 20:50] = 0.5
+    # EZIGen Edit: the whole image (a small source) and around the mask (a larger one, the subject placed by a
+    # mask that the crop cuts to the box): faithful, clean with a hard mask, the reference's output
+    small = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(4))
+    small_mask = torch.zeros(50, 70)
+    small_mask[10:30, 20:50] = 1
+    small_mask[8:10, 20:50] = 0.5
+    large = torch.rand(1, 120, 200, 3, generator=torch.Generator().manual_seed(5))
+    large_mask = torch.zeros(120, 200)
+    large_mask[38:60, 110:140] = 1
+    large_mask[36:38, 110:140] = 0.5
     cases = {"whole_faithful": {"crop": "whole image"}, "whole_clean": {"crop": "whole image", "faithful": False},
              "crop_faithful": {}, "crop_clean_hard": {"faithful": False, "hard_mask": True},
              "crop_reference": {"reference_output": True, "output_size": "reference"}}
     for name, extra in cases.items():
         settings = edit.EditSettings(seed=1, steps=10, short_side=64, sampler_name="euler",
                                      policy=lib["autostop"].LoopPolicy(loops=1), **extra)
+        whole = name.startswith("whole")
+        patched = patch(model, subject, 0.0, mask=None if whole else right)
         with torch.inference_mode():
-            result = edit.run_edit(patch(model, subject, 0.0), tiny.random_context(5), vae, source, edit_mask, positive,
-                              negative, settings)
+            result = edit.run_edit(patched, tiny.random_context(5), vae, small if whole else large,
+                                   small_mask if whole else large_mask, positive, negative, settings)
         out.update({f"edit_{name}/image": result.image,
                     f"edit_{name}/report": json.dumps(without_timings(result.report), sort_keys=True)})
         if name != "crop_reference":  # its rounds (512 px, the reference's size) differ in the last bit between
