@@ -115,7 +115,7 @@ def test_trainer_and_encode_subject_capture_the_same_features(trainer, counts):
     latent, noise = torch.randn(images, 4, 8, 8, generator=g), torch.randn(images, 4, 8, 8, generator=g)
     context = encode_text([f"a photo of subject {i}" for i in range(images)])
     with torch.no_grad():
-        trained = trainer.features_from_latents(latent, noise, context, counts)
+        trained = trainer.objective.features_from_latents(latent, noise, context, counts)
     with torch.inference_mode():
         encoded = subject_from_latents(trainer.model, latent, noise, context, 64)
     assert len(trained) == len(encoded.features) == 16 and encoded.image_count == images

@@ -368,7 +368,7 @@ def test_trainer_subject_features_equal_encode_subject(tmp_path):
     prompt = "a photo of a thing"
     torch.manual_seed(21)  # the trainer draws the t = 1 noise from the global generator
     with torch.no_grad():
-        trained = trainer.subject_features([image], [[prompt]])
+        trained = trainer.objective.subject_features([image], [[prompt]])
     with torch.inference_mode():
         encoded = encode_subject(trainer.model, trainer.vae, encode_text([prompt]), image, None, 21, 64,
                                  trainer.info.widths)
