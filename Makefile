@@ -19,11 +19,14 @@ test: env
 	@echo "[test] ComfyUI $(HOST) ($(VENV))"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# PYTEST_ARGS naming test files or folders (tests/...) runs just those; otherwise all of tests/unit.
+UNIT_PATHS = $(if $(filter tests/%,$(PYTEST_ARGS)),,tests/unit)
+
 # One torch thread unless OMP_NUM_THREADS says otherwise: on the tiny unit-test models, two threads fighting over
 # two busy cores were far slower (measured on a loaded 2-core machine: the whole unit suite 23 min against 4 min).
 unit: env
 	@echo "[unit] ComfyUI $(HOST) ($(VENV)), without the slow tests"
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(UNIT_PATHS) -m "not slow" $(PYTEST_ARGS)
 
 # Every host, even after a failure; fails if any failed.
 test-all:

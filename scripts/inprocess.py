@@ -6,10 +6,12 @@ folder, removed at exit. Scripts import nothing of ComfyUI before `start`.
 """
 from __future__ import annotations
 
+import argparse
 import atexit
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,14 +31,54 @@ def start(prefix: str, *, cpu: bool | None = None) -> Path:
     return base
 
 
-def stand_in(paths: dict, names: tuple[str, ...], banner: str) -> dict:
-    """`paths` with every name of `names` that is None filled by a random-weight stand-in checkpoint (made
-    once, cached in .cache/models), saying so on stderr: a benchmark with no real files measures speed only."""
-    missing = tuple(name for name in names if paths.get(name) is None)
-    if not missing:
-        return paths
+def stand_ins(kinds: tuple[str, ...], measured: str) -> dict[str, Path]:
+    """Random-weight stand-in files of `kinds` (made once, cached in .cache/models), said loudly on stderr: a
+    benchmark without real files measures `measured`, never pictures."""
     import make_checkpoints  # noqa: PLC0415 - after `start`: it imports ComfyUI
 
-    print(f"[benchmark] RANDOM-WEIGHT STAND-INS ({banner})", file=sys.stderr)
-    made = make_checkpoints.make_all(only=missing)
-    return {**paths, **{name: made[name] for name in missing}}
+    print(f"[benchmark] RANDOM-WEIGHT STAND-INS ({measured} is what is measured, not pictures)", file=sys.stderr)
+    return make_checkpoints.make_all(only=kinds)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint and --adapter, the real files a benchmark runs on (a stand-in for either not given)."""
+    parser.add_argument("--checkpoint", type=Path, help="SD2.1-base checkpoint (default: random stand-in)")
+    parser.add_argument("--adapter", type=Path, help="EZIGen adapter file or folder (default: random stand-in)")
+
+
+@dataclass
+class Bench:
+    """One loaded SD2.1-base checkpoint and EZIGen encoder, as a workflow's loaders give them."""
+    model: object
+    clip: object
+    vae: object
+    encoder: object
+    checkpoint: Path
+
+    def text(self, prompt: str):
+        """CLIPTextEncode."""
+        return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
+
+    def subject(self, resolution: int):
+        """A random subject image encoded at `resolution` with the prompt 'a dog' (Encode Subject)."""
+        import torch  # noqa: PLC0415
+
+        from ezigen_lib.capture import encode_subject  # noqa: PLC0415
+
+        with torch.inference_mode():
+            return encode_subject(self.model, self.vae, self.text("a dog")[0][0], torch.rand(1, resolution, resolution, 3),
+                                  None, 0, resolution, self.encoder.info.widths)
+
+
+def load_bench(args: argparse.Namespace, measured: str = "speed") -> Bench:
+    """`args.checkpoint` and `args.adapter` loaded (after `start`), stand-ins for those not given."""
+    import comfy.sd  # noqa: PLC0415
+
+    from ezigen_lib.encoder import load_encoder  # noqa: PLC0415
+
+    checkpoint, adapter = args.checkpoint, args.adapter
+    if checkpoint is None or adapter is None:
+        made = stand_ins(("sd21base", "ezigen"), measured)
+        checkpoint, adapter = checkpoint or made["sd21base"], adapter or made["ezigen"]
+    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(checkpoint))
+    return Bench(model, clip, vae, load_encoder(adapter, model), Path(checkpoint))

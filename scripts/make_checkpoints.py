@@ -40,9 +40,7 @@ from typing import Any, Literal
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a command; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
-    sys.path.append(str(REPO_ROOT))
+from inprocess import REPO as REPO_ROOT  # noqa: E402 - and ezigen_lib importable
 from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
 __all__ = [

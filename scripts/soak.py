@@ -20,8 +20,7 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+from inprocess import REPO  # noqa: E402 - and ezigen_lib importable
 
 from comfy_host import ComfyServer, set_inputs  # noqa: E402
 
