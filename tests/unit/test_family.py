@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ezigen_lib.capture import encode_subject
-from ezigen_lib.checkpoint import AdapterInfo, REFERENCE_TENSOR_NAMES, load_adapter, reference_key
+from ezigen_lib.checkpoint import AdapterInfo, REFERENCE_TENSOR_NAMES, load_adapter, reference_key, reference_layers
 from ezigen_lib.encoder import EZIGenEncoder, adapter_patcher
 from ezigen_lib.family import family_of
 from ezigen_lib.inject import apply_subject
@@ -89,3 +89,15 @@ def test_a_reference_file_of_another_family_loads_in_its_layer_order(tmp_path):
     weights = load_adapter(tmp_path / "x.safetensors")
     assert weights.info.widths == family.widths
     assert all(torch.equal(weights.state_dict[k], v) for k, v in state.items())
+
+
+def test_a_files_layers_are_ordered_by_number_not_by_name():
+    """Down blocks, the middle block, up blocks; by level, attention and layer as numbers (layer 10 after 9)."""
+    prefixes = ["up_blocks.0.attentions.0.transformer_blocks.0",
+                *(f"mid_block.attentions.0.transformer_blocks.{j}" for j in (10, 2, 0, 9, 1)),
+                "down_blocks.10.attentions.0.transformer_blocks.0", "down_blocks.2.attentions.1.transformer_blocks.0"]
+    keys = [f"{p}.adapter.to_q.weight" for p in prefixes] + ["learnable_weights", "conv_in.weight"]
+    assert reference_layers(keys) == [
+        "down_blocks.2.attentions.1.transformer_blocks.0", "down_blocks.10.attentions.0.transformer_blocks.0",
+        *(f"mid_block.attentions.0.transformer_blocks.{j}" for j in (0, 1, 2, 9, 10)),
+        "up_blocks.0.attentions.0.transformer_blocks.0"]
