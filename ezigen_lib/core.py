@@ -21,7 +21,7 @@ from .checks import public_error
 
 log = logging.getLogger("EZIGen")
 
-TESTED_RELEASES = "0.3.75 and 0.8.0"
+TESTED_RELEASES = "0.3.75, 0.8.0 and 0.28.2"
 
 
 @public_error

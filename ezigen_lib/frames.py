@@ -1,13 +1,16 @@
 """Which part of the latent each model call sees, so that a subject's mask follows the image (issue 20).
 
-ComfyUI's sampling code (0.3.75 and 0.8.0, comfy/samplers.py and comfy/context_windows.py) runs the
+ComfyUI's sampling code (0.3.75 to 0.28.2, comfy/samplers.py and comfy/context_windows.py) runs the
 model on part of the latent in two ways:
 
 - a conditioning's area (ConditioningSetArea, ConditioningSetAreaPercentage, ConditioningSetMask with
   set_cond_area "mask bounds"; all resolved to latent cells before sampling): the model input of that
   conditioning is the latent cropped to the area;
 - context windows (ContextWindowsManual, WAN Context Windows): the model sees a subset of the indices
-  of one dimension (the latent batch, or the image's height or width).
+  of one dimension (the latent batch, or the image's height or width). Since ComfyUI 0.22 a window that
+  does not start at index 0 is run with one more index in front of its list, the one just before it (the
+  causal anchor, `causal_window_fix`, on by default), and that index's output is dropped afterwards; and
+  the positions of the handler's `latent_retain_index_list` hold the whole latent's same indices instead.
 
 The UNet only hears the cropped shape (`original_shape`). Two keyed wrappers, public ModelPatcher hooks,
 tell the subject patch the rest through transformer_options: PREDICT_NOISE records the whole latent's
@@ -83,7 +86,9 @@ def record_whole_shape(executor, *args, **kwargs):
 def record_views(executor, *args, **kwargs):
     """CALC_COND_BATCH wrapper: (model, conds, x_in, timestep, model_options)."""
     if len(args) >= 5 and isinstance(args[2], torch.Tensor) and isinstance(args[4], dict):
-        views = latent_views(args[1], args[2], args[4].get("transformer_options", {}))
+        handler = args[4].get("context_handler")
+        retained = tuple(int(i) for i in getattr(handler, "latent_retain_index_list", None) or ())
+        views = latent_views(args[1], args[2], args[4].get("transformer_options", {}), retained)
         args = (*args[:4], _with_transformer_option(args[4], VIEWS_KEY, views), *args[5:])
     return executor(*args, **kwargs)
 
@@ -97,14 +102,30 @@ def add_view_wrappers(patcher) -> None:
             patcher.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
 
 
-def _window_view(window, x_in: torch.Tensor, whole_shape) -> tuple[LatentView | None, str | None]:
+def window_indices(window, retained: tuple[int, ...] = ()) -> tuple[int, ...] | None:
+    """The indices of the windowed dimension the model input holds, in order: the window's list, behind the
+    causal anchor where the core put one in front (ComfyUI >= 0.22, `causal_anchor_index`), with the positions
+    in `retained` (the handler's `latent_retain_index_list`) holding those same indices; None if unknown."""
+    indices = getattr(window, "index_list", None)
+    if indices is None:
+        return None
+    anchor = getattr(window, "causal_anchor_index", None)
+    in_front = [int(anchor)] if isinstance(anchor, int) and anchor >= 0 else []
+    held = in_front + [int(i) for i in indices]
+    for position in retained:
+        if 0 <= position < len(held):
+            held[position] = position
+    return tuple(held)
+
+
+def _window_view(window, x_in: torch.Tensor, whole_shape,
+                 retained: tuple[int, ...]) -> tuple[LatentView | None, str | None]:
     """The view of the conditioning batch's input `x_in` when a context window took it from the whole latent."""
     height, width = int(x_in.shape[-2]), int(x_in.shape[-1])
-    dim, indices = getattr(window, "dim", None), getattr(window, "index_list", None)
+    dim, indices = getattr(window, "dim", None), window_indices(window, retained)
     if not isinstance(dim, int) or indices is None or x_in.shape[dim] != len(indices):
         return None, ("a context window whose dimension and indices do not match the model input "
                       f"{tuple(x_in.shape)}")
-    indices = tuple(int(i) for i in indices)
     if dim == 0:
         return LatentView((height, width), items=indices), None
     if dim == 1:  # channels: the image is whole
@@ -136,24 +157,24 @@ def _area_view(view: LatentView, area, height: int, width: int) -> LatentView | 
                       None if new_cols == cols and view.cols is None else new_cols, view.items)
 
 
-def latent_views(conds, x_in: torch.Tensor, transformer_options: dict) -> LatentViews:
-    """The view of every conditioning in `conds` (a list per cond/uncond, as the core batches them)."""
+def latent_views(conds, x_in: torch.Tensor, transformer_options: dict, retained: tuple[int, ...] = ()) -> LatentViews:
+    """The view of every conditioning in `conds` (a list per cond/uncond, as the core batches them); `retained`:
+    the context handler's `latent_retain_index_list`."""
     if x_in.ndim != 4:
-        return LatentViews(problem=f"the model input is {x_in.ndim}-dimensional {tuple(x_in.shape)}, not an image "
-                                   "latent (batch, channels, height, width)")
+        return LatentViews(problem=f"a {x_in.ndim}-dimensional input {tuple(x_in.shape)}, not an image latent "
+                                   "(batch, channels, height, width)")
     height, width = int(x_in.shape[-2]), int(x_in.shape[-1])
     whole_shape = transformer_options.get(WHOLE_SHAPE_KEY)
     window = transformer_options.get("context_window")
-    if window is not None and getattr(window, "dim", None) is not None \
-            and 0 <= window.dim < x_in.ndim and x_in.shape[window.dim] == len(getattr(window, "index_list", ())):
-        base, problem = _window_view(window, x_in, whole_shape)
+    if window is not None and isinstance(getattr(window, "dim", None), int) \
+            and 0 <= window.dim < x_in.ndim and x_in.shape[window.dim] == len(window_indices(window) or ()):
+        base, problem = _window_view(window, x_in, whole_shape, retained)
         if problem:
             return LatentViews(problem=problem)
     else:
         if whole_shape is not None and tuple(whole_shape[-2:]) != (height, width):
-            return LatentViews(problem=f"the model is run on a {height}x{width} part of the {whole_shape[-2]}x"
-                                       f"{whole_shape[-1]} latent by something other than a conditioning area or a "
-                                       "context window")
+            return LatentViews(problem=f"a {height}x{width} part of the {whole_shape[-2]}x{whole_shape[-1]} latent, "
+                                       "cut by something other than a conditioning area or a context window")
         base = LatentView((height, width))
     by_uuid = {}
     for cond_list in conds:

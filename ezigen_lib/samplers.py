@@ -4,7 +4,7 @@ Both nodes offer the host's own list (``comfy.samplers.KSampler.SAMPLERS``, Edit
 cores add names (0.8.0 added ``exp_heun_2_x0``; 0.38.1 ``cfgpp_ud10_ab``). EZIGen runs a sampler in ways
 a stock KSampler never does: the Sampler restarts it mid-schedule for every loop from a latent it places
 itself, and Edit steps it one interval at a time with the background put back after each step. So a name
-is taken only when it was checked that way: every name of the tested hosts (0.3.75 and 0.8.0) is, and
+is taken only when it was checked that way: every name of the tested hosts (0.3.75, 0.8.0, 0.28.2) is, and
 tests/unit/test_samplers.py runs each through both nodes on each host. A name this release does not know
 is refused before sampling, with why and what to pick, instead of risking a silently wrong picture.
 """
@@ -15,7 +15,7 @@ import comfy.samplers
 from .checks import InputValueError
 from .core import TESTED_RELEASES, comfyui_version
 
-# Every name of comfy.samplers.KSampler.SAMPLERS on ComfyUI 0.3.75 and 0.8.0, the hosts the suite runs on.
+# Every name of comfy.samplers.KSampler.SAMPLERS on ComfyUI 0.3.75, 0.8.0 and 0.28.2 (the same 44), the test hosts.
 CHECKED_SAMPLERS = frozenset({
     "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "exp_heun_2_x0",
     "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",

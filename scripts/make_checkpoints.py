@@ -409,6 +409,20 @@ def _sd_unet_on_meta(kind: SdKind, dtype: torch.dtype = torch.float16) -> Any:
         return model_config.get_model({}, "")
 
 
+def state_dict_for_saving(model, clip_state_dict: dict, vae_state_dict: dict) -> dict:
+    """The single-file checkpoint's state dict, as the host's ``BaseModel.state_dict_for_saving`` builds it.
+
+    Since ComfyUI 0.12.0 its caller hands it the UNet's state dict first (``unet_state_dict``); before, it read
+    the UNet itself. Told apart by the method's signature, not by a version number, so a core that backports
+    either way is served too.
+    """
+    import inspect  # noqa: PLC0415
+
+    takes_unet = "unet_state_dict" in inspect.signature(model.state_dict_for_saving).parameters
+    unet = (model.diffusion_model.state_dict(),) if takes_unet else ()
+    return model.state_dict_for_saving(*unet, clip_state_dict=clip_state_dict, vae_state_dict=vae_state_dict)
+
+
 def make_sd_checkpoint(kind: str, path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
     """Write a random-weight single-file SD1.5 / SD2.1-base checkpoint (fp16) to ``path``.
 
@@ -437,7 +451,7 @@ def make_sd_checkpoint(kind: str, path: Path, *, seed: int = 0, overwrite: bool 
     # tensor while writing; saving only renames its keys.
     _materialize(text_encoder, f"{kind}/text_encoder", seed, dtype)
     _materialize(vae, f"{kind}/vae", seed, dtype)
-    state = model.state_dict_for_saving(text_encoder.state_dict(), vae.state_dict())
+    state = state_dict_for_saving(model, text_encoder.state_dict(), vae.state_dict())
     unet_plan = {p.name: p for p in _plan(model.diffusion_model)}
     del model, text_encoder, vae
 
@@ -715,9 +729,20 @@ def flux_model_config(context_dim: int = FLUX_CONTEXT) -> Any:
 
 def _flux_init_rule(name: str) -> InitRule:
     """RMSNorm scales start at 1 (a random 0.02 scale would silence the attention), biases at 0."""
-    if name.endswith(".scale"):
+    if name.endswith((".scale", "_norm.weight")):
         return "ones"
     return "zeros" if name.endswith(".bias") else "normal"
+
+
+def _flux_file_key(model_config: Any, name: str) -> str:
+    """The key a FLUX file keeps the parameter `name` under. FLUX files name the RMSNorm scales `..._norm.scale`;
+    newer cores (0.28.2) call the parameter `..._norm.weight` and rename on load. Written the files' way, so a
+    stand-in made on any host loads on every host (they share the model cache)."""
+    if name.endswith("_norm.weight"):
+        scale = name[: -len(".weight")] + ".scale"
+        if name in model_config.process_unet_state_dict({scale: None}):  # this core renames scale -> weight
+            return scale
+    return name
 
 
 def make_flux_unet(path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
@@ -730,7 +755,7 @@ def make_flux_unet(path: Path, *, seed: int = 0, overwrite: bool = False) -> Pat
     model_config.set_inference_dtype(dtype, None)
     with torch.device("meta"):
         diffusion_model = model_config.get_model({}, "").diffusion_model
-    shapes = {name: tuple(p.shape) for name, p in diffusion_model.named_parameters()}
+    shapes = {_flux_file_key(model_config, name): tuple(p.shape) for name, p in diffusion_model.named_parameters()}
     if any(True for _ in diffusion_model.named_buffers()):
         raise RuntimeError("the FLUX model has buffers; no init rule for them")
     del diffusion_model

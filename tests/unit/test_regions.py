@@ -279,29 +279,94 @@ def test_conditionings_with_and_without_an_area_each_get_their_part_of_the_mask(
             assert torch.equal(delta[:, :, :12], whole[:, :, :12])
 
 
-def context_windows(model, dim: int, length: int, overlap: int = 0):
-    """Core ContextWindowsManual: windows of `length` along `dim`, fused flat (disjoint windows are independent)."""
+def _context_window_options() -> set[str]:
     import inspect
 
     from comfy_extras.nodes_context_windows import ContextWindowsManualNode
 
+    return set(inspect.signature(ContextWindowsManualNode.execute).parameters)
+
+
+# ComfyUI >= 0.22 runs a window that does not start at 0 with the index before it in front (the causal anchor)
+HAS_CAUSAL_WINDOW_FIX = "causal_window_fix" in _context_window_options()
+needs_causal_window_fix = pytest.mark.skipif(not HAS_CAUSAL_WINDOW_FIX,
+                                             reason="this ComfyUI's context windows have no causal anchor")
+
+
+def context_windows(model, dim: int, length: int, overlap: int = 0, causal_window_fix: bool | None = None):
+    """Core ContextWindowsManual: windows of `length` along `dim`, fused flat (disjoint windows are independent);
+    `causal_window_fix` where the host has it (None: the node's default)."""
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
     options = dict(model=model, context_length=length, context_overlap=overlap, context_schedule="standard_static",
                    context_stride=1, closed_loop=False, fuse_method="flat", dim=dim)
-    if "freenoise" in inspect.signature(ContextWindowsManualNode.execute).parameters:  # 0.8.0
+    if "freenoise" in _context_window_options():  # 0.8.0
         options["freenoise"] = False
+    if causal_window_fix is not None and HAS_CAUSAL_WINDOW_FIX:
+        options["causal_window_fix"] = causal_window_fix
     return ContextWindowsManualNode.execute(**options).result[0]
 
 
 def test_the_mask_follows_context_windows_over_the_image_width(setup):
     """Two disjoint 8-column windows of a 16-column latent are two independent images: with a left-half mask the
-    left window is what the unmasked patch makes, the right one what the unpatched model makes."""
+    left window is what the unmasked patch makes, the right one what the unpatched model makes. (Without the
+    causal anchor: on hosts that have it, it is turned off here.)"""
     mask = left_half(64, 128, 64)
-    plain = sample_with(context_windows(setup[0], 3, 8), POSITIVE, cfg=5.0)
-    unmasked = sample_with(context_windows(patched(setup, [None]), 3, 8), POSITIVE, cfg=5.0)
-    masked = sample_with(context_windows(patched(setup, [mask]), 3, 8), POSITIVE, cfg=5.0)
+
+    def windows(model):
+        return context_windows(model, 3, 8, causal_window_fix=False)
+
+    plain = sample_with(windows(setup[0]), POSITIVE, cfg=5.0)
+    unmasked = sample_with(windows(patched(setup, [None])), POSITIVE, cfg=5.0)
+    masked = sample_with(windows(patched(setup, [mask])), POSITIVE, cfg=5.0)
     assert (unmasked[..., :8] - plain[..., :8]).abs().max() > 1e-3
     assert torch.equal(masked[..., :8], unmasked[..., :8])
     assert torch.equal(masked[..., 8:], plain[..., 8:])
+
+
+@needs_causal_window_fix
+def test_the_mask_follows_context_windows_with_the_causal_anchor(setup):
+    """With the causal anchor (the node's default), the right window [8, 16) runs on columns 7..15: the subject
+    reaches it through column 7 exactly when the mask covers column 7. One step, so the right window's input is
+    the same noise in every run."""
+    def run(model):
+        return sample_with(context_windows(model, 3, 8), POSITIVE, cfg=5.0, steps=1)
+
+    plain = run(setup[0])
+    unmasked = run(patched(setup, [None]))
+    up_to_7 = run(patched(setup, [left_half(64, 128, 64)]))  # latent columns 0..7
+    up_to_6 = run(patched(setup, [left_half(64, 128, 56)]))  # latent columns 0..6
+    assert torch.equal(up_to_7[..., :8], unmasked[..., :8])  # the left window starts at 0: no anchor, all masked
+    assert torch.equal(up_to_6[..., 8:], plain[..., 8:])  # column 7 unmasked: the right window never sees the subject
+    assert (up_to_7[..., 8:] - plain[..., 8:]).abs().max() > 1e-4  # column 7 masked: it does, through the anchor
+    assert not torch.equal(up_to_7[..., 8:], unmasked[..., 8:])  # and only through column 7
+
+
+def test_a_context_window_with_a_causal_anchor_holds_the_anchor_first():
+    """The core puts the anchor in front of the window's indices (`causal_anchor_index`): the view is one column
+    wider than the index list, the anchor's column first, and the mask's columns follow it."""
+    import inspect
+
+    from comfy.context_windows import IndexListContextWindow
+
+    from ezigen_lib.frames import WHOLE_SHAPE_KEY, latent_views
+    from ezigen_lib.regions import view_region
+
+    extra = {"total_frames": 16} if "total_frames" in inspect.signature(IndexListContextWindow).parameters else {}
+    window = IndexListContextWindow(list(range(8, 16)), dim=3, **extra)
+    window.causal_anchor_index = 7  # what the core sets under causal_window_fix (an attribute older cores ignore)
+    options = {"context_window": window, WHOLE_SHAPE_KEY: (1, 4, 8, 16)}
+    (view,) = latent_views([[{"uuid": "positive"}]], torch.zeros(1, 4, 8, 9), options).by_uuid.values()
+    assert view.cols == tuple(range(7, 16)) and view.rows is None and view.shape == (8, 9)
+    masks = torch.arange(16.0).expand(1, 8, 16)
+    assert torch.equal(view_region(masks, view), masks[..., 7:])
+    # the handler's latent_retain_index_list "0" (0.28.2): the model input's first column is the latent's column 0
+    (kept,) = latent_views([[{"uuid": "positive"}]], torch.zeros(1, 4, 8, 9), options, retained=(0,)).by_uuid.values()
+    assert kept.cols == (0, *range(8, 16))
+    window.causal_anchor_index = -1  # the core's "none" (a window starting at 0)
+    bare = latent_views([[{"uuid": "positive"}]], torch.zeros(1, 4, 8, 9), options)
+    assert bare.problem == "a 8x9 part of the 8x16 latent, cut by something other than a conditioning area or a " \
+                           "context window"
 
 
 def test_a_mask_per_latent_follows_a_context_window_over_the_batch():
