@@ -48,11 +48,12 @@ def test_sdxl_shaped_family_addresses_every_layer_as_comfyui_runs_it():
 
 @pytest.fixture(scope="module")
 def sdxl_like():
-    """An SDXL-shaped encoder and MODEL, an adapter of random weights for the family's widths, a subject."""
+    """An SDXL-shaped MODEL that is its own encoder, an adapter of random weights for the family's widths, a
+    subject."""
     model = tiny_sdxl_like(DEPTHS, seed=3)
     widths = family_of(model).widths
     info = AdapterInfo(widths=widths, head_dim=32, base_model="tiny-sdxl-like", source="test")
-    encoder = EZIGenEncoder(model=tiny_sdxl_like(DEPTHS), name="tiny.safetensors", info=info,
+    encoder = EZIGenEncoder(model=model, name="tiny.safetensors", info=info,  # the frozen UNet encodes, as SD's
                             adapter=adapter_patcher(random_adapter_state(5, widths=widths), info))
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
