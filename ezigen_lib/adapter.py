@@ -1,9 +1,9 @@
 """The EZIGen adapter: one extra attention per transformer block whose keys/values are the
 block's own tokens followed by the subject's tokens.
 
-Per block k, with h1 the block state after self-attention:
+Per transformer layer k of the model's family (family.py), with h1 the block state after self-attention:
     u  = LN_a(h1)
-    s  = learnable_weights[k] * S_k                  (subject features of slot k)
+    s  = learnable_weights[k] * S_k                  (subject features of layer k)
     O  = W_o MHA(q = W_q u, k = W_k [u; s], v = W_v [u; s]) + b_o
     h1' = h1 + strength * (u + O)                    (the reference's double residual)
 Built from ComfyUI's cast-on-the-fly ops so weights stay in file dtype and any compute dtype works.
@@ -15,8 +15,6 @@ from torch import nn
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.ops
-
-from .slots import SLOT_COUNT
 
 
 class BlockAdapter(nn.Module):
@@ -45,17 +43,15 @@ class BlockAdapter(nn.Module):
 
 
 class AdapterSet(nn.Module):
-    """The 16 block adapters plus the per-slot subject feature weights."""
+    """One adapter per transformer layer (`widths`, in the family's order) plus the per-layer subject weights."""
 
     def __init__(self, widths: tuple[int, ...] | list[int], head_dim: int, dtype=None, device=None,
                  operations=comfy.ops.manual_cast):
         super().__init__()
-        if len(widths) != SLOT_COUNT:
-            raise ValueError(f"expected {SLOT_COUNT} block widths, got {len(widths)}")
         self.widths = tuple(widths)
         self.head_dim = head_dim
         self.blocks = nn.ModuleList(BlockAdapter(w, head_dim, dtype, device, operations) for w in widths)
-        self.learnable_weights = nn.Parameter(torch.ones(SLOT_COUNT, dtype=dtype, device=device))
+        self.learnable_weights = nn.Parameter(torch.ones(len(widths), dtype=dtype, device=device))
 
     def subject_kv(self, slot: int, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weight = self.learnable_weights[slot].to(device=features.device, dtype=features.dtype)

@@ -1,5 +1,6 @@
 """Subject encoding: one pass of the frozen UNet at timestep 1, recording the normalised input of
-each self-attention (``norm1(x)``, the reference's "before_sa" feature) in all 16 blocks."""
+each self-attention (``norm1(x)``, the reference's "before_sa" feature) in every transformer layer of
+the model's family (family.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,21 +11,20 @@ import torch.nn.functional as F
 import comfy.model_management
 
 from .checks import require_finite_pixels
-from .core import require_block, require_model_sampling, require_option
-from .layout import UnsupportedModelError, model_family, require_ezigen_layout
+from .core import require_model_sampling
+from .family import Family, UnsupportedModelError, family_of, model_family_name, require_adapter_fits
 from .schedule import derive_seed
-from .slots import SLOT_COUNT, SLOTS
 from .vae_sample import encode_sample
 
 SUBJECT_TIMESTEP = 1  # the reference noises the subject latent to DDPM timestep 1
 FEATURE_DTYPE = torch.float16
 NODE = "Encode Subject (EZIGen)"
-CAPTURE = "which of the 16 self-attentions of the encoder a subject feature comes from"
+CAPTURE = "which self-attention of the encoder a subject feature comes from"
 
 
 @dataclass(frozen=True)
 class SubjectFeatures:
-    """Per-slot subject tokens, each (1, images * HW_k, C_k), on ComfyUI's intermediate device.
+    """Per-layer subject tokens, each (1, images * HW_k, C_k), on ComfyUI's intermediate device.
 
     `family` (ComfyUI's model family of the encoder UNet, e.g. SD20) and `adapter` (the adapter file the
     encoder was loaded with, as Load EZIGen Encoder lists it) say what the subject was made for, so that a
@@ -42,18 +42,17 @@ class SubjectFeatures:
 
 
 class FeatureRecorder:
-    """attn1_patch that records n = norm1(x) by runtime transformer index and changes nothing."""
+    """attn1_patch that records n = norm1(x) by the family's layer index and changes nothing."""
 
-    def __init__(self, store_device: torch.device, store_dtype: torch.dtype = FEATURE_DTYPE):
+    def __init__(self, family: Family, store_device: torch.device, store_dtype: torch.dtype = FEATURE_DTYPE):
+        self.family = family
         self.store_device = store_device
         self.store_dtype = store_dtype
         self.features: dict[int, torch.Tensor] = {}
         self.calls: list[tuple[int | None, tuple | None, int | None]] = []
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
-        index = require_option(extra_options, "transformer_index", CAPTURE)
-        if 0 <= index < SLOT_COUNT:  # other counts are refused after the pass, with what the model ran
-            require_block(extra_options, index, SLOTS[index].comfy_block, CAPTURE)
+        index = self.family.layer_at(extra_options, CAPTURE).index
         self.calls.append((index, extra_options.get("block"), extra_options.get("block_index")))
         self.features[index] = n.detach().to(self.store_device, self.store_dtype)
         return n, context_attn1, value_attn1
@@ -106,7 +105,7 @@ def capture_features(base_model, latent: torch.Tensor, noise: torch.Tensor, cont
                      transformer_options: dict | None = None, sigma: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The one subject capture (Encode Subject's and the trainer's): noise the clean `latent` (model space,
     B images) with `noise` to timestep 1, run the UNet of `base_model` (a BaseModel whose weights are
-    ready on `device`) once and return norm1(x) of its 16 self-attentions, each (B, HW_k, C_k), stored
+    ready on `device`) once and return norm1(x) of its family's self-attentions, each (B, HW_k, C_k), stored
     on `store_device` in `store_dtype`.
 
     `context` is one text row for all images or one per image. `transformer_options` are the caller's
@@ -117,7 +116,8 @@ def capture_features(base_model, latent: torch.Tensor, noise: torch.Tensor, cont
         sigma = subject_sigma(base_model.model_sampling)
     x = latent + noise * sigma  # ComfyUI's variance-exploding form of sqrt(a)z + sqrt(1-a)eps at t=1
     batch = latent.shape[0]
-    recorder = FeatureRecorder(store_device, store_dtype)
+    family = family_of(base_model)
+    recorder = FeatureRecorder(family, store_device, store_dtype)
     options = dict(transformer_options or {})
     patches = dict(options.get("patches", {}))
     patches["attn1_patch"] = patches.get("attn1_patch", []) + [recorder]
@@ -125,43 +125,44 @@ def capture_features(base_model, latent: torch.Tensor, noise: torch.Tensor, cont
     with torch.no_grad():
         base_model.apply_model(x.to(device), sigma.expand(batch).to(device),
                                c_crossattn=context.expand(batch, -1, -1).to(device), transformer_options=options)
-    if sorted(recorder.features) != list(range(SLOT_COUNT)):
+    count = len(family.layers)
+    if sorted(recorder.features) != list(range(count)):
         raise UnsupportedModelError(
             f"The model ran {len(recorder.calls)} self-attentions with indices {sorted(recorder.features)}, "
-            f"expected {SLOT_COUNT} (0..{SLOT_COUNT - 1}); another patch may be replacing its blocks.")
-    return [recorder.features[k] for k in range(SLOT_COUNT)]
+            f"expected {count} (0..{count - 1}); another patch may be replacing its blocks.")
+    return [recorder.features[k] for k in range(count)]
 
 
 def _check_subject_inputs(encoder, context: torch.Tensor, images: torch.Tensor, widths: tuple[int, ...]):
-    """The encoder's layout, after refusing a text context or prompt batch it cannot take."""
-    layout = require_ezigen_layout(encoder, widths, "encoder model")
-    if context.ndim != 3 or context.shape[-1] != layout.context_dim:
+    """The encoder's family, after refusing a text context or prompt batch it cannot take."""
+    family = require_adapter_fits(encoder, widths, "encoder model")
+    if context.ndim != 3 or context.shape[-1] != family.context_dim:
         raise UnsupportedModelError(
-            f"The subject prompt's conditioning is {context.shape[-1]}-wide but the encoder ({layout.family}) expects "
-            f"{layout.context_dim}-wide text embeddings: encode the subject prompt with the encoder checkpoint's own "
+            f"The subject prompt's conditioning is {context.shape[-1]}-wide but the encoder ({family.name}) expects "
+            f"{family.context_dim}-wide text embeddings: encode the subject prompt with the encoder checkpoint's own "
             "CLIP (for the official weights, the SD2.1-base CLIP).")
     rows = context.shape[0]
     if rows not in (1, images.shape[0]):
         raise ValueError(f"The subject prompt is a batch of {rows} prompts but there are {images.shape[0]} subject "
                          "images: give one prompt for all images, or one per image in the same order.")
-    return layout
+    return family
 
 
 def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None,
                    seed: int, resolution: int, widths: tuple[int, ...],
                    adapter: str | None = None) -> SubjectFeatures:
-    """Run the encoder MODEL once on the noised subject latents and return the 16 features.
+    """Run the encoder MODEL once on the noised subject latents and return its features, one per layer.
     `adapter`: the adapter file's name, recorded in the subject (see `SubjectFeatures`). NaN or infinity in
     the images or mask is refused first: it would come out as "the encoder model's weights are damaged"."""
     require_finite_pixels(NODE, "image", images[..., :3], "IMAGE")  # the alpha channel is not used
     require_finite_pixels(NODE, "mask", mask, "MASK")
-    layout = _check_subject_inputs(encoder, context, images, widths)
+    family = _check_subject_inputs(encoder, context, images, widths)
     pixels = prepare_subject_pixels(images, mask, resolution)
     latent = encode_sample(vae, pixels, derive_seed(seed, "vae"))  # the reference samples the posterior
-    if latent.shape[1] != layout.latent_channels:
+    if latent.shape[1] != family.latent_channels:
         raise UnsupportedModelError(
-            f"The VAE makes {latent.shape[1]}-channel latents but the encoder ({layout.family}) needs "
-            f"{layout.latent_channels}: use the VAE of the encoder's checkpoint (SD1.x/SD2.x).")
+            f"The VAE makes {latent.shape[1]}-channel latents but the encoder ({family.name}) needs "
+            f"{family.latent_channels}: use the VAE of the encoder's checkpoint (SD1.x/SD2.x).")
     z = encoder.model.process_latent_in(latent.float())
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(z.shape, generator=generator, dtype=torch.float32)
@@ -184,5 +185,5 @@ def subject_from_latents(encoder, latent: torch.Tensor, noise: torch.Tensor, con
                 "encoder): the encoder model's weights are damaged or its precision overflowed (fp16 keeps values "
                 "up to 65504). Run it in fp32 (e.g. ComfyUI's --force-fp32) or check the encoder checkpoint.")
     return SubjectFeatures(features=tuple(f.reshape(1, -1, f.shape[-1]) for f in features),  # images' tokens in one row
-                           image_count=latent.shape[0], resolution=resolution, family=model_family(encoder),
+                           image_count=latent.shape[0], resolution=resolution, family=model_family_name(encoder),
                            adapter=adapter)

@@ -6,7 +6,11 @@ Two on-disk forms are accepted:
   keys possibly prefixed ``module.`` (multi-GPU training);
 - our adapter-only safetensors (written by ``python -m ezigen_lib.convert``), with metadata.
 
-Only the 16 x 7 adapter tensors and ``learnable_weights`` are kept. Pickled files are loaded with
+Only the adapter tensors (7 per transformer layer) and ``learnable_weights`` are kept. The file declares its
+own layout: ``learnable_weights`` has one entry per layer, the reference's key names say where each layer sits
+(``<diffusers block>.transformer_blocks.<j>.adapter...``, ordered as a forward pass meets them), the tensors
+give the widths; whether that layout fits a model is the family's question (family.py), asked when the
+encoder is loaded. Pickled files are loaded with
 ``weights_only=True``: a file that needs code execution is refused, never run.
 """
 from __future__ import annotations
@@ -22,7 +26,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .checks import exception_text, public_error, shown as echo
-from .slots import SLOT_COUNT, SLOTS
 
 FORMAT_NAME = "ezigen-adapter"
 FORMAT_VERSION = "1"
@@ -70,12 +73,37 @@ class AdapterWeights:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def canonical_key(slot: int, reference_tensor: str) -> str:
-    return f"blocks.{slot}.{REFERENCE_TENSOR_NAMES[reference_tensor]}"
+_CANONICAL = re.compile(r"blocks\.([0-9]{1,4})\.(.+)")
+_REFERENCE = re.compile(r"(.+\.transformer_blocks\.[0-9]{1,4})\.(adapter\..+|adapter_norm\..+)")
+_REFERENCE_BLOCK = re.compile(r"(down_blocks|mid_block|up_blocks)(?:\.([0-9]+))?\.attentions\.([0-9]+)"
+                              r"\.transformer_blocks\.([0-9]+)")
+_SECTIONS = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 
 
-def reference_key(slot: int, reference_tensor: str) -> str:
-    return f"{SLOTS[slot].diffusers_prefix}.transformer_blocks.0.{reference_tensor}"
+def canonical_key(layer: int, reference_tensor: str) -> str:
+    return f"blocks.{layer}.{REFERENCE_TENSOR_NAMES[reference_tensor]}"
+
+
+def reference_key(prefix: str, reference_tensor: str) -> str:
+    """The reference checkpoint's name of a tensor of the layer at `prefix` (a family layer's
+    ``reference_prefix``, e.g. 'down_blocks.0.attentions.0.transformer_blocks.0')."""
+    return f"{prefix}.{reference_tensor}"
+
+
+def reference_layers(keys: list[str]) -> list[str]:
+    """The layer prefixes that a reference checkpoint's adapter keys name, in the order a forward pass meets
+    them (down blocks by level and attention, the middle block, up blocks; layer 0 first inside each)."""
+    prefixes = set()
+    for key in keys:
+        match = _REFERENCE.fullmatch(key)
+        if match and match.group(2) in REFERENCE_TENSOR_NAMES and _REFERENCE_BLOCK.fullmatch(match.group(1)):
+            prefixes.add(match.group(1))
+
+    def order(prefix: str) -> tuple[int, ...]:
+        section, level, attention, layer = _REFERENCE_BLOCK.fullmatch(prefix).groups()
+        return _SECTIONS[section], int(level or 0), int(attention), int(layer)
+
+    return sorted(prefixes, key=order)
 
 
 def _fail(shown: str, problem: str) -> AdapterFileError:
@@ -116,29 +144,26 @@ def _strip_module(key: str) -> str:
     return key[len("module."):] if key.startswith("module.") else key
 
 
-def _reference_name(canonical: str) -> str:
-    """The reference checkpoint's name for one of our canonical adapter keys ('blocks.K.NAME')."""
-    _, slot, ours = canonical.split(".", 2)
-    reference_tensor = next(ref for ref, name in REFERENCE_TENSOR_NAMES.items() if name == ours)
-    return reference_key(int(slot), reference_tensor)
-
-
-def _wanted_keys() -> dict[str, str]:
-    """Every accepted source key (canonical or reference) -> canonical key."""
+def _wanted_keys(keys: list[str]) -> dict[str, str]:
+    """Every adapter key of the file (canonical or the reference's names) -> canonical key."""
+    ours = set(REFERENCE_TENSOR_NAMES.values())
     wanted = {LEARNABLE_WEIGHTS: LEARNABLE_WEIGHTS}
-    for k in range(SLOT_COUNT):
+    for key in keys:
+        match = _CANONICAL.fullmatch(key)
+        if match and match.group(2) in ours:
+            wanted[key] = key
+    for k, prefix in enumerate(reference_layers(keys)):
         for ref_name in REFERENCE_TENSOR_NAMES:
-            wanted[canonical_key(k, ref_name)] = canonical_key(k, ref_name)
-            wanted[reference_key(k, ref_name)] = canonical_key(k, ref_name)
+            wanted[reference_key(prefix, ref_name)] = canonical_key(k, ref_name)
     return wanted
 
 
 def _read_safetensors(path: Path, shown: str) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
-    wanted = _wanted_keys()
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             all_keys = list(f.keys())
+            wanted = _wanted_keys([_strip_module(k) for k in all_keys])
             tensors = {}
             for key in all_keys:
                 canonical = wanted.get(_strip_module(key))
@@ -166,7 +191,7 @@ def _read_pickle(path: Path, shown: str) -> tuple[dict[str, torch.Tensor], list[
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise _fail(shown, f"expected a dict of tensors, found {type(obj).__name__}")
-    wanted = _wanted_keys()
+    wanted = _wanted_keys([_strip_module(k) for k in obj if isinstance(k, str)])
     tensors = {wanted[_strip_module(k)]: v for k, v in obj.items()
                if isinstance(k, str) and _strip_module(k) in wanted and isinstance(v, torch.Tensor)}
     return tensors, [k for k in obj if isinstance(k, str)], {}
@@ -178,43 +203,56 @@ def _describe_foreign(path: str, all_keys: list[str]) -> AdapterFileError:
     if adapter_keys:
         blocks = sorted({k.split(".adapter")[0] for k in adapter_keys})
         return _fail(path, f"it holds adapters for {len(blocks)} transformer blocks in another layout (e.g. "
-                           f"'{blocks[0]}'), not the 16 blocks of an SD1.x/SD2.x UNet; SDXL-style or other "
-                           "EZIGen variants are not supported")
+                           f"'{blocks[0]}') with most of their tensors missing; EZIGen variants other than the "
+                           "released one are not supported")
     sample = ", ".join(stripped[:3]) if stripped else "no tensors at all"
+    example = "down_blocks.0.attentions.0.transformer_blocks.0"
     return _fail(path, f"it is not an EZIGen checkpoint: none of its {len(stripped)} tensors are EZIGen "
-                       f"adapters (expected keys like '{reference_key(0, 'adapter.to_q.weight')}' or "
+                       f"adapters (expected keys like '{reference_key(example, 'adapter.to_q.weight')}' or "
                        f"'{canonical_key(0, 'adapter.to_q.weight')}'; found {sample})")
 
 
+def _declared_layers(tensors: dict[str, torch.Tensor]) -> int:
+    """How many transformer layers the file's adapter keys name."""
+    return 1 + max((int(_CANONICAL.fullmatch(k).group(1)) for k in tensors if k != LEARNABLE_WEIGHTS), default=-1)
+
+
 def _validate(path: str, tensors: dict[str, torch.Tensor], all_keys: list[str]) -> tuple[int, ...]:
-    expected = {LEARNABLE_WEIGHTS} | {canonical_key(k, n) for k in range(SLOT_COUNT) for n in REFERENCE_TENSOR_NAMES}
+    """The file's layer widths, after checking it holds every tensor of every layer it declares."""
     if not tensors:
         raise _describe_foreign(path, all_keys)
+    prefixes = reference_layers([_strip_module(k) for k in all_keys])  # empty for our own layout
+    count = _declared_layers(tensors)
+    expected = {LEARNABLE_WEIGHTS} | {canonical_key(k, n) for k in range(count) for n in REFERENCE_TENSOR_NAMES}
     missing = sorted(expected - set(tensors))
     if missing:
         lw = next((k for k in all_keys if _strip_module(k) == LEARNABLE_WEIGHTS), None)
         if len(missing) > len(expected) // 2 or lw is None and len(missing) == len(expected):
             raise _describe_foreign(path, all_keys)
-        if any(".transformer_blocks.0.adapter" in _strip_module(k) for k in all_keys):  # the reference's layout
-            names = [n if n == LEARNABLE_WEIGHTS else f"{n} = '{_reference_name(n)}'" for n in missing[:4]]
-        else:
-            names = missing[:4]
-        shown = ", ".join(names) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        ours = {name: ref for ref, name in REFERENCE_TENSOR_NAMES.items()}
+
+        def named(key: str) -> str:
+            match = _CANONICAL.fullmatch(key)
+            if match is None or int(match.group(1)) >= len(prefixes):  # learnable_weights, or our own layout
+                return key
+            return f"{key} = '{reference_key(prefixes[int(match.group(1))], ours[match.group(2)])}'"
+
+        shown = ", ".join(map(named, missing[:4])) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise _fail(path, f"{len(missing)} of the {len(expected)} adapter tensors are missing ({shown})")
     lw = tensors[LEARNABLE_WEIGHTS]
-    if tuple(lw.shape) != (SLOT_COUNT,):
-        raise _fail(path, f"learnable_weights has shape {tuple(lw.shape)}, expected ({SLOT_COUNT},): this adapter "
-                          "was made for a UNet with another number of transformer blocks (e.g. SDXL)")
-    base = tensors[canonical_key(0, "adapter.to_q.weight")].shape[0]
-    widths = tuple(base * s.width_mult for s in SLOTS)
+    if tuple(lw.shape) != (count,):
+        raise _fail(path, f"learnable_weights has shape {tuple(lw.shape)}, expected ({count},): one weight per "
+                          f"transformer layer, and the file holds adapters for {count}")
+    widths = tuple(tensors[canonical_key(k, "adapter.to_q.weight")].shape[0] for k in range(count))
     for k, width in enumerate(widths):
         for ref_name in REFERENCE_TENSOR_NAMES:
             key = canonical_key(k, ref_name)
             t = tensors[key]
             want = (width, width) if ref_name.endswith("weight") and "norm" not in ref_name else (width,)
             if tuple(t.shape) != want:
-                raise _fail(path, f"tensor '{key}' has shape {tuple(t.shape)}, expected {want} (slot {k}, "
-                                  f"{SLOTS[k].diffusers_prefix}: SD-layout widths are {base}/{2 * base}/{4 * base})")
+                where = f"layer {k}, {prefixes[k]}" if k < len(prefixes) else f"layer {k}"
+                raise _fail(path, f"tensor '{key}' has shape {tuple(t.shape)}, expected {want} ({where}: its "
+                                  f"to_q is {width} wide)")
     for key, t in tensors.items():
         if not t.is_floating_point():
             raise _fail(path, f"tensor '{key}' has dtype {t.dtype}, expected floating point")
@@ -269,8 +307,8 @@ def _read_metadata(shown: str, metadata: dict[str, str], widths: tuple[int, ...]
         raise bad("head_dim", f"a number that divides every block width (it does not divide {uneven})")
     if "widths" in metadata:
         parts = metadata["widths"].split(",")
-        if len(parts) != SLOT_COUNT or not all(_DECIMAL.fullmatch(p) for p in parts):
-            raise bad("widths", f"{SLOT_COUNT} comma-separated whole numbers")
+        if len(parts) != len(widths) or not all(_DECIMAL.fullmatch(p) for p in parts):
+            raise bad("widths", f"{len(widths)} comma-separated whole numbers")
         if tuple(int(p) for p in parts) != widths:
             raise bad("widths", f"the widths of the file's own tensors, {','.join(map(str, widths))}")
     for field_name in ("base_model", "source"):

@@ -1,6 +1,6 @@
 """The core details EZIGen relies on beyond ComfyUI's declared API, checked where they are used.
 
-The patch points hand every block a few undocumented details (``transformer_index``, ``block``,
+The patch points hand every block a few undocumented details (``block``, ``block_index``,
 ``sigmas``, ``original_shape``, ``activations_shape``, ``cond_or_uncond`` in ``transformer_options``),
 faithful mode hooks the KL VAE's posterior regularizer, and the schedule code calls a handful of
 ``model_sampling`` methods. A newer core could drop or rename any of them, and the pack would then quietly
@@ -61,15 +61,6 @@ def require_option(extra_options: dict, key: str, purpose: str) -> Any:
     if value is None:
         raise core_changed(f"transformer_options['{key}'] in every transformer block", purpose)
     return value
-
-
-def require_block(extra_options: dict, slot: int, expected: tuple[str, int], purpose: str) -> None:
-    """The block at ``transformer_index`` `slot` must be the one EZIGen's slot table places there; a core that
-    counts blocks another way would otherwise pair each feature with a wrong block without a word."""
-    block = require_option(extra_options, "block", purpose)
-    if tuple(block) != tuple(expected):
-        raise core_changed(f"transformer_index {slot} at block {tuple(expected)} (ComfyUI gave block {tuple(block)})",
-                           purpose)
 
 
 def require_model_sampling(model_sampling, *attributes: str, purpose: str):

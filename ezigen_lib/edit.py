@@ -26,8 +26,8 @@ import comfy.samplers
 from .checks import public_error, require_choice, require_finite, require_finite_pixels
 from .crop import (CROP_MODES, DEFAULT_CONTEXT, MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, CropError, crop_box,
                    mask_bounds)
-from .inject import (ALWAYS_ON, NEVER_ON, crop_subject_regions, reach_warnings, require_region_batches,
-                     reset_subject_reach, subject_injections, subject_reports)
+from .gate import ALWAYS_ON, NEVER_ON
+from .inject import crop_subject_regions, reset_subject_reach
 from .regions import share_outside
 from .inversion import SOLVERS, invert
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
@@ -36,6 +36,7 @@ from .samplers import EDIT, require_sampler
 from .sampling import CallCounter, require_finite_latent, start_latent, with_window
 from .schedule import (derive_seed, reference_edit_unet_calls, reference_inversion_calls,
                        reference_inversion_timesteps, vp_scale)
+from .subject_views import reach_warnings, require_region_batches, subject_reports, subject_views
 from .vae_sample import encode_sample
 
 log = logging.getLogger("EZIGen")
@@ -370,8 +371,8 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     progress.finish()
     box = None if crop is None else crop[0]
     acted_scale = 1.0 if box is None else box.height * box.width / (source.shape[1] * source.shape[2])
-    for report, injection in zip(subjects, subject_injections(model)):  # the patches that ran (cut to the box)
-        report["acted_share"] = round(injection.acted_share() * acted_scale, 4)
+    for report, view in zip(subjects, subject_views(model)):  # the patches that ran (cut to the box)
+        report["acted_share"] = round(view.acted_share * acted_scale, 4)
     warnings = warnings + reach_warnings(model)
     result_image = finish_image(rounds.last_image[..., :3], source, mask, work, settings, box)
     details = edit_details(plan, inverter, work, result_image, settings, rounds.loops, crop)
@@ -383,13 +384,13 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
 def edit_subjects(model, mask: torch.Tensor) -> tuple[list[dict], list[str]]:
     """Each subject's report, with the share of its region outside the edit mask (allowed: it acts only
     where the edit regenerates; reported so a misplaced mask is seen), and the warnings."""
-    injections = subject_injections(model)
-    warnings = [] if injections else [NO_SUBJECT]
+    views = subject_views(model)
+    warnings = [] if views else [NO_SUBJECT]
     subjects = subject_reports(model)
-    for k, (injection, report) in enumerate(zip(injections, subjects), start=1):
-        if injection.region is None:
+    for k, (view, report) in enumerate(zip(views, subjects), start=1):
+        if view.region is None:
             continue
-        outside = share_outside(injection.region, mask)
+        outside = share_outside(view.region, mask)
         report["outside_edit_mask"] = round(outside, 4)
         if outside > 0.005:
             warnings.append(f"{outside:.0%} of subject {k}'s mask lies outside the edit mask: the subject acts only "

@@ -11,7 +11,7 @@ import comfy.model_patcher
 
 from .adapter import AdapterSet
 from .checkpoint import AdapterInfo, load_adapter
-from .layout import require_ezigen_layout
+from .family import require_adapter_fits
 
 log = logging.getLogger("EZIGen")
 
@@ -48,10 +48,10 @@ def load_encoder(adapter_path: str | os.PathLike, encoder_model, shown: str | No
     """`shown`: how messages name the adapter file (see `load_adapter`); `name`: the file as its folder's
     dropdown lists it (by default the file name), recorded in the subjects this encoder makes."""
     weights = load_adapter(adapter_path, shown)
-    layout = require_ezigen_layout(encoder_model, weights.info.widths, "encoder model")
-    if weights.info.base_model.startswith("sd2") and layout.family != "SD20":
+    family = require_adapter_fits(encoder_model, weights.info.widths, "encoder model")
+    if weights.info.base_model.startswith("sd2") and family.name != "SD20":
         log.warning("EZIGen: the adapter was trained on %s features but the encoder model is %s; "
                     "use the SD2.1-base checkpoint as the encoder for faithful results.",
-                    weights.info.base_model, layout.family)
+                    weights.info.base_model, family.name)
     return EZIGenEncoder(model=encoder_model, adapter=adapter_patcher(weights.state_dict, weights.info),
                          info=weights.info, name=name if name is not None else Path(adapter_path).name)

@@ -15,14 +15,15 @@ import torch
 import comfy.sample
 import comfy.samplers
 
-from .inject import (ALWAYS_ON, NEVER_ON, reach_warnings, require_region_batches, reset_subject_reach,
-                     subject_injections, subject_reports)
+from .gate import ALWAYS_ON, NEVER_ON
+from .inject import reset_subject_reach
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
                      rounds_report, run_rounds)
 from .samplers import SAMPLER, require_sampler
 from .sampling import CallCounter, require_finite_latent, start_latent, with_window
 from .schedule import (appearance_start_index, derive_seed, reference_unet_calls, renoise_coefficients,
                        sampler_seed, vp_scale)
+from .subject_views import reach_warnings, require_region_batches, subject_reports, subject_views
 from .vae_sample import encode_sample
 
 log = logging.getLogger("EZIGen")
@@ -128,7 +129,7 @@ def checked_latent(model, samples: torch.Tensor) -> torch.Tensor:
 
 def generation_warnings(model, plan: LoopPlan, settings: GenerationSettings) -> list[str]:
     warnings = []
-    if not subject_injections(model):
+    if not subject_views(model):
         warnings.append("The MODEL carries no EZIGen patch (connect Patch UNet Attention): sampling without a subject.")
         log.warning("EZIGen Sampler: %s", warnings[-1])
     if plan.loop_steps == 0 and settings.policy.most_loops > 0:

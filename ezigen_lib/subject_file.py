@@ -1,13 +1,13 @@
-"""The EZIGen subject file: an encoded subject (the 16 features of one Encode Subject run) on disk.
+"""The EZIGen subject file: an encoded subject (the features of one Encode Subject run) on disk.
 
 A subject is costly to make (a VAE pass and a UNet pass over every subject image) and is the same every
 time for the same images, prompt and seed, so it can be saved once and loaded in later workflows. The
 file is a plain safetensors (no pickles):
 
-- tensors ``features.0`` .. ``features.15``: slot k's tokens, (1, images * HW_k, C_k), exactly as Encode
-  Subject keeps them (fp16), so a loaded subject gives bit-identical results to the fresh one;
+- tensors ``features.0`` .. ``features.<n-1>``, one per transformer layer of the encoder's family (family.py):
+  layer k's tokens, (1, images * HW_k, C_k), exactly as Encode Subject keeps them (fp16), so a loaded subject gives bit-identical results to the fresh one;
 - metadata (strings): ``format`` = ``ezigen-subject``, ``format_version``, ``family`` (ComfyUI's model
-  family of the encoder UNet, e.g. SD20), ``widths`` (the 16 feature widths), ``adapter`` (the adapter
+  family of the encoder UNet, e.g. SD20), ``widths`` (the n feature widths), ``adapter`` (the adapter
   file the encoder was loaded with, as Load EZIGen Encoder lists it), ``resolution``, ``image_count`` and
   ``subject_prompt`` (the subject's words when the user gave them; may be empty).
 
@@ -43,8 +43,7 @@ import comfy.model_management
 from .capture import FEATURE_DTYPE, SubjectFeatures
 from .checkpoint import FORMAT_NAME as ADAPTER_FORMAT_NAME
 from .checks import cut, exception_text, public_error, shown as shown_value
-from .layout import model_family
-from .slots import SLOT_COUNT
+from .family import model_family_name
 
 log = logging.getLogger("EZIGen")
 
@@ -52,7 +51,7 @@ FORMAT_NAME = "ezigen-subject"
 FORMAT_VERSION = "1"
 SUFFIX = ".safetensors"
 COUNTER_DIGITS = 5  # prefix_00001.safetensors, as ComfyUI's own save nodes count
-FEATURE_KEYS = tuple(f"features.{k}" for k in range(SLOT_COUNT))
+MAX_LAYERS = 1024  # features a subject file may hold (SD1.x/SD2.x: 16, SDXL: 70)
 METADATA_FIELDS = ("format", "format_version", "family", "widths", "adapter", "resolution", "image_count",
                    "subject_prompt")
 WHERE_SUBJECTS_COME_FROM = ("Subject files are written by Save EZIGen Subject (Encode Subject -> Save EZIGen "
@@ -81,7 +80,7 @@ class SubjectFileError(ValueError):
 
 @dataclass(frozen=True)
 class SubjectLayout:
-    """What a subject must match: the encoder UNet's model family and the 16 feature widths."""
+    """What a subject must match: the encoder UNet's model family and its feature widths."""
     family: str
     widths: tuple[int, ...]
 
@@ -95,7 +94,12 @@ def subject_layout(subject: SubjectFeatures) -> SubjectLayout:
 
 def encoder_layout(encoder) -> SubjectLayout:
     """The layout of the subjects an EZIGEN_ENCODER makes (Load EZIGen Encoder checked its widths)."""
-    return SubjectLayout(model_family(encoder.model), tuple(encoder.info.widths))
+    return SubjectLayout(model_family_name(encoder.model), tuple(encoder.info.widths))
+
+
+def feature_keys(count: int) -> tuple[str, ...]:
+    """The tensor names of a subject of `count` features."""
+    return tuple(f"features.{k}" for k in range(count))
 
 
 def _fail(shown: str, problem: str) -> SubjectFileError:
@@ -111,8 +115,8 @@ def subject_metadata(subject: SubjectFeatures, subject_prompt: str = "") -> dict
             "The subject does not say which encoder made it (its model family or adapter is unknown), so a saved "
             "file could not refuse an encoder of another layout: connect the subject from Encode Subject (EZIGen) "
             "or Load EZIGen Subject.")
-    if len(subject.features) != SLOT_COUNT:
-        raise SubjectFileError(f"The subject has {len(subject.features)} features, expected {SLOT_COUNT}.")
+    if not 1 <= len(subject.features) <= MAX_LAYERS:
+        raise SubjectFileError(f"The subject has {len(subject.features)} features, expected 1 to {MAX_LAYERS}.")
     if not _FAMILY.fullmatch(str(subject.family)) or len(subject.adapter) > MAX_ADAPTER_NAME:
         raise SubjectFileError(f"The subject's encoder is recorded as family {shown_value(subject.family)}, adapter "
                                f"{shown_value(subject.adapter)}: a family of at most 64 letters, digits and '_.+-' and "
@@ -127,7 +131,7 @@ def subject_metadata(subject: SubjectFeatures, subject_prompt: str = "") -> dict
         raise SubjectFileError(f"subject_prompt is {len(subject_prompt)} characters, more than the "
                                f"{MAX_SUBJECT_PROMPT} a subject file keeps: give the subject's words only, e.g. "
                                "'a dog'.")
-    for key, feature in zip(FEATURE_KEYS, subject.features):
+    for key, feature in zip(feature_keys(len(subject.features)), subject.features):
         require_finite_features(key, feature, "The subject to save")
     return {
         "format": FORMAT_NAME,
@@ -144,7 +148,8 @@ def subject_metadata(subject: SubjectFeatures, subject_prompt: str = "") -> dict
 def subject_file_bytes(subject: SubjectFeatures, subject_prompt: str = "") -> bytes:
     """The whole file: contiguous CPU copies of the features, unchanged in dtype and values."""
     metadata = subject_metadata(subject, subject_prompt)
-    tensors = {key: f.detach().to("cpu").contiguous() for key, f in zip(FEATURE_KEYS, subject.features)}
+    keys = feature_keys(len(subject.features))
+    tensors = {key: f.detach().to("cpu").contiguous() for key, f in zip(keys, subject.features)}
     return safetensors_bytes(tensors, metadata)
 
 
@@ -390,8 +395,8 @@ def _read_metadata(shown: str, metadata: dict[str, str], keys: list[str]) -> dic
         raise _fail(shown, f"it is subject format version {shown_value(version)}; this version of ComfyUI-EZIGen "
                            f"reads version {FORMAT_VERSION} (update the pack, or save the subject again with this one)")
     _field(shown, metadata, "family", _FAMILY, "a model family name such as SD20")
-    _field(shown, metadata, "widths", re.compile(r"[0-9]{1,6}(,[0-9]{1,6}){%d}" % (SLOT_COUNT - 1)),
-           f"{SLOT_COUNT} comma-separated widths", SLOT_COUNT * 7)
+    _field(shown, metadata, "widths", re.compile(r"[0-9]{1,6}(,[0-9]{1,6}){0,%d}" % (MAX_LAYERS - 1)),
+           f"1 to {MAX_LAYERS} comma-separated widths, one per feature", MAX_LAYERS * 7)
     for name in ("resolution", "image_count"):
         if int(_field(shown, metadata, name, _DECIMAL, "a positive whole number")) < 1:
             raise _fail(shown, f"its metadata field {name}={shown_value(metadata[name])} is invalid: expected a "
@@ -402,7 +407,7 @@ def _read_metadata(shown: str, metadata: dict[str, str], keys: list[str]) -> dic
 
 
 def _check_features(shown: str, tensors: dict[str, torch.Tensor], widths: tuple[int, ...], images: int) -> None:
-    for k, key in enumerate(FEATURE_KEYS):
+    for k, key in enumerate(feature_keys(len(widths))):
         t = tensors[key]
         if t.dtype != FEATURE_DTYPE:
             raise _fail(shown, f"tensor '{key}' is {t.dtype}, expected {FEATURE_DTYPE} (as Encode Subject keeps "
@@ -425,16 +430,16 @@ def load_subject(path: str | os.PathLike, shown: str | None = None) -> tuple[Sub
             metadata = dict(f.metadata() or {})
             keys = list(f.keys())
             info = _read_metadata(shown, metadata, keys)
-            missing = [k for k in FEATURE_KEYS if k not in keys]
+            wanted = feature_keys(len(info["widths"].split(",")))  # one feature per width the file declares
+            missing = [k for k in wanted if k not in keys]
             if missing:
                 listed = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-                raise _fail(shown, f"{len(missing)} of the {SLOT_COUNT} feature tensors are missing ({listed})")
-            extra = sorted(set(keys) - set(FEATURE_KEYS))
+                raise _fail(shown, f"{len(missing)} of the {len(wanted)} feature tensors are missing ({listed})")
+            extra = sorted(set(keys) - set(wanted))
             if extra:
                 raise _fail(shown, f"it holds {len(extra)} tensor(s) that are not subject features (e.g. "
-                                   f"{shown_value(extra[0])}); expected exactly {FEATURE_KEYS[0]} .. "
-                                   f"{FEATURE_KEYS[-1]}")
-            tensors = {key: f.get_tensor(key) for key in FEATURE_KEYS}
+                                   f"{shown_value(extra[0])}); expected exactly {wanted[0]} .. {wanted[-1]}")
+            tensors = {key: f.get_tensor(key) for key in wanted}
     except SubjectFileError:
         raise
     except Exception as exc:  # safetensors raises its own error types for damaged headers and data
@@ -443,7 +448,7 @@ def load_subject(path: str | os.PathLike, shown: str | None = None) -> tuple[Sub
     images = int(info["image_count"])
     _check_features(shown, tensors, widths, images)
     device = comfy.model_management.intermediate_device()
-    subject = SubjectFeatures(features=tuple(tensors[key].to(device) for key in FEATURE_KEYS), image_count=images,
+    subject = SubjectFeatures(features=tuple(tensors[key].to(device) for key in tensors), image_count=images,
                               resolution=int(info["resolution"]), family=info["family"], adapter=info["adapter"])
     return subject, info
 

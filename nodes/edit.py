@@ -8,7 +8,7 @@ from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.crop import CROP_MODES, DEFAULT_CONTEXT
 from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, check_edit_inputs, run_edit
 from ..ezigen_lib.inversion import SOLVERS, exceptional_prompt
-from ..ezigen_lib.layout import require_conditioning_width, require_text_width
+from ..ezigen_lib.family import require_conditioning_width, require_text_width
 from .common import MODES, autostop_inputs, require_valid_widgets, similarity_chart_output
 
 MASK_MODES = ["soft", "hard"]

@@ -13,21 +13,13 @@ within 1.2x of the smallest source at every size.
 from __future__ import annotations
 
 import argparse
-import atexit
-import shutil
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: stand-in models
-sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
-
-from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
+import inprocess
 
 
 class PeakMemory:
@@ -76,44 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--split", type=float, default=0.4)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--checkpoint", type=Path, help="SD2.1-base checkpoint (default: random stand-in)")
-    parser.add_argument("--adapter", type=Path, help="EZIGen adapter file or folder (default: random stand-in)")
+    inprocess.add_model_arguments(parser)
     args = parser.parse_args(argv)
 
-    base = Path(tempfile.mkdtemp(prefix="ezigen-bench-crop-"))
-    atexit.register(shutil.rmtree, base, ignore_errors=True)
-    bootstrap_inprocess(base, cpu=not torch.cuda.is_available())
+    inprocess.start("bench-crop")
     import comfy.model_management
-    import comfy.sd
 
     from ezigen_lib.autostop import LoopPolicy
-    from ezigen_lib.capture import encode_subject
     from ezigen_lib.edit import EditSettings, run_edit
-    from ezigen_lib.encoder import load_encoder
     from ezigen_lib.inject import apply_subject
     from ezigen_lib.inversion import exceptional_prompt
 
-    if args.checkpoint is None or args.adapter is None:
-        import make_checkpoints
-        print("[benchmark] RANDOM-WEIGHT STAND-INS (speed is what is measured, not pictures)", file=sys.stderr)
-        made = make_checkpoints.make_all(only=("sd21base", "ezigen"))
-        args.checkpoint = args.checkpoint or made["sd21base"]
-        args.adapter = args.adapter or made["ezigen"]
-
-    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(args.checkpoint))
+    bench = inprocess.load_bench(args)
+    model, clip, vae = bench.model, bench.clip, bench.vae
     device = comfy.model_management.get_torch_device()
-    print(f"device: {device}, torch threads: {torch.get_num_threads()}, checkpoint: {args.checkpoint.name}, "
+    print(f"device: {device}, torch threads: {torch.get_num_threads()}, checkpoint: {bench.checkpoint.name}, "
           f"{args.steps} steps, split {args.split}, one round, short_side {args.short_side}")
-
-    def text(prompt: str):
-        return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-
-    positive, negative, inversion_context = text("a dog on the sofa"), text(""), exceptional_prompt(clip)
+    positive, negative, inversion_context = bench.text("a dog on the sofa"), bench.text(""), exceptional_prompt(clip)
+    subject = bench.subject(256)
     with torch.inference_mode():
-        encoder = load_encoder(args.adapter, model)
-        subject = encode_subject(model, vae, text("a dog")[0][0], torch.rand(1, 256, 256, 3), None, 0, 256,
-                                 encoder.info.widths)
-        patched = apply_subject(model, encoder, subject, 1.0, 0.6, 1.0)
+        patched = apply_subject(model, bench.encoder, subject, 1.0, 0.6, 1.0)
 
     def inputs(size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The source and its mask: made before the measurement, as a node receives them."""

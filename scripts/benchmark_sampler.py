@@ -12,20 +12,12 @@ subjects with masks (left and right half) against one subject without, then an e
 from __future__ import annotations
 
 import argparse
-import atexit
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
-sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
-
-from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
+import inprocess
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,50 +27,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", type=float, default=0.4)
     parser.add_argument("--loops", type=int, default=2)
     parser.add_argument("--subject-resolution", type=int, default=512)
-    parser.add_argument("--checkpoint", type=Path, help="SD2.1-base checkpoint (default: random stand-in)")
-    parser.add_argument("--adapter", type=Path, help="EZIGen adapter file or folder (default: random stand-in)")
+    inprocess.add_model_arguments(parser)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
 
-    base = Path(tempfile.mkdtemp(prefix="ezigen-bench-"))
-    atexit.register(shutil.rmtree, base, ignore_errors=True)
-    bootstrap_inprocess(base, cpu=not torch.cuda.is_available())
+    inprocess.start("bench")
     import comfy.model_management
     import comfy.sample
-    import comfy.sd
 
     from ezigen_lib.autostop import LoopPolicy
-    from ezigen_lib.capture import encode_subject
-    from ezigen_lib.encoder import load_encoder
+    from ezigen_lib.edit import EditSettings, run_edit
     from ezigen_lib.generate import GenerationSettings, run_generation
     from ezigen_lib.inject import apply_subject
-    from ezigen_lib.edit import EditSettings, run_edit
     from ezigen_lib.inversion import exceptional_prompt
     from ezigen_lib.schedule import reference_unet_calls
 
-    if args.checkpoint is None or args.adapter is None:
-        import make_checkpoints
-        print("[benchmark] RANDOM-WEIGHT STAND-INS (speed is what is measured, not pictures)", file=sys.stderr)
-        made = make_checkpoints.make_all(only=("sd21base", "ezigen"))
-        args.checkpoint = args.checkpoint or made["sd21base"]
-        args.adapter = args.adapter or made["ezigen"]
-
-    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(args.checkpoint))
+    bench = inprocess.load_bench(args)
+    model, clip, vae, encoder = bench.model, bench.clip, bench.vae, bench.encoder
     device = comfy.model_management.get_torch_device()
-    print(f"device: {device}, torch threads: {torch.get_num_threads()}, checkpoint: {args.checkpoint.name}")
+    print(f"device: {device}, torch threads: {torch.get_num_threads()}, checkpoint: {bench.checkpoint.name}")
 
-    def text(prompt: str):
-        return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-
-    positive, negative = text("a dog on the beach"), text("dark, blur")
-    loop_negative = text("")  # faithful mode's loops use the empty prompt, as the reference
+    positive, negative = bench.text("a dog on the beach"), bench.text("dark, blur")
+    loop_negative = bench.text("")  # faithful mode's loops use the empty prompt, as the reference
+    t = time.perf_counter()
+    subject = bench.subject(args.subject_resolution)
+    encode_s = time.perf_counter() - t
     with torch.inference_mode():
-        encoder = load_encoder(args.adapter, model)
-        subject_image = torch.rand(1, args.subject_resolution, args.subject_resolution, 3)
-        t = time.perf_counter()
-        subject = encode_subject(model, vae, text("a dog")[0][0], subject_image, None, 0, args.subject_resolution,
-                                 encoder.info.widths)
-        encode_s = time.perf_counter() - t
         patched = apply_subject(model, encoder, subject, 1.0, 0.6, 1.0)
     print(f"subject encoding ({args.subject_resolution}px, 1 UNet pass): {encode_s:.2f} s")
     print(f"{'size':>6} {'unet evals':>10} {'reference':>9} {'ezigen s':>9} {'plain s':>8} {'ratio':>6}")

@@ -9,20 +9,13 @@ on a CPU.
 from __future__ import annotations
 
 import argparse
-import atexit
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
-sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
-
-from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
+import inprocess
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args(argv)
 
-    base = Path(tempfile.mkdtemp(prefix="ezigen-train-bench-"))
-    atexit.register(shutil.rmtree, base, ignore_errors=True)  # the training folder and the trainer's output
-    bootstrap_inprocess(base / "comfy", cpu=not torch.cuda.is_available())
+    base = inprocess.start("train-bench")  # also the training folder and the trainer's output
     import comfy.model_management
     import comfy.sd
 
@@ -47,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from training_data import write_training_folder
 
     if not args.checkpoint:
-        import make_checkpoints
-        print("[benchmark] RANDOM-WEIGHT STAND-INS (speed and memory are what is measured)", file=sys.stderr)
-        made = make_checkpoints.make_all(only=("sd15", "sd21base"))
+        made = inprocess.stand_ins(("sd15", "sd21base"), "speed and memory")
         args.checkpoint = [made["sd15"], made["sd21base"]]
     data = write_training_folder(base / "data", count=max(4, args.batch_size))
     device = comfy.model_management.get_torch_device()

@@ -14,14 +14,11 @@ that reads the committed files back by name (tests/e2e/test_workflow_widgets.py)
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
-sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+from inprocess import REPO  # noqa: E402 - and ezigen_lib importable
 
 from comfy_host import VIRTUAL_NODE_TYPES, ComfyServer, widgets_values_from_names  # noqa: E402
 

@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
-sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+from inprocess import REPO  # noqa: E402 - and ezigen_lib importable
 
 from comfy_host import ComfyServer, host_understands, set_inputs, ui_to_api  # noqa: E402
 from demo_inputs import write_source_image, write_subject_image  # noqa: E402

@@ -8,16 +8,14 @@ edit's source, mask and result region, and crop-and-stitch's box. They are diagr
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-REPO = Path(__file__).resolve().parents[1]
+from inprocess import REPO  # noqa: E402 - and ezigen_lib (its chart) importable
+
 OUT = REPO / "web" / "docs" / "images"
-sys.path.insert(0, str(REPO))  # ezigen_lib (its chart)
-sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness (its demo inputs)
 
 TEXT_ONLY, SUBJECT, LOOP = (120, 150, 200), (230, 120, 30), (90, 170, 90)
 

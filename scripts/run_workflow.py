@@ -15,9 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
-sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+from inprocess import REPO  # noqa: E402 - and ezigen_lib importable
 
 from comfy_host import ComfyServer, ui_to_api, ui_workflow_errors  # noqa: E402
 from demo_inputs import SUBJECT_IMAGE, write_second_subject_image, write_source_image, write_subject_image  # noqa: E402

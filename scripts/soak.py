@@ -4,7 +4,7 @@ printing the server's resident memory (RSS) after every prompt and its slope aft
     python scripts/soak.py [--rounds 10] [--warmup 1] [--size 64]
 
 Without a models folder it uses the random-weight stand-ins of the test suite (.cache/models, made on
-first use by tests/harness/make_checkpoints.py). ezigen_flux_to_edit.json needs FLUX weights; its EZIGen
+first use by scripts/make_checkpoints.py). ezigen_flux_to_edit.json needs FLUX weights; its EZIGen
 part is ezigen_edit.json, soaked here.
 A short version runs in the test suite (tests/e2e/test_soak.py) and bounds the growth.
 """
@@ -20,9 +20,7 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "harness"))  # the test harness: ComfyUI server, stand-in models, demo inputs
-sys.path.append(str(REPO))  # ezigen_lib; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
+from inprocess import REPO  # noqa: E402 - and ezigen_lib importable
 
 from comfy_host import ComfyServer, set_inputs  # noqa: E402
 

@@ -9,6 +9,8 @@ from safetensors.torch import save_file
 
 from ezigen_lib.checkpoint import REFERENCE_TENSOR_NAMES, reference_key
 
+from tiny_models import SD_REFERENCE_PREFIXES
+
 OURS_BY_REFERENCE = {v: k for k, v in REFERENCE_TENSOR_NAMES.items()}
 
 
@@ -20,7 +22,7 @@ def to_reference_keys(canonical: dict[str, torch.Tensor], prefix: str = "") -> d
             out[prefix + key] = tensor
             continue
         _, slot, ours = key.split(".", 2)
-        out[prefix + reference_key(int(slot), OURS_BY_REFERENCE[ours])] = tensor
+        out[prefix + reference_key(SD_REFERENCE_PREFIXES[int(slot)], OURS_BY_REFERENCE[ours])] = tensor
     # frozen base-UNet tensors that a loader must ignore
     out[prefix + "conv_in.weight"] = torch.zeros(32, 4, 3, 3)
     out[prefix + "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"] = torch.zeros(32, 32)

@@ -6,6 +6,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(REPO / "scripts"))  # the tiny models
 sys.path.append(str(REPO))  # appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
 
 from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
@@ -15,7 +16,7 @@ bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-ddp-")))
 import torch  # noqa: E402
 
 from ezigen_lib.training.trainer import distributed_from_env  # noqa: E402
-from unit.training_fixtures import tiny_trainer  # noqa: E402
+from tiny_models import tiny_trainer  # noqa: E402
 
 out, data = Path(sys.argv[1]), Path(sys.argv[2])
 assert distributed_from_env(), "expected to be launched by torchrun with WORLD_SIZE > 1"

@@ -9,6 +9,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(REPO / "scripts"))  # the tiny models
 sys.path.append(str(REPO))  # appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
 
 from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
@@ -19,7 +20,7 @@ import torch  # noqa: E402
 
 from ezigen_lib.autostop import LoopPolicy  # noqa: E402
 from ezigen_lib.edit import EditSettings, run_edit  # noqa: E402
-from unit.tiny import patched_tiny, random_context  # noqa: E402
+from tiny_models import patched_tiny, random_context  # noqa: E402
 
 SOURCE = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(4))
 MASK = torch.zeros(50, 70)

@@ -21,7 +21,7 @@ from ezigen_lib.crop import MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, cr
 from ezigen_lib.edit import EditInputError, EditSettings, edit_box, processing_size, run_edit
 from ezigen_lib.subject_file import SubjectFileError, load_subject, save_new_subject
 
-from .tiny import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
 
 NAN, INF = float("nan"), float("inf")
 SHOWN = "models/ezigen_subjects"

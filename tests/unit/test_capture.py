@@ -4,13 +4,12 @@ import torch
 
 from ezigen_lib.capture import (FeatureRecorder, SUBJECT_TIMESTEP, encode_subject, prepare_subject_pixels,
                                 subject_from_latents)
-from ezigen_lib.layout import UnsupportedModelError
-from ezigen_lib.slots import SLOTS
+from ezigen_lib.family import UnsupportedModelError
 
 from training_data import write_training_folder
 
-from .tiny import random_context, tiny_encoder, tiny_vae
-from .training_fixtures import encode_text, tiny_trainer
+from tiny_models import SD_BLOCKS, SD_WIDTH_MULTS, random_context, tiny_encoder, tiny_vae
+from tiny_models import encode_text, tiny_trainer
 
 IMAGES = torch.rand(2, 48, 40, 3, generator=torch.Generator().manual_seed(9))
 
@@ -37,10 +36,10 @@ def test_sixteen_features_in_execution_order_with_token_concat(parts, monkeypatc
 
     monkeypatch.setattr(FeatureRecorder, "__call__", spy)
     subject = encode(parts)
-    assert calls == [(k, SLOTS[k].comfy_block, 0) for k in range(16)]
+    assert calls == [(k, SD_BLOCKS[k], 0) for k in range(16)]
     grid = {1: 8 * 8, 2: 4 * 4, 4: 2 * 2}  # 64px -> 8x8 latent -> tokens per level; the middle is at 1x1
     for k, f in enumerate(subject.features):
-        tokens = 1 if SLOTS[k].comfy_block[0] == "middle" else grid[SLOTS[k].width_mult]
+        tokens = 1 if SD_BLOCKS[k][0] == "middle" else grid[SD_WIDTH_MULTS[k]]
         assert f.shape == (1, 2 * tokens, parts[0].info.widths[k])  # both images in one row
         assert f.dtype == torch.float16 and f.device.type == "cpu"
     assert subject.image_count == 2
@@ -116,7 +115,7 @@ def test_trainer_and_encode_subject_capture_the_same_features(trainer, counts):
     latent, noise = torch.randn(images, 4, 8, 8, generator=g), torch.randn(images, 4, 8, 8, generator=g)
     context = encode_text([f"a photo of subject {i}" for i in range(images)])
     with torch.no_grad():
-        trained = trainer.features_from_latents(latent, noise, context, counts)
+        trained = trainer.objective.features_from_latents(latent, noise, context, counts)
     with torch.inference_mode():
         encoded = subject_from_latents(trainer.model, latent, noise, context, 64)
     assert len(trained) == len(encoded.features) == 16 and encoded.image_count == images

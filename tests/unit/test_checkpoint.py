@@ -8,10 +8,10 @@ from safetensors.torch import save_file
 
 from ezigen_lib import convert
 from ezigen_lib.checkpoint import AdapterFileError, load_adapter
-from ezigen_lib.slots import slot_widths
+from tiny_models import slot_widths
 
 from .checkpoints import to_reference_keys, write_malicious_pickle, write_reference_folder
-from .tiny import TINY_CHANNELS, random_adapter_state
+from tiny_models import TINY_CHANNELS, random_adapter_state
 
 CANONICAL = random_adapter_state(seed=5)
 WHERE = "models/ezigen"

@@ -17,7 +17,10 @@ from ezigen_lib.core import CoreChangedError, comfyui_version
 from ezigen_lib.frames import add_view_wrappers
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.host import comfy_version
-from ezigen_lib.inject import NO_SCHEDULE, SubjectInjection, apply_subject
+from ezigen_lib.family import family_of
+from ezigen_lib.gate import NO_SCHEDULE, Gate
+from ezigen_lib.inject import SubjectInjection, apply_subject
+from ezigen_lib.placement import Placement
 from ezigen_lib.regions import NO_ACTIVATIONS_SHAPE
 from ezigen_lib.rounds import plan_loops
 from ezigen_lib.training.data import FolderDataset
@@ -26,8 +29,8 @@ from ezigen_lib.vae_sample import encode_sample, no_posterior_note
 
 from training_data import write_training_folder
 
-from .tiny import init_random, random_context, sample, tiny_encoder, tiny_model, tiny_vae
-from .training_fixtures import encode_text
+from tiny_models import init_random, random_context, sample, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import encode_text
 
 VERSION = ".".join(map(str, comfy_version()))  # read from the host's comfyui_version.py as text
 POSITIVE = [[random_context(100), {}]]
@@ -75,7 +78,8 @@ def block_call(setup):
 
 def injection(setup, region=None):
     base, encoder, subject = setup
-    return SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"), region)
+    return SubjectInjection(encoder.adapter, family_of(base), subject, 1.0,
+                            Gate.from_percents(base.get_model_object("model_sampling"), 0.0, 1.0), Placement(region))
 
 
 def without(options: dict, *pieces: str) -> dict:
@@ -84,13 +88,13 @@ def without(options: dict, *pieces: str) -> dict:
 
 def test_the_real_block_call_carries_every_detail(setup, block_call):
     x, options = block_call
-    assert {"transformer_index", "block", "sigmas", "sample_sigmas", "cond_or_uncond", "original_shape",
+    assert {"transformer_index", "block", "block_index", "sigmas", "sample_sigmas", "cond_or_uncond", "original_shape",
             "activations_shape"} <= set(options)
     with torch.inference_mode():
         assert not torch.equal(injection(setup, torch.ones(2, 8, 8))(x, options), x)
 
 
-@pytest.mark.parametrize("piece", ["transformer_index", "block", "sigmas"])
+@pytest.mark.parametrize("piece", ["block", "block_index", "sigmas"])
 def test_a_block_detail_taken_away_stops_the_injection(setup, block_call, piece):
     x, options = block_call
     with core_changed(f"transformer_options['{piece}']"), torch.inference_mode():
@@ -99,9 +103,11 @@ def test_a_block_detail_taken_away_stops_the_injection(setup, block_call, piece)
 
 def test_a_block_counted_another_way_stops_the_injection(setup, block_call):
     x, options = block_call
-    with core_changed("transformer_index 0 at block ('input', 1) (ComfyUI gave block ('output', 3))"), \
+    with core_changed("transformer_index 7 at block ('output', 3) (ComfyUI gave transformer_index 0)"), \
             torch.inference_mode():
         injection(setup)(x, {**options, "block": ("output", 3)})
+    with core_changed("block ('output', 0) layer 0 among the 16 transformer layers"), torch.inference_mode():
+        injection(setup)(x, {**options, "block": ("output", 0)})
 
 
 def test_one_mask_per_latent_needs_cond_or_uncond(setup, block_call):
@@ -124,11 +130,12 @@ def test_the_mask_grid_needs_original_shape_when_activations_shape_is_gone(setup
 
 def test_the_encoder_capture_needs_the_block_details(block_call):
     x, options = block_call
-    for piece in ("transformer_index", "block"):
+    recorder = FeatureRecorder(family_of(tiny_model()), torch.device("cpu"))
+    for piece in ("block", "block_index"):
         with core_changed(f"transformer_options['{piece}']"):
-            FeatureRecorder(torch.device("cpu"))(x, None, None, without(options, piece))
-    with core_changed("transformer_index 0 at block ('input', 1)"):
-        FeatureRecorder(torch.device("cpu"))(x, None, None, {**options, "block": ("middle", 0)})
+            recorder(x, None, None, without(options, piece))
+    with core_changed("transformer_index 6 at block ('middle', 0)"):
+        recorder(x, None, None, {**options, "block": ("middle", 0)})
 
 
 def stripping(*pieces: str):

@@ -8,11 +8,11 @@ from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.edit import EditInputError, EditSettings, inversion_sigmas, processing_size, run_edit
 from ezigen_lib.inversion import invert
 from ezigen_lib.schedule import loop_start_index, reference_inversion_timesteps, reference_sigmas
-from ezigen_lib.inject import NEVER_ON
+from ezigen_lib.gate import NEVER_ON
 from ezigen_lib.sampling import CallCounter, with_window
 
 from .reference_scheduler import reference_inverse_levels, reference_inverse_scheduler, reference_inversion_steps
-from .tiny import patched_tiny, random_context
+from tiny_models import patched_tiny, random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]

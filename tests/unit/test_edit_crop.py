@@ -6,8 +6,9 @@ from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.crop import Box, crop_box
 from ezigen_lib.edit import EditInputError, EditSettings, edit_box, run_edit
 from ezigen_lib.inject import crop_subject_regions, subject_injections
+from ezigen_lib.placement import Placement
 
-from .tiny import patched_tiny, random_context
+from tiny_models import patched_tiny, random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
@@ -97,7 +98,8 @@ def test_subject_masks_are_cut_to_the_box(parts):
     region = torch.zeros(1, 60, 100)  # half the source's resolution
     region[0, 20:30, 55:70] = 1.0  # the painted region, in the subject mask's own frame
     placed = tiny_model.clone()
-    placed.model_options["transformer_options"]["patches"]["middle_patch"] = [injection.with_region(region)]
+    patches = placed.model_options["transformer_options"]["patches"]
+    patches["middle_patch"] = [injection.with_placement(Placement(region))]
     box = Box(30, 100, 40, 60)
     (cropped,) = subject_injections(crop_subject_regions(placed, box, (120, 200)))
     expected = torch.zeros(40, 60)
@@ -117,7 +119,8 @@ def test_the_edit_uses_the_subject_mask_cut_to_its_box(parts):
     region = torch.zeros(1, 120, 200)
     region[0][box.slices] = 1.0
     placed = tiny_model.clone()
-    placed.model_options["transformer_options"]["patches"]["middle_patch"] = [injection.with_region(region)]
+    patches = placed.model_options["transformer_options"]["patches"]
+    patches["middle_patch"] = [injection.with_placement(Placement(region))]
     masked, everywhere = edit(parts, model=placed), edit(parts)
     assert torch.equal(masked.image, everywhere.image)
     # both acted on exactly the box, as a share of the whole image; the masked one on all its mask (no reach warning)

@@ -19,11 +19,11 @@ from ezigen_lib.edit import EditSettings, run_edit
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.inject import SubjectInjection
 from ezigen_lib.inversion import invert
-from ezigen_lib.inject import NEVER_ON
+from ezigen_lib.gate import NEVER_ON
 from ezigen_lib.sampling import CallCounter, with_window
 
 from .reference_scheduler import reference_inverse_levels
-from .tiny import patched_tiny, random_context, sample, tiny_encoder, tiny_model
+from tiny_models import patched_tiny, random_context, sample, tiny_encoder, tiny_model
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
@@ -227,7 +227,7 @@ def test_clean_loops_fall_back_to_the_negative(parts):
 def test_patch_gates_by_the_references_step_index_on_a_whole_schedule(monkeypatch):
     from ezigen_lib.capture import encode_subject
     from ezigen_lib.inject import apply_subject
-    from .tiny import tiny_vae
+    from tiny_models import tiny_vae
 
     encoder = tiny_encoder()
     with torch.inference_mode():
@@ -361,14 +361,14 @@ def test_trainer_subject_features_equal_encode_subject(tmp_path):
 
     from training_data import write_training_folder
 
-    from .training_fixtures import encode_text, tiny_trainer
+    from tiny_models import encode_text, tiny_trainer
 
     trainer = tiny_trainer(write_training_folder(tmp_path / "data"), tmp_path / "out")
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(11))
     prompt = "a photo of a thing"
     torch.manual_seed(21)  # the trainer draws the t = 1 noise from the global generator
     with torch.no_grad():
-        trained = trainer.subject_features([image], [[prompt]])
+        trained = trainer.objective.subject_features([image], [[prompt]])
     with torch.inference_mode():
         encoded = encode_subject(trainer.model, trainer.vae, encode_text([prompt]), image, None, 21, 64,
                                  trainer.info.widths)

@@ -2,7 +2,7 @@
 import folder_paths
 import pytest
 
-from .tiny import load_pack
+from tiny_models import load_pack
 
 
 @pytest.fixture(autouse=True)

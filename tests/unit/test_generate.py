@@ -9,7 +9,7 @@ from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.inject import SubjectInjection
 
-from .tiny import patched_tiny, random_context, tiny_model
+from tiny_models import patched_tiny, random_context, tiny_model
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]

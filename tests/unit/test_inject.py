@@ -8,10 +8,12 @@ import torch
 from ezigen_lib.adapter import AdapterSet, BlockAdapter
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.checks import InputValueError
-from ezigen_lib.inject import NEVER_ON, SubjectInjection, apply_subject, gate_subjects
-from ezigen_lib.layout import UnsupportedModelError
+from ezigen_lib.gate import NEVER_ON, Gate
+from ezigen_lib.inject import SubjectInjection, apply_subject, gate_subjects
+from ezigen_lib.placement import Placement
+from ezigen_lib.family import UnsupportedModelError, family_of
 
-from .tiny import random_context, sample, tiny_encoder, tiny_flux, tiny_model, tiny_sdxl_like, tiny_vae
+from tiny_models import random_context, sample, tiny_encoder, tiny_flux, tiny_model, tiny_sdxl_like, tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +84,10 @@ def test_batches_and_cfg_match_single_samples(setup, batch, cfg):
 
 def test_mixed_sigmas_in_one_batch_gate_per_sample(setup):
     base, encoder, subject = setup
-    injection = SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"))
+    injection = SubjectInjection(encoder.adapter, family_of(base), subject, 1.0,
+                                 Gate.from_percents(base.get_model_object("model_sampling"), 0.0, 1.0), Placement(None))
     x = torch.randn(4, 16, 64)  # 2 latents x (cond, uncond)
-    out = injection.with_window((1.0, 0.0))(x, {"transformer_index": 0, "block": ("input", 1),
+    out = injection.with_window((1.0, 0.0))(x, {"transformer_index": 0, "block": ("input", 1), "block_index": 0,
                                                 "sigmas": torch.tensor([5.0, 0.5]), "attn_precision": None})
     changed = [(out[i] - x[i]).abs().max().item() > 0 for i in range(4)]
     assert changed == [False, True, False, True]
@@ -134,7 +137,7 @@ def test_subject_kv_computed_once_per_run_and_released(setup, monkeypatch):
     assert sorted(counted) == list(range(16))  # once per slot for the whole run
     assert len(residuals) == 5 * 16
     injection = model.model_options["transformer_options"]["patches"]["middle_patch"][0]
-    assert injection._kv_cache == {}  # dropped after the run
+    assert injection.kv.cache == {}  # dropped after the run
     sample(model, steps=2, cfg=4.0, seed=1)
     assert len(counted) == 32
 
@@ -153,15 +156,16 @@ def test_patch_and_encoder_follow_the_cores_model_protocols(setup):
     comfy.model_management.load_models_gpu(encoder.models())
     assert all(comfy.model_management.loaded_models().count(m) == 1 for m in encoder.models())
     with torch.inference_mode():
-        injection.subject_kv(3, torch.device("cpu"), torch.float32)
-    assert len(injection._kv_cache) == 1
+        injection.kv.get(3, torch.device("cpu"), torch.float32)
+    assert len(injection.kv.cache) == 1
     comfy.sampler_helpers.cleanup_additional_models([injection])  # what the core does after sampling
-    assert injection._kv_cache == {}
+    assert injection.kv.cache == {}
 
 
 @pytest.mark.parametrize("make,message", [
     (lambda: tiny_model(model_channels=128), "has transformer widths \\[128, 256, 512\\] but the EZIGen adapter"),
-    (tiny_sdxl_like, "TinySD model with 11 transformer blocks of depths \\[2\\].*SDXL and other layouts"),
+    (tiny_sdxl_like, "TinySD model with 22 transformer layers in 11 blocks of depths \\[2\\], but the EZIGen "
+                     "adapter was made for a UNet of 16"),
     (tiny_flux, "Flux model, which has no SD-style UNet"),
 ])
 def test_unsupported_models_are_refused_before_patching(setup, make, message):
@@ -180,8 +184,9 @@ def test_attention_precision_reaches_the_adapter_attention(setup, monkeypatch):
     monkeypatch.setattr(attention, "optimized_attention",
                         lambda *a, **k: seen.append(k.get("attn_precision")) or original(*a, **k))
     base, encoder, subject = setup
-    injection = SubjectInjection(encoder.adapter, subject, 1.0, 0.0, 1.0, base.get_model_object("model_sampling"))
-    injection(torch.randn(1, 16, 64), {"transformer_index": 0, "block": ("input", 1), "sigmas": torch.tensor([0.5]),
+    injection = SubjectInjection(encoder.adapter, family_of(base), subject, 1.0,
+                                 Gate.from_percents(base.get_model_object("model_sampling"), 0.0, 1.0), Placement(None))
+    injection(torch.randn(1, 16, 64), {"transformer_index": 0, "block": ("input", 1), "block_index": 0, "sigmas": torch.tensor([0.5]),
                                        "attn_precision": torch.float32})
     assert seen == [torch.float32]
 
@@ -194,10 +199,10 @@ def test_gating_a_clone_leaves_the_patched_model_as_it_was(setup):
     gated = gate_subjects(patched, NEVER_ON)
     windowed = gated.model_options["transformer_options"]["patches"]["middle_patch"][0]
     assert patched.model_options["transformer_options"]["patches"]["middle_patch"][0] is original
-    assert original.window is None and windowed.window == NEVER_ON and windowed is not original
-    assert windowed._kv_cache is original._kv_cache
+    assert original.gate.window is None and windowed.gate.window == NEVER_ON and windowed is not original
+    assert windowed.kv.cache is original.kv.cache
     x = torch.randn(2, 16, 64)
-    options = {"transformer_index": 0, "block": ("input", 1), "sigmas": torch.tensor([1.0]), "attn_precision": None}
+    options = {"transformer_index": 0, "block": ("input", 1), "block_index": 0, "sigmas": torch.tensor([1.0]), "attn_precision": None}
     assert torch.equal(windowed(x, options), x)  # never on
     assert not torch.equal(original(x, options), x)  # sigma 1.0 lies in the percents' window
 

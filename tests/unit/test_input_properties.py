@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.subject_file import load_subject
 
-from .tiny import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])

@@ -16,7 +16,7 @@ from ezigen_lib.generate import GenerationSettings, run_generation
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from .tiny import patched_tiny, random_context
+from tiny_models import patched_tiny, random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]

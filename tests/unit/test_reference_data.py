@@ -11,7 +11,7 @@ from ezigen_lib.training.reference_data import CocoPairs, YtvisPairs, rle_to_mas
 
 from training_data import write_training_folder
 
-from .training_fixtures import tiny_trainer
+from tiny_models import tiny_trainer
 
 
 def mask_counts(mask: np.ndarray) -> list[int]:
@@ -130,7 +130,7 @@ def test_training_on_examples_with_different_subject_counts(tmp_path):
     for faithful_padding in (False, True):
         trainer = tiny_trainer(folder, tmp_path / f"out{faithful_padding}", faithful_padding=faithful_padding)
         batch = collate([coco[0], coco[1]])  # 1 and 2 subjects
-        features = trainer.subject_features(batch["subjects"], batch["subject_captions"])
+        features = trainer.objective.subject_features(batch["subjects"], batch["subject_captions"])
         tokens = [f.shape[1] for f in features[0]]
         assert tokens == ([4 * 64] * 2 if faithful_padding else [64, 128])  # 8x8 latent tokens per subject
         loss = trainer.train_step(batch)

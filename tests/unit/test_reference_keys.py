@@ -24,13 +24,13 @@ from safetensors.torch import save_file
 
 from ezigen_lib import convert
 from ezigen_lib.checkpoint import (LEARNABLE_WEIGHTS, REFERENCE_TENSOR_NAMES, AdapterFileError, load_adapter,
-                                   reference_key)
-from ezigen_lib.slots import SD_WIDTHS, SLOT_COUNT, SLOTS
+                                   reference_key, reference_layers)
+from ezigen_lib.family import family_of
 
 from training_data import write_training_folder
 
-from .tiny import TINY_CHANNELS, random_adapter_state
-from .training_fixtures import tiny_trainer
+from tiny_models import TINY_CHANNELS, random_adapter_state, tiny_model
+from tiny_models import tiny_trainer
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 KEYS_JSON = DATA / "reference_checkpoint_keys.json"
@@ -39,6 +39,7 @@ TENSORS: dict[str, tuple[int, ...]] = {name: tuple(shape) for name, shape in COM
 SLOT_ORDER: list[str] = COMMITTED["slot_order"]
 BLOCK = ".transformer_blocks.0."
 SD_BASE_CHANNELS = 320
+SLOT_COUNT = 16
 
 # Our canonical name inside `blocks.{k}` for each tensor of a reference block. Restated here rather than taken
 # from ezigen_lib, so that a swapped entry in the pack's mapping (say to_k and to_v) fails these tests. Our
@@ -116,13 +117,16 @@ def test_committed_list_is_the_references_113_tensors():
 
 
 def test_pack_key_mapping_gives_exactly_the_committed_names():
-    """The pack's SLOTS / reference_key / REFERENCE_TENSOR_NAMES name the committed tensors, slot for slot."""
-    ours = {reference_key(k, n) for k in range(SLOT_COUNT) for n in REFERENCE_TENSOR_NAMES} | {LEARNABLE_WEIGHTS}
+    """The family read off an SD-layout UNet (ComfyUI's key map) and the reader of a file's own key names both
+    name the committed tensors, layer for layer, with reference_key / REFERENCE_TENSOR_NAMES."""
+    family = family_of(tiny_model())
+    prefixes = [layer.reference_prefix for layer in family.layers]
+    assert prefixes == [p + BLOCK.rstrip(".") for p in SLOT_ORDER]  # layer k = learnable_weights[k] = feature k
+    assert reference_layers(list(TENSORS)) == prefixes
+    ours = {reference_key(p, n) for p in prefixes for n in REFERENCE_TENSOR_NAMES} | {LEARNABLE_WEIGHTS}
     assert ours == set(TENSORS)
-    assert [s.diffusers_prefix for s in SLOTS] == SLOT_ORDER  # slot k = learnable_weights[k] = feature k
     assert REFERENCE_TENSOR_NAMES == OURS
-    assert tuple(SD_WIDTHS) == committed_widths()
-    assert all(SD_BASE_CHANNELS * s.width_mult == w for s, w in zip(SLOTS, committed_widths()))
+    assert tuple(w * SD_BASE_CHANNELS // TINY_CHANNELS for w in family.widths) == committed_widths()
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])

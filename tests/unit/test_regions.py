@@ -8,9 +8,10 @@ import torch
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.checks import InputValueError
 from ezigen_lib.inject import SubjectInjection, apply_subject
+from ezigen_lib.placement import Placement
 from ezigen_lib.regions import block_grid, per_batch_item
 
-from .tiny import random_context, sample, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import random_context, sample, tiny_encoder, tiny_model, tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def blocks(monkeypatch):
     def spy(self, x, extra):
         out = original(self, x, extra)
         whole = copy.copy(self)
-        whole.region, whole.acts_somewhere = None, True
+        whole.placement = Placement(None)
         calls.append({"patch": self, "x": x.clone(), "out": out.clone(), "whole": original(whole, x, extra),
                       "slot": extra["transformer_index"], "shape": tuple(extra["activations_shape"]),
                       "sigma": extra["sigmas"].max()})

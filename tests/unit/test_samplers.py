@@ -13,7 +13,7 @@ from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.samplers import CHECKED_SAMPLERS, EDIT, SAMPLER, sampler_problem
 from ezigen_lib.sampling import CallCounter
 
-from .tiny import load_pack, patched_tiny, random_context
+from tiny_models import load_pack, patched_tiny, random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]

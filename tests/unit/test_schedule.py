@@ -3,7 +3,7 @@ import pytest
 
 import comfy.samplers
 
-from .tiny import tiny_model
+from tiny_models import tiny_model
 
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.schedule import (appearance_start_index, ezigen_unet_calls, loop_start_index, loop_step_count,

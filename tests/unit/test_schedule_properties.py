@@ -16,7 +16,7 @@ from ezigen_lib.sampling import sampling_schedule
 from ezigen_lib.schedule import (SEED_SPACE, appearance_start_index, derive_seed, loop_start_index,
                                  reference_inversion_timesteps, reference_timesteps)
 
-from .tiny import patched_tiny, random_context, tiny_model
+from tiny_models import patched_tiny, random_context, tiny_model
 
 MODEL_SAMPLING = tiny_model().get_model_object("model_sampling")
 STEPS = st.integers(min_value=1, max_value=1000)  # the nodes' range

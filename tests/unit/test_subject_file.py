@@ -15,10 +15,10 @@ import comfy.model_management
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.checkpoint import AdapterInfo, AdapterWeights, save_adapter
 from ezigen_lib.inject import apply_subject
-from ezigen_lib.subject_file import (FEATURE_KEYS, SubjectFileError, load_subject, next_subject_path,
+from ezigen_lib.subject_file import (feature_keys, SubjectFileError, load_subject, next_subject_path,
                                      require_subject_fits, save_new_subject, save_subject)
 
-from .tiny import load_pack, random_adapter_state, random_context, sample, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import load_pack, random_adapter_state, random_context, sample, tiny_encoder, tiny_model, tiny_vae
 
 ADAPTER = "tiny/adapter.safetensors"
 SHOWN = "models/ezigen_subjects/bad.safetensors"
@@ -39,7 +39,7 @@ def subject(encoder):
 
 def stored(subject):
     """The tensors and metadata Save EZIGen Subject writes, to be altered into a bad file."""
-    tensors = {k: f.contiguous() for k, f in zip(FEATURE_KEYS, subject.features)}
+    tensors = {k: f.contiguous() for k, f in zip(feature_keys(len(subject.features)), subject.features)}
     metadata = {"format": "ezigen-subject", "format_version": "1", "family": subject.family,
                 "widths": ",".join(str(f.shape[-1]) for f in subject.features), "adapter": subject.adapter,
                 "resolution": "64", "image_count": "2", "subject_prompt": ""}
@@ -151,7 +151,7 @@ def test_files_that_are_not_subjects_are_refused_by_name(tmp_path, subject, case
 def test_a_subject_of_the_sd_layout_loads(tmp_path):
     """The real widths (320 .. 1280) make the longest metadata a sound file has, within every bound."""
     from ezigen_lib.capture import SubjectFeatures
-    from ezigen_lib.slots import slot_widths
+    from tiny_models import slot_widths
 
     widths = tuple(slot_widths(320))
     subject = SubjectFeatures(tuple(torch.zeros(1, 2, w, dtype=torch.float16) for w in widths), 2, 512, "SD20",

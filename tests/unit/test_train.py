@@ -6,12 +6,13 @@ import torch
 
 from ezigen_lib.checkpoint import load_adapter
 from ezigen_lib.training.data import FolderDataset, TrainingDataError
-from ezigen_lib.training.trainer import TrainSettings, checkpoint_steps
+from ezigen_lib.training.checkpoints import checkpoint_steps
+from ezigen_lib.training.trainer import TrainSettings
 
 from training_data import write_training_folder
 
-from .tiny import sample, tiny_model, tiny_vae, random_context
-from .training_fixtures import tiny_trainer
+from tiny_models import sample, tiny_model, tiny_vae, random_context
+from tiny_models import tiny_trainer
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def eval_loss(trainer, batch) -> float:
     torch.manual_seed(123)
     trainer.rng.seed(123)
     with torch.no_grad():
-        return sum(float(trainer.loss(batch)) for _ in range(8)) / 8
+        return sum(float(trainer.objective.loss(batch)) for _ in range(8)) / 8
 
 
 @pytest.mark.slow

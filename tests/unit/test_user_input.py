@@ -15,10 +15,10 @@ from ezigen_lib.chart import NOTE_Y, similarity_chart
 from ezigen_lib.checkpoint import AdapterFileError, load_adapter, save_adapter, AdapterWeights, AdapterInfo
 from ezigen_lib.checks import InputValueError
 from ezigen_lib.edit import MAX_WORK_PIXELS, EditInputError, processing_size
-from ezigen_lib.slots import slot_widths
+from tiny_models import slot_widths
 
 from .checkpoints import write_malicious_pickle
-from .tiny import (TINY_CHANNELS, load_pack, patched_tiny, random_adapter_state, random_context, tiny_encoder,
+from tiny_models import (TINY_CHANNELS, load_pack, patched_tiny, random_adapter_state, random_context, tiny_encoder,
                    tiny_model, tiny_vae)
 
 NAN, INF = float("nan"), float("inf")

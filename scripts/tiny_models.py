@@ -1,4 +1,5 @@
-"""Tiny models with the SD1.x/SD2.x block layout, built from ComfyUI's own classes.
+"""Tiny models with the SD1.x/SD2.x block layout, built from ComfyUI's own classes (the unit tests' and
+scripts/record_outputs.py's models).
 
 Same 16 depth-1 transformers in the same places as SD2.1-base, but 32/64/128 channels, so a
 forward pass takes milliseconds on a CPU.
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import zlib
+from pathlib import Path
 
 import torch
 
@@ -16,11 +19,24 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models_base
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_CHANNELS = 64
 TINY_HEAD_DIM = 32
 TINY_CONTEXT = 32
+SD_WIDTH_MULTS = (1, 1, 2, 2, 4, 4, 4, 4, 4, 4, 2, 2, 2, 1, 1, 1)  # the 16 layers of SD1.x/SD2.x, in run order
+SD_BLOCKS = (*(("input", i) for i in (1, 2, 4, 5, 7, 8)), ("middle", 0), *(("output", i) for i in range(3, 12)))
+"""ComfyUI's ``block`` of each of the 16 layers, written out independently of the pack's family module."""
+SD_REFERENCE_PREFIXES = (
+    *(f"down_blocks.{level}.attentions.{a}.transformer_blocks.0" for level in range(3) for a in range(2)),
+    "mid_block.attentions.0.transformer_blocks.0",
+    *(f"up_blocks.{level}.attentions.{a}.transformer_blocks.0" for level in (1, 2, 3) for a in range(3)))
+"""The reference checkpoint's name of each of the 16 layers (before ``.adapter...``)."""
+
+
+def slot_widths(model_channels: int) -> list[int]:
+    """The layer widths of an SD1.x/SD2.x-layout UNet whose first level has `model_channels` channels."""
+    return [model_channels * m for m in SD_WIDTH_MULTS]
 
 
 def _unet_config(context_dim: int, model_channels: int) -> dict:
@@ -79,19 +95,19 @@ def tiny_model(seed: int = 0, context_dim: int = TINY_CONTEXT, model_channels: i
     return patcher
 
 
-def random_adapter_state(seed: int = 1, model_channels: int = TINY_CHANNELS) -> dict[str, torch.Tensor]:
-    """Canonical adapter tensors for the tiny layout."""
-    from ezigen_lib.slots import slot_widths
-
+def random_adapter_state(seed: int = 1, model_channels: int = TINY_CHANNELS,
+                         widths: tuple[int, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Canonical adapter tensors for the tiny SD layout, or for layers of `widths` (another family's)."""
     g = torch.Generator().manual_seed(seed)
+    widths = slot_widths(model_channels) if widths is None else widths
     sd = {}
-    for k, w in enumerate(slot_widths(model_channels)):
+    for k, w in enumerate(widths):
         for name in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"):
             sd[f"blocks.{k}.{name}"] = torch.randn(w, w, generator=g) * 0.1
         sd[f"blocks.{k}.to_out.0.bias"] = torch.randn(w, generator=g) * 0.01
         sd[f"blocks.{k}.norm.weight"] = 1.0 + torch.randn(w, generator=g) * 0.05
         sd[f"blocks.{k}.norm.bias"] = torch.randn(w, generator=g) * 0.01
-    sd["learnable_weights"] = 1.0 + torch.randn(16, generator=g) * 0.1
+    sd["learnable_weights"] = 1.0 + torch.randn(len(widths), generator=g) * 0.1
     return sd
 
 
@@ -122,8 +138,6 @@ def tiny_encoder(adapter_seed: int = 1, model_seed: int = 0, dtype: torch.dtype 
     """An EZIGEN_ENCODER over a tiny model, built the way the loader node builds it (adapter in `dtype`)."""
     from ezigen_lib.checkpoint import AdapterInfo
     from ezigen_lib.encoder import EZIGenEncoder, adapter_patcher
-    from ezigen_lib.slots import slot_widths
-
     info = AdapterInfo(widths=tuple(slot_widths(TINY_CHANNELS)), head_dim=TINY_HEAD_DIM, base_model="tiny",
                        source="test")
     model = tiny_model(model_seed, dtype=dtype, **model_kw)
@@ -150,12 +164,15 @@ def sample(model, seed: int = 0, steps: int = 10, cfg: float = 5.0, batch: int =
                                    torch.zeros_like(noise), disable_pbar=True, seed=seed)
 
 
-def tiny_sdxl_like():
-    """SDXL's shape of UNet in miniature: no attention at the first level, deeper transformers below."""
+def tiny_sdxl_like(depths: tuple[int, int] = (2, 2), seed: int = 0):
+    """SDXL's shape of UNet in miniature: no attention at the first level, SpatialTransformers of several layers
+    below (`depths` per level; SDXL's are 2 and 10, and its middle block has the deeper one's)."""
     config = _unet_config(TINY_CONTEXT, TINY_CHANNELS)
-    config.update(transformer_depth=[0, 0, 2, 2, 2, 2], transformer_depth_output=[0, 0, 0, 2, 2, 2, 2, 2, 2],
-                  channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2], transformer_depth_middle=2)
+    config.update(transformer_depth=[0, 0, depths[0], depths[0], depths[1], depths[1]],
+                  transformer_depth_output=[0, 0, 0, depths[0], depths[0], depths[0], depths[1], depths[1], depths[1]],
+                  channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2], transformer_depth_middle=depths[1])
     base = comfy.model_base.BaseModel(TinySD(config), model_type=comfy.model_base.ModelType.EPS, device="cpu")
+    init_random(base.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -192,3 +209,20 @@ def patched_tiny(start_percent: float, end_percent: float, dtype: torch.dtype = 
                                  encoder.info.widths)
     model = tiny_model(7, dtype=dtype, **model_kw)
     return apply_subject(model, encoder, subject, 1.0, start_percent, end_percent), vae
+
+
+def encode_text(captions: list[str]) -> torch.Tensor:
+    """A fixed random context per caption (the tiny model has no real text encoder)."""
+    return torch.cat([torch.randn(1, 7, TINY_CONTEXT, generator=torch.Generator().manual_seed(zlib.crc32(c.encode())))
+                      for c in captions])
+
+
+def tiny_trainer(folder: Path, out: Path, **settings):
+    """A trainer of the tiny model (TAESD VAE, `encode_text`) on a training folder."""
+    from ezigen_lib.training.data import FolderDataset
+    from ezigen_lib.training.trainer import Trainer, TrainSettings
+
+    settings.setdefault("head_dim", 32)
+    settings.setdefault("subject_dropout", 0.0)
+    return Trainer(tiny_model(seed=7), tiny_vae(), encode_text, FolderDataset(folder, 64), out,
+                   TrainSettings(**settings))

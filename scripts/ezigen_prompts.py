@@ -11,7 +11,7 @@ from PIL import Image
 
 from comfy_host import ComfyServer, node_id, set_inputs, ui_to_api
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 SD21 = "sd21base_random.safetensors"
 SD15 = "sd15_random.safetensors"

@@ -18,7 +18,7 @@ the UNet inside ``sd21base_random.safetensors`` whether or not that file is pass
 Files are written to a temporary name and renamed, so an interrupted run never leaves a file
 that a later run would mistake for a finished one; existing files are skipped.
 
-Usage: ``python tests/harness/make_checkpoints.py [--out DIR] [--only sd21base,sd15,ezigen] [--verify]``
+Usage: ``python scripts/make_checkpoints.py [--out DIR] [--only sd21base,sd15,ezigen] [--verify]``
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ from typing import Any, Literal
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # run as a command; appended: the repo's nodes/ must not shadow ComfyUI's nodes.py
-    sys.path.append(str(REPO_ROOT))
+from inprocess import REPO as REPO_ROOT  # noqa: E402 - and ezigen_lib importable
 from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
 __all__ = [
@@ -468,7 +466,7 @@ def make_sd_checkpoint(kind: str, path: Path, *, seed: int = 0, overwrite: bool 
         )
     if sum(key.startswith(_UNET_PREFIX) for key in tensors) != len(unet_plan):
         raise RuntimeError("not every UNet parameter reached the saved state dict")
-    metadata = {"ezigen_random_weights": "true", "kind": kind, "seed": str(seed), "made_by": "tests/harness/make_checkpoints.py"}
+    metadata = {"ezigen_random_weights": "true", "kind": kind, "seed": str(seed), "made_by": "scripts/make_checkpoints.py"}
     write_safetensors(path, tensors, metadata)
     del state, tensors
     gc.collect()

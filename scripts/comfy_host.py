@@ -1,4 +1,4 @@
-"""Drive a real, headless ComfyUI from tests and developer scripts (the test harness, tests/harness/).
+"""Drive a real, headless ComfyUI from tests and developer scripts (the developer harness in scripts/).
 
 Two halves:
 

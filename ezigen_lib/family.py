@@ -1,0 +1,191 @@
+"""A UNet family as data, read off the live ComfyUI model: the one place that knows a model's shape.
+
+EZIGen captures a feature from, and injects an adapter into, every transformer layer (ComfyUI's
+``BasicTransformerBlock``) of the UNet. A `Family` lists those layers in the order a forward pass meets
+them (input blocks, middle block, output blocks; inside a SpatialTransformer, layer 0 first). Layer k
+is the reference's feature-list index k and ``learnable_weights[k]``. Each is addressed as ComfyUI
+addresses it at run time in ``transformer_options``: ``block`` (name and id) and ``block_index`` (the
+layer inside its SpatialTransformer), so a SpatialTransformer of several layers (SDXL's) is no special
+case. Capture, injection, the adapter, the checkpoint and subject files and the trainer ask the family
+and hold no layout of their own; a new family of openaimodel UNets needs no code here at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .checks import public_error
+from .core import core_changed, require_option
+
+Address = tuple[str, int, int]  # (block name, block id, block_index), e.g. ("input", 4, 1)
+
+
+@public_error
+class UnsupportedModelError(ValueError):
+    """A MODEL whose UNet cannot host the EZIGen adapter it is given."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One transformer layer: where ComfyUI runs it, how wide it is, and its name in a reference checkpoint."""
+    index: int  # k: execution order, the feature and learnable_weights entry
+    address: Address
+    transformer_index: int  # ComfyUI's running count of SpatialTransformers when the layer runs
+    width: int  # channels of the tokens its self-attention sees
+    heads: int  # the UNet's own self-attention heads (head size = width // heads)
+    reference_prefix: str | None  # diffusers name, e.g. "down_blocks.0.attentions.0.transformer_blocks.0"
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+@dataclass(frozen=True)
+class Family:
+    """What EZIGen needs to know of one UNet: its layers and the few facts around them."""
+    name: str  # ComfyUI's model config name, e.g. SD15, SD20, SDXL, Flux
+    layers: tuple[Layer, ...]
+    context_dim: int | None  # width of the text embeddings its cross-attention takes
+    latent_channels: int | None
+    _by_address: dict = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_by_address", {layer.address: layer for layer in self.layers})
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(layer.width for layer in self.layers)
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """Layers per SpatialTransformer, in order."""
+        counts: dict[int, int] = {}
+        for layer in self.layers:
+            counts[layer.transformer_index] = counts.get(layer.transformer_index, 0) + 1
+        return tuple(counts.values())
+
+    def describe(self) -> str:
+        return f"{self.name}: {len(self.layers)} transformer layers of widths {sorted(set(self.widths))}"
+
+    def layer_at(self, extra_options: dict, purpose: str) -> Layer:
+        """The layer a block patch is running in, from ComfyUI's ``block`` and ``block_index``; a core that
+        addresses blocks another way stops the run instead of pairing a feature with the wrong layer."""
+        block = tuple(require_option(extra_options, "block", purpose))
+        block_index = require_option(extra_options, "block_index", purpose)
+        layer = self._by_address.get((block[0], block[1], int(block_index)))
+        if layer is None:
+            raise core_changed(f"block {block} layer {block_index} among the {len(self.layers)} transformer layers "
+                               f"of the {self.name} UNet", purpose)
+        running = extra_options.get("transformer_index")
+        if running is not None and running != layer.transformer_index:
+            raise core_changed(f"transformer_index {layer.transformer_index} at block {block} (ComfyUI gave "
+                               f"transformer_index {running})", purpose)
+        return layer
+
+
+def _base_model(model):
+    """The BaseModel of a MODEL (a ModelPatcher) or the BaseModel itself (the trainer's)."""
+    return model.model if hasattr(model, "model_options") else model
+
+
+def model_family_name(model) -> str:
+    base = _base_model(model)
+    config = getattr(base, "model_config", None)
+    return type(config).__name__ if config is not None else type(base).__name__
+
+
+def _reference_names(base) -> dict[str, str]:
+    """ComfyUI's own key map of this UNet's config, ComfyUI name -> diffusers name (empty where it has none)."""
+    import comfy.utils  # noqa: PLC0415 - ComfyUI only where a model is read
+
+    config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
+    try:
+        return {ours: theirs for theirs, ours in comfy.utils.unet_to_diffusers(config).items()}
+    except (KeyError, IndexError, TypeError):  # a config unet_to_diffusers cannot read: no reference names
+        return {}
+
+
+def _walk(unet):
+    """(address, ComfyUI module name, SpatialTransformer count, layer module) of every transformer layer of an
+    openaimodel UNet, in the order a forward pass runs them; nothing for a model without its three parts."""
+    from comfy.ldm.modules.attention import SpatialTransformer  # noqa: PLC0415 - ComfyUI only where a model is read
+
+    parts = [(part, getattr(unet, "middle_block" if part == "middle" else f"{part}_blocks", None))
+             for part in ("input", "middle", "output")]
+    if unet is None or any(blocks is None for _, blocks in parts):
+        return
+    transformers = 0
+    for part, blocks in parts:
+        for block_id, block in enumerate([blocks] if part == "middle" else blocks):
+            path = "middle_block" if part == "middle" else f"{part}_blocks.{block_id}"
+            for child, module in enumerate(block):
+                if not isinstance(module, SpatialTransformer):
+                    continue
+                for j, layer in enumerate(module.transformer_blocks):
+                    yield (part, 0 if part == "middle" else block_id, j), f"{path}.{child}.transformer_blocks.{j}", \
+                        transformers, layer
+                transformers += 1
+
+
+def layer_modules(unet) -> list:
+    """The transformer layers (ComfyUI's BasicTransformerBlock modules) of `unet`, layer k at index k: what the
+    trainer initialises each adapter from."""
+    return [layer for *_, layer in _walk(unet)]
+
+
+def family_of(model) -> Family:
+    """The family of a MODEL (or of a BaseModel), read from its live ``diffusion_model`` (no layers: not an
+    openaimodel UNet)."""
+    base = _base_model(model)
+    unet = getattr(base, "diffusion_model", None)
+    latent_channels = getattr(getattr(base, "latent_format", None), "latent_channels", None)
+    names = _reference_names(base)
+    layers = []
+    for address, name, transformers, layer in _walk(unet):
+        prefix = names.get(f"{name}.attn1.to_q.weight")
+        layers.append(Layer(len(layers), address, transformers, layer.attn1.to_q.in_features, layer.attn1.heads,
+                            prefix.rsplit(".attn1.", 1)[0] if prefix else None))
+    context_dim = None
+    if layers:
+        first = next(layer for *_, layer in _walk(unet))
+        context_dim = first.attn2.to_k.in_features if first.attn2 is not None else None
+    return Family(model_family_name(base), tuple(layers), context_dim, latent_channels)
+
+
+def require_adapter_fits(model_patcher, widths: tuple[int, ...], role: str) -> Family:
+    """The family of `model_patcher`, after refusing (before anything is patched) one whose transformer layers
+    are not those the adapter of `widths` was made for."""
+    family = family_of(model_patcher)
+    if not family.layers:
+        raise UnsupportedModelError(
+            f"The {role} is a {family.name} model, which has no SD-style UNet. EZIGen works with SD1.x and "
+            "SD2.x checkpoints (the released weights are for SD2.1-base); to edit a FLUX or other image, "
+            "decode it to an IMAGE and use an SD2.1-base checkpoint for EZIGen.")
+    if len(family.layers) != len(widths):
+        raise UnsupportedModelError(
+            f"The {role} is a {family.name} model with {len(family.layers)} transformer layers in "
+            f"{len(family.depths)} blocks of depths {sorted(set(family.depths))}, but the EZIGen adapter was made "
+            f"for a UNet of {len(widths)} (SD1.x/SD2.x: 16 blocks of depth 1); use the checkpoint family the "
+            "adapter was trained on.")
+    if family.widths != tuple(widths):
+        raise UnsupportedModelError(
+            f"The {role} ({family.name}) has transformer widths {sorted(set(family.widths))} but the EZIGen "
+            f"adapter was made for widths {sorted(set(widths))}; use an SD1.x/SD2.x checkpoint with the "
+            "matching adapter.")
+    return family
+
+
+def require_text_width(model_patcher, width: int, what: str, fix: str) -> None:
+    """Refuse text embeddings of another width than the MODEL's cross-attention takes (e.g. SD1.5's
+    768-wide CLIP with an SD2.1 MODEL), naming the input at fault instead of a matmul shape error."""
+    family = family_of(model_patcher)
+    if family.context_dim is not None and width != family.context_dim:
+        raise UnsupportedModelError(
+            f"{what} is {width}-wide but the MODEL ({family.name}) expects {family.context_dim}-wide text "
+            f"embeddings: {fix}")
+
+
+def require_conditioning_width(model_patcher, conditioning, name: str) -> None:
+    """Every entry of a CONDITIONING input must match the MODEL's text width."""
+    for cond, _ in conditioning or []:
+        require_text_width(model_patcher, cond.shape[-1], f"The {name} conditioning",
+                           f"encode the {name} prompt with the CLIP of the MODEL's own checkpoint.")

@@ -1,0 +1,139 @@
+"""The objective of one training batch: the subject's features at t = 1, the noised target, the UNet's
+prediction with every adapter on, the MSE (docs/method.md section 15).
+
+The UNet and its family are the frozen model's; the adapters are the trainer's, which optimises them.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_base
+
+from ..adapter import AdapterSet
+from ..capture import capture_features
+from ..core import require_model_sampling
+from ..family import Family, layer_modules
+from .data import MAX_SUBJECTS
+
+
+class TrainingInjection:
+    """middle_patch for training: each example's own subject tokens, adapters always on, no caching.
+
+    `features[k]` is a list with one (1, M_i, C) tensor per example. Examples with different numbers
+    of subjects attend only to their own tokens (the padding mask the reference computes but never
+    applies), so no padded slot is ever attended.
+    """
+
+    def __init__(self, family: Family, adapters: AdapterSet, features: list[list[torch.Tensor]],
+                 checkpointing: bool):
+        self.family, self.adapters, self.features, self.checkpointing = family, adapters, features, checkpointing
+
+    def __call__(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        slot = self.family.layer_at(extra_options, "which adapter a block trains").index
+        per_example = self.features[slot]
+        same_length = len({f.shape[1] for f in per_example}) == 1
+        groups = [(slice(None), torch.cat(per_example))] if same_length else \
+            [(slice(i, i + 1), f) for i, f in enumerate(per_example)]
+        precision = extra_options.get("attn_precision")
+
+        def residual(h, subject):
+            k, v = self.adapters.subject_kv(slot, subject.to(h.dtype))
+            return self.adapters.blocks[slot].residual(h, k, v, attn_precision=precision)
+
+        out = []
+        for rows, subject in groups:
+            h = x[rows]
+            if self.checkpointing and torch.is_grad_enabled():
+                out.append(torch.utils.checkpoint.checkpoint(residual, h, subject, use_reentrant=False))
+            else:
+                out.append(residual(h, subject))
+        return x + torch.cat(out)
+
+
+def init_adapters_from_unet(adapters: AdapterSet, unet) -> None:
+    """The reference's initialisation: each adapter copies its layer's attn1 and norm1 (no zero-init)."""
+    with torch.no_grad():
+        for adapter, block in zip(adapters.blocks, layer_modules(unet)):
+            for name in ("to_q", "to_k", "to_v"):
+                getattr(adapter, name).weight.copy_(getattr(block.attn1, name).weight)
+            adapter.to_out[0].weight.copy_(block.attn1.to_out[0].weight)
+            adapter.to_out[0].bias.copy_(block.attn1.to_out[0].bias)
+            adapter.norm.weight.copy_(block.norm1.weight)
+            adapter.norm.bias.copy_(block.norm1.bias)
+        adapters.learnable_weights.fill_(1.0)
+
+
+class Objective:
+    """The loss of a batch for `adapters` on the frozen `base` model (a BaseModel), its VAE and text encoder.
+
+    Draws from `rng` (text and subject dropout) and torch's global generator (noise, timesteps) in the
+    reference's order, so a seeded trainer repeats its steps exactly.
+    """
+
+    def __init__(self, base, vae, encode_text: Callable[[list[str]], torch.Tensor], family: Family,
+                 adapters: AdapterSet, settings, device: torch.device, rng: random.Random):
+        self.base, self.vae, self.encode_text, self.family = base, vae, encode_text, family
+        self.adapters, self.settings, self.device, self.rng = adapters, settings, device, rng
+        self.unet = base.diffusion_model
+        model_sampling = require_model_sampling(base.model_sampling, "sigmas",
+                                                purpose="the training noise levels (alphas_cumprod)")
+        sigmas = model_sampling.sigmas.float().cpu()
+        self.alphas_cumprod = (1.0 / (1.0 + sigmas ** 2)).to(device)
+        self.v_prediction = base.model_type == comfy.model_base.ModelType.V_PREDICTION
+
+    def _latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.base.process_latent_in(self.vae.encode(pixels).float()).to(self.device)
+
+    def _noised(self, z: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt() * z + (1 - a).sqrt() * eps
+
+    def _unet(self, x, t, context, patch_name: str, patch) -> torch.Tensor:
+        options = {"patches": {patch_name: [patch]}}
+        return self.unet(x, t.float(), context=context, transformer_options=options)
+
+    def subject_features(self, subject_sets: list[torch.Tensor], caption_sets: list[list[str]]) -> list[list[torch.Tensor]]:
+        """Per slot, one (1, n_i * HW, C) tensor per example: its subjects at t = 1, tokens concatenated."""
+        if self.settings.faithful_padding:  # grey images in the empty slots, as the reference pads them
+            subject_sets = [torch.cat([s, torch.full((MAX_SUBJECTS - len(s), *s.shape[1:]), 0.5)]) for s in subject_sets]
+            caption_sets = [c + [""] * (MAX_SUBJECTS - len(c)) for c in caption_sets]
+        z_s = self._latents(torch.cat(subject_sets))
+        with torch.no_grad():
+            context = self.encode_text([c for captions in caption_sets for c in captions]).to(self.device)
+        return self.features_from_latents(z_s, torch.randn_like(z_s), context, [len(s) for s in subject_sets])
+
+    def features_from_latents(self, latent: torch.Tensor, noise: torch.Tensor, context: torch.Tensor,
+                              counts: list[int]) -> list[list[torch.Tensor]]:
+        """subject_features after the VAE, text encoder and noise draw (clean latents in model space, one
+        context row per subject image), public so a test can give it and Encode Subject the same inputs."""
+        features = capture_features(self.base, latent, noise, context, self.device, self.device, torch.float32)
+        return [[f.reshape(1, -1, f.shape[-1]) for f in features[k].split(counts)] for k in range(len(self.family.layers))]
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        s = self.settings
+        z_t = self._latents(batch["target"])
+        batch_size = z_t.shape[0]
+        captions = [("" if self.rng.random() < s.text_dropout else c) for c in batch["caption"]]
+        with torch.no_grad():
+            context = self.encode_text(captions).to(self.device)
+        features = self.subject_features(batch["subjects"], batch["subject_captions"])
+        if self.rng.random() < s.effective_subject_dropout:
+            features = [[torch.zeros_like(f) for f in slot] for slot in features]
+        t = torch.randint(0, len(self.alphas_cumprod), (batch_size,), device=self.device)
+        eps = torch.randn_like(z_t)
+        noisy = self._noised(z_t, t, eps)
+        injection = TrainingInjection(self.family, self.adapters, features, s.gradient_checkpointing)
+        with self._autocast():
+            prediction = self._unet(noisy, t, context, "middle_patch", injection)
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        target = a.sqrt() * eps - (1 - a).sqrt() * z_t if self.v_prediction else eps
+        return F.mse_loss(prediction.float(), target)
+
+    def _autocast(self):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.settings.mixed_precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
