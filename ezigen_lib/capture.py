@@ -94,6 +94,27 @@ def subject_context(conditioning) -> torch.Tensor:
     return conditioning[0][0]
 
 
+def subject_pooled(conditioning) -> torch.Tensor | None:
+    """The pooled text embedding of a subject prompt CONDITIONING (SDXL's CLIP gives one), else None."""
+    return conditioning[0][1].get("pooled_output") if conditioning else None
+
+
+def subject_adm(base_model, pooled: torch.Tensor | None, resolution: int) -> torch.Tensor | None:
+    """The added conditioning ``y`` of the subject pass, for a UNet that takes one (SDXL: the pooled text
+    and the size ids upstream's encoder pass uses: original = the family's native size, crop (0, 0),
+    target = `resolution`); None for a UNet without (SD1.x/SD2.x)."""
+    if not getattr(base_model, "adm_channels", 0):
+        return None
+    family = family_of(base_model)
+    if pooled is None:
+        raise UnsupportedModelError(
+            f"The encoder ({family.name}) needs the subject prompt's pooled text embedding, which the connected "
+            "conditioning lacks: connect a CLIPTextEncode of the encoder checkpoint's own CLIP.")
+    native = family.native_resolution
+    return base_model.encode_adm(pooled_output=pooled, width=native, height=native, crop_w=0, crop_h=0,
+                                 target_width=resolution, target_height=resolution)
+
+
 def subject_sigma(model_sampling) -> torch.Tensor:
     """The noise level of timestep 1 in ComfyUI's sampling space (sigma, where x = z + sigma * eps)."""
     require_model_sampling(model_sampling, "sigma", purpose="the noise level of timestep 1 for the subject")
@@ -102,7 +123,8 @@ def subject_sigma(model_sampling) -> torch.Tensor:
 
 def capture_features(base_model, latent: torch.Tensor, noise: torch.Tensor, context: torch.Tensor,
                      device: torch.device, store_device: torch.device, store_dtype: torch.dtype,
-                     transformer_options: dict | None = None, sigma: torch.Tensor | None = None) -> list[torch.Tensor]:
+                     transformer_options: dict | None = None, sigma: torch.Tensor | None = None,
+                     adm: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The one subject capture (Encode Subject's and the trainer's): noise the clean `latent` (model space,
     B images) with `noise` to timestep 1, run the UNet of `base_model` (a BaseModel whose weights are
     ready on `device`) once and return norm1(x) of its family's self-attentions, each (B, HW_k, C_k), stored
@@ -111,6 +133,7 @@ def capture_features(base_model, latent: torch.Tensor, noise: torch.Tensor, cont
     `context` is one text row for all images or one per image. `transformer_options` are the caller's
     (a ModelPatcher's), the recorder is added to a copy. `sigma`: timestep 1's noise level when the
     caller has already evaluated it (Encode Subject does so before ComfyUI moves the model to its device).
+    `adm`: the added conditioning of a UNet that takes one (`subject_adm`), one row for all images or one each.
     """
     if sigma is None:
         sigma = subject_sigma(base_model.model_sampling)
@@ -122,9 +145,11 @@ def capture_features(base_model, latent: torch.Tensor, noise: torch.Tensor, cont
     patches = dict(options.get("patches", {}))
     patches["attn1_patch"] = patches.get("attn1_patch", []) + [recorder]
     options["patches"] = patches
+    extra = {} if adm is None else {"y": adm.expand(batch, -1).to(device)}
     with torch.no_grad():
         base_model.apply_model(x.to(device), sigma.expand(batch).to(device),
-                               c_crossattn=context.expand(batch, -1, -1).to(device), transformer_options=options)
+                               c_crossattn=context.expand(batch, -1, -1).to(device), transformer_options=options,
+                               **extra)
     count = len(family.layers)
     if sorted(recorder.features) != list(range(count)):
         raise UnsupportedModelError(
@@ -150,7 +175,7 @@ def _check_subject_inputs(encoder, context: torch.Tensor, images: torch.Tensor, 
 
 def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None,
                    seed: int, resolution: int, widths: tuple[int, ...],
-                   adapter: str | None = None) -> SubjectFeatures:
+                   adapter: str | None = None, pooled: torch.Tensor | None = None) -> SubjectFeatures:
     """Run the encoder MODEL once on the noised subject latents and return its features, one per layer.
     `adapter`: the adapter file's name, recorded in the subject (see `SubjectFeatures`). NaN or infinity in
     the images or mask is refused first: it would come out as "the encoder model's weights are damaged"."""
@@ -166,18 +191,21 @@ def encode_subject(encoder, vae, context: torch.Tensor, images: torch.Tensor, ma
     z = encoder.model.process_latent_in(latent.float())
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(z.shape, generator=generator, dtype=torch.float32)
-    return subject_from_latents(encoder, z, noise, context, resolution, adapter)
+    return subject_from_latents(encoder, z, noise, context, resolution, adapter, pooled)
 
 
 def subject_from_latents(encoder, latent: torch.Tensor, noise: torch.Tensor, context: torch.Tensor,
-                         resolution: int, adapter: str | None = None) -> SubjectFeatures:
+                         resolution: int, adapter: str | None = None,
+                         pooled: torch.Tensor | None = None) -> SubjectFeatures:
     """Encode Subject from its clean latents (model space) and its timestep-1 noise: the node's path after
     the VAE and the seeded draw, public so a test can give it and the trainer the very same inputs."""
     sigma = subject_sigma(encoder.get_model_object("model_sampling"))  # evaluated before the model moves
+    adm = subject_adm(encoder.model, pooled, resolution)
     comfy.model_management.load_models_gpu([encoder])
     features = capture_features(encoder.model, latent, noise, context, encoder.load_device,
                                 comfy.model_management.intermediate_device(), FEATURE_DTYPE,
-                                transformer_options=encoder.model_options["transformer_options"], sigma=sigma)
+                                transformer_options=encoder.model_options["transformer_options"], sigma=sigma,
+                                adm=adm)
     for k, feature in enumerate(features):
         if not bool(torch.isfinite(feature).all()):  # a subject with NaN would give black images downstream
             raise FloatingPointError(

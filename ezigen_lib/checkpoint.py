@@ -64,6 +64,8 @@ class AdapterInfo:
     head_dim: int
     base_model: str
     source: str
+    family: str | None = None  # ComfyUI's config name of the UNet it was made for (SD20, SDXL); None: unknown
+    residual: str = "double"  # adapter.RESIDUALS: how its output joins the block (weights cannot tell)
 
 
 @dataclass

@@ -36,7 +36,7 @@ def adapter_patcher(state_dict: dict, info: AdapterInfo):
     """Wrap the adapters in their own ModelPatcher; weights stay in file dtype on the offload device."""
     dtype = state_dict["blocks.0.to_q.weight"].dtype
     module = AdapterSet(info.widths, info.head_dim, dtype=dtype,
-                        device=comfy.model_management.unet_offload_device())
+                        device=comfy.model_management.unet_offload_device(), residual=info.residual)
     module.load_state_dict(state_dict, strict=True)
     module.eval().requires_grad_(False)
     return Patcher(module, load_device=comfy.model_management.get_torch_device(),

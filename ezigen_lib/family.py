@@ -25,6 +25,22 @@ class UnsupportedModelError(ValueError):
 
 
 @dataclass(frozen=True)
+class FamilyFacts:
+    """What a family's name implies and its layers cannot show: the square side it was trained at (the
+    subject's encoding size and the edit's work size) and the adapter residual upstream trained it with."""
+    native_resolution: int
+    residual: str  # "double" (h1 + u + O, SD2.1's release) or "single" (h1 + O, upstream's SDXL run)
+
+
+DEFAULT_FACTS = FamilyFacts(native_resolution=512, residual="double")
+FACTS = {  # keyed by ComfyUI's model config name; anything else is treated as an SD1.x/SD2.x-like UNet
+    "SD15": DEFAULT_FACTS,
+    "SD20": DEFAULT_FACTS,
+    "SDXL": FamilyFacts(native_resolution=1024, residual="single"),
+}
+
+
+@dataclass(frozen=True)
 class Layer:
     """One transformer layer: where ComfyUI runs it, how wide it is, and its name in a reference checkpoint."""
     index: int  # k: execution order, the feature and learnable_weights entry
@@ -50,6 +66,14 @@ class Family:
 
     def __post_init__(self):
         object.__setattr__(self, "_by_address", {layer.address: layer for layer in self.layers})
+
+    @property
+    def facts(self) -> FamilyFacts:
+        return FACTS.get(self.name, DEFAULT_FACTS)
+
+    @property
+    def native_resolution(self) -> int:
+        return self.facts.native_resolution
 
     @property
     def widths(self) -> tuple[int, ...]:

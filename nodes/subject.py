@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..ezigen_lib.capture import encode_subject, subject_context
+from ..ezigen_lib.capture import encode_subject, subject_context, subject_pooled
 from .common import require_valid_widgets
 from .types import EZIGenEncoderType, EZIGenSubjectType
 
@@ -41,4 +41,5 @@ class EZIGenEncodeSubject(io.ComfyNode):
         require_valid_widgets(cls, locals())
         context = subject_context(subject_prompt)
         return io.NodeOutput(encode_subject(encoder.model, vae, context, image, mask, seed, resolution,
-                                            encoder.info.widths, adapter=encoder.name))
+                                            encoder.info.widths, adapter=encoder.name,
+                                            pooled=subject_pooled(subject_prompt)))
