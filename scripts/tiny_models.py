@@ -177,6 +177,40 @@ def tiny_sdxl_like(depths: tuple[int, int] = (2, 2), seed: int = 0):
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
+SDXL_POOLED = 32  # the reduced SDXL's pooled text width (SDXL-base: bigG's 1280)
+SDXL_SIZE_IDS = 6 * 256  # SDXL's added conditioning beside the pooled text: six size ids of 256 channels each
+
+
+def sdxl_unet_config(model_channels: int = 320, context_dim: int = 2048, pooled_dim: int = 1280) -> dict:
+    """ComfyUI's SDXL unet_config (comfy.supported_models.SDXL's, plus what model detection reads off an
+    SDXL-base checkpoint) at the given widths; the defaults are SDXL-base's own."""
+    import comfy.supported_models
+
+    return {**comfy.supported_models.SDXL.unet_config,
+            "model_channels": model_channels, "context_dim": context_dim, "adm_in_channels": pooled_dim + SDXL_SIZE_IDS,
+            # what comfy.model_detection.detect_unet_config adds for an SDXL-base state dict
+            "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+            "num_classes": "sequential", "in_channels": 4, "out_channels": 4, "num_res_blocks": [2, 2, 2],
+            "channel_mult": [1, 2, 4], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+            "transformer_depth_middle": 10, "use_temporal_resblock": False}
+
+
+def tiny_sdxl(seed: int = 0, model_channels: int = 32, context_dim: int = TINY_CONTEXT,
+              pooled_dim: int = SDXL_POOLED, device: str = "cpu"):
+    """ComfyUI's own SDXL (config comfy.supported_models.SDXL, model comfy.model_base.SDXL with SDXL's
+    encode_adm): all 70 transformer layers, at reduced widths. `device="meta"` builds it without memory
+    (no weights to initialise), e.g. at SDXL-base's full widths."""
+    import comfy.supported_models
+
+    config = comfy.supported_models.SDXL(sdxl_unet_config(model_channels, context_dim, pooled_dim))
+    config.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.SDXL(config, model_type=comfy.model_base.ModelType.EPS, device=device)
+    if device != "meta":
+        init_random(base.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
 def tiny_flux():
     """A miniature FLUX (a DiT, no UNet blocks), built from ComfyUI's Flux classes."""
     import dataclasses
