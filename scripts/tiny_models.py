@@ -151,14 +151,22 @@ def random_context(seed: int = 0, batch: int = 1, tokens: int = 7, width: int = 
 
 
 def sample(model, seed: int = 0, steps: int = 10, cfg: float = 5.0, batch: int = 1, size: int = 8,
-           sampler: str = "euler", scheduler: str = "ddim_uniform", noise: torch.Tensor | None = None):
-    """A stock ComfyUI sampling run (the KSampler code path) with random text conditioning."""
+           sampler: str = "euler", scheduler: str = "ddim_uniform", noise: torch.Tensor | None = None,
+           pooled_dim: int | None = None):
+    """A stock ComfyUI sampling run (the KSampler code path) with random text conditioning; `pooled_dim`:
+    the conditioning also carries a random pooled text embedding of that width (SDXL's)."""
     import comfy.sample
 
     if noise is None:
         noise = torch.randn((batch, 4, size, size), generator=torch.Generator().manual_seed(seed))
-    positive = [[random_context(100), {}]]
-    negative = [[random_context(101), {}]]
+
+    def options(seed_: int) -> dict:
+        if pooled_dim is None:
+            return {}
+        return {"pooled_output": torch.randn(1, pooled_dim, generator=torch.Generator().manual_seed(seed_))}
+
+    positive = [[random_context(100), options(102)]]
+    negative = [[random_context(101), options(103)]]
     with torch.inference_mode():
         return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative,
                                    torch.zeros_like(noise), disable_pbar=True, seed=seed)
@@ -177,7 +185,8 @@ def tiny_sdxl_like(depths: tuple[int, int] = (2, 2), seed: int = 0):
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
-SDXL_POOLED = 32  # the reduced SDXL's pooled text width (SDXL-base: bigG's 1280)
+SDXL_TOWER = 16  # the reduced SDXL CLIP towers' width: context 2 x 16 = TINY_CONTEXT, pooled 16
+SDXL_POOLED = SDXL_TOWER  # the reduced SDXL's pooled text width (SDXL-base: bigG's 1280)
 SDXL_SIZE_IDS = 6 * 256  # SDXL's added conditioning beside the pooled text: six size ids of 256 channels each
 
 
@@ -209,6 +218,26 @@ def tiny_sdxl(seed: int = 0, model_channels: int = 32, context_dim: int = TINY_C
         init_random(base.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+def tiny_sdxl_clip(seed: int = 4, layers: int = 3):
+    """ComfyUI's own SDXL CLIP (SDXLClipModel: CLIP-L and bigG towers, SDXL's tokenizers) with random weights
+    and towers of SDXL_TOWER channels and `layers` layers (bigG's activation and projection kept)."""
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models_base
+
+    def tower(activation: str) -> dict:
+        return {"hidden_size": SDXL_TOWER, "intermediate_size": 2 * SDXL_TOWER, "num_attention_heads": 2,
+                "num_hidden_layers": layers, "hidden_act": activation, "projection_dim": SDXL_TOWER,
+                "max_position_embeddings": 77, "vocab_size": 49408, "eos_token_id": 49407, "bos_token_id": 0,
+                "pad_token_id": 1, "layer_norm_eps": 1e-5}
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+    clip = comfy.sd.CLIP(target=target, model_options={"clip_l_model_config": tower("quick_gelu"),
+                                                       "clip_g_model_config": tower("gelu")})
+    init_random(clip.cond_stage_model, seed, std=0.2)
+    return clip
 
 
 def tiny_flux():
