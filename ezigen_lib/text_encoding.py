@@ -3,17 +3,40 @@
 Upstream's SDXL subject pass (and its trainer) feed the UNet the *final* layer of both text towers after their
 final LayerNorm (CLIP-L's and bigG's ``last_hidden_state``, concatenated) and bigG's projected pooled output,
 where ComfyUI's SDXL CLIPTextEncode gives the penultimate layers without that LayerNorm (sdxl_clip.py:
-``layer="hidden", layer_idx=-2, layer_norm_hidden_state=False`` in 0.3.75, 0.8.0 and 0.28.2). ComfyUI's clip
-options read any layer index beyond a tower's depth as its ``"last"`` output, which is the final layer after
-the final LayerNorm (sd1_clip.SDClipModel.set_clip_options and forward, same three hosts), so "final" is a
-`clip_layer` setting on a clone of the CLIP and nothing here runs a text model by hand.
+``layer="hidden", layer_idx=-2, layer_norm_hidden_state=False`` in 0.3.75, 0.8.0 and 0.28.2).
+
+"final" asks a clone of the CLIP for the last layer (``clip_layer(-1)``) and has each tower apply its own final
+LayerNorm to it for that one call. The CLIP API offers no switch for the LayerNorm: a layer index beyond a
+tower's depth means "last" (after LayerNorm) in 0.3.75, but from 0.8.0 on, encode_from_tokens sets the
+execution device through the same clip options right after, which puts the tower back on its default layer.
+So the towers' ``layer_norm_hidden_state`` (read at each forward by sd1_clip.SDClipModel on all three hosts)
+is switched on around the call and restored after.
 """
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
 LAYERS = ("comfy", "final")  # ComfyUI's usual encoding; every tower's final layer after its final LayerNorm
-BEYOND_EVERY_TOWER = -1_000_000  # a clip_layer index deeper than any text tower: ComfyUI then takes "last"
+LAST_LAYER = -1
+
+
+@contextlib.contextmanager
+def _final_layer_norm(clip) -> Iterator[None]:
+    """Every text tower of `clip` applies its final LayerNorm to the layer it returns, for the duration."""
+    import comfy.sd1_clip  # noqa: PLC0415 - ComfyUI only where a CLIP is encoded
+
+    towers = [m for m in clip.cond_stage_model.modules() if isinstance(m, comfy.sd1_clip.SDClipModel)]
+    before = [tower.layer_norm_hidden_state for tower in towers]
+    try:
+        for tower in towers:
+            tower.layer_norm_hidden_state = True
+        yield
+    finally:
+        for tower, value in zip(towers, before):
+            tower.layer_norm_hidden_state = value
 
 
 def encode_prompts(clip, texts: list[str], layers: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -25,15 +48,17 @@ def encode_prompts(clip, texts: list[str], layers: str) -> tuple[torch.Tensor, t
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}, not {layers!r}")
     if not texts:
         raise ValueError("encode_prompts needs at least one prompt")
-    if layers == "final":
+    final = layers == "final"
+    if final:
         clip = clip.clone()
-        clip.clip_layer(BEYOND_EVERY_TOWER)
+        clip.clip_layer(LAST_LAYER)
     contexts, pooled = [], []
     for text in texts:
         tokens = clip.tokenize(text)
-        if layers == "final":  # one 77-token chunk per tower, as upstream's truncating tokenizers
+        if final:  # one 77-token chunk per tower, as upstream's truncating tokenizers
             tokens = {name: chunks[:1] for name, chunks in tokens.items()}
-        context, pool = clip.encode_from_tokens(tokens, return_pooled=True)
+        with _final_layer_norm(clip) if final else contextlib.nullcontext():
+            context, pool = clip.encode_from_tokens(tokens, return_pooled=True)
         contexts.append(context)
         pooled.append(pool)
     lengths = sorted({c.shape[1] for c in contexts})
