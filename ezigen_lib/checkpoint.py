@@ -4,7 +4,11 @@ Two on-disk forms are accepted:
 - the reference release: an accelerate checkpoint folder (``model.safetensors``, or
   ``pytorch_model.bin`` from older accelerate) holding the whole main UNet plus the adapters,
   keys possibly prefixed ``module.`` (multi-GPU training);
-- our adapter-only safetensors (written by ``python -m ezigen_lib.convert``), with metadata.
+- upstream's SDXL outputs: ``diffusion_pytorch_model.bin`` (the whole main UNet, diffusers names) on its
+  own or in an accelerate checkpoint folder;
+- our adapter-only safetensors (written by ``python -m ezigen_lib.convert``), with metadata, which records
+  the family (ComfyUI's config name) and the adapter residual; a reference file's family comes from its
+  layout (family.reference_layout).
 
 Only the adapter tensors (7 per transformer layer) and ``learnable_weights`` are kept. The file declares its
 own layout: ``learnable_weights`` has one entry per layer, the reference's key names say where each layer sits
