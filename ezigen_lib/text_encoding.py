@@ -48,6 +48,13 @@ def encode_prompts(clip, texts: list[str], layers: str) -> tuple[torch.Tensor, t
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}, not {layers!r}")
     if not texts:
         raise ValueError("encode_prompts needs at least one prompt")
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: some tokenizers crash on it with a TypeError
+            raise ValueError(f"The subject prompt text has a character that is not valid Unicode at position "
+                             f"{exc.start} (a lone surrogate, {text[exc.start]!r}): retype or paste the text "
+                             "again.") from None
     final = layers == "final"
     if final:
         clip = clip.clone()
