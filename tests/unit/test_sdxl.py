@@ -3,6 +3,8 @@
 The expected 70-layer table, the reference key names and the text-tower forward are written here from
 docs (ezigen-sdxl-flux.md A2/A3) and plain torch, not read from the pack.
 """
+from __future__ import annotations
+
 import math
 
 import pytest
@@ -13,7 +15,7 @@ from safetensors.torch import save_file
 from ezigen_lib import convert
 from ezigen_lib.adapter import AdapterSet
 from ezigen_lib.capture import capture_features, encode_subject, subject_adm
-from ezigen_lib.checkpoint import AdapterFileError, AdapterInfo, load_adapter, save_adapter, AdapterWeights
+from ezigen_lib.checkpoint import AdapterFileError, AdapterInfo, AdapterWeights, load_adapter, save_adapter
 from ezigen_lib.encoder import load_encoder
 from ezigen_lib.family import UnsupportedModelError, family_of
 from ezigen_lib.inject import apply_subject
@@ -318,15 +320,15 @@ def _tower_by_hand(sd: dict, prefix: str, ids: list[int], activation, final_ln: 
     """A CLIP text tower in plain torch: token + position embedding, pre-LN layers with a causal mask, final
     LayerNorm; `layer`: stop after that many layers (no final LN unless `final_ln`)."""
     t = f"{prefix}.transformer.text_model"
-    x = sd[f"{t}.embeddings.token_embedding.weight"][torch.tensor(ids)] + sd[f"{t}.embeddings.position_embedding.weight"]
-    x = x[None]
+    embeddings = f"{t}.embeddings"
+    x = (sd[f"{embeddings}.token_embedding.weight"][torch.tensor(ids)] + sd[f"{embeddings}.position_embedding.weight"])[None]
     n = x.shape[1]
     mask = torch.full((n, n), float("-inf")).triu(1)
     count = len({k.split(".")[5] for k in sd if k.startswith(f"{t}.encoder.layers.")})
     for i in range(count if layer is None else layer):
         p = f"{t}.encoder.layers.{i}"
 
-        def lin(name, v):
+        def lin(name, v, p=p):
             return v @ sd[f"{p}.{name}.weight"].T + sd[f"{p}.{name}.bias"]
 
         h = F.layer_norm(x, x.shape[-1:], sd[f"{p}.layer_norm1.weight"], sd[f"{p}.layer_norm1.bias"])
