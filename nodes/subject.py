@@ -16,7 +16,8 @@ class EZIGenEncodeSubject(io.ComfyNode):
             display_name="Encode Subject (EZIGen)",
             category="EZIGen",
             description="Encodes subject images with one pass of the frozen encoder UNet at timestep 1 and keeps "
-                        "the input of each of its 16 self-attentions. Several images in the batch are combined "
+                        "the input of each of its self-attentions (16 on SD1.x/SD2.x, 70 on SDXL). Several images "
+                        "in the batch are combined "
                         "into one subject.",
             inputs=[
                 EZIGenEncoderType.Input("encoder", tooltip="From Load EZIGen Encoder."),

@@ -385,3 +385,36 @@ def test_subject_prompt_final_keeps_the_first_77_tokens_and_batches():
         encode_prompts(clip, [long, "a cat"], "comfy")
     with pytest.raises(ValueError, match="layers must be one of comfy, final"):
         encode_prompts(clip, ["a cat"], "penultimate")
+
+
+def test_the_nodes_chain_on_sdxl(sdxl_run):
+    """EZIGen Subject Prompt -> Encode Subject -> Patch UNet Attention -> ComfyUI's KSampler, the nodes themselves,
+    with ComfyUI's own (reduced) SDXL CLIP for both the subject and the generation prompts."""
+    import nodes as comfy_nodes
+
+    from tiny_models import load_pack
+
+    pack = load_pack().nodes
+    encoder, _ = sdxl_run
+    clip = tiny_sdxl_clip()
+    (prompt,) = pack.EZIGenSubjectPrompt.execute(clip=clip, text="a dog", layers="final").args
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        (subject,) = pack.EZIGenEncodeSubject.execute(encoder, tiny_vae(), prompt, image, seed=0, resolution=64).args
+    model = tiny_sdxl(seed=7)
+    positive = comfy_nodes.CLIPTextEncode().encode(clip, "a dog on the beach")[0]
+    negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+
+    def ksampler(m):
+        with torch.inference_mode():
+            return comfy_nodes.KSampler().sample(m, 1, 3, 5.0, "euler", "normal", positive, negative, latent)[0]["samples"]
+
+    (patched,) = pack.EZIGenPatchUNetAttention.execute(model, encoder, subject, strength=1.0, start_percent=0.0,
+                                                       end_percent=1.0).args
+    (off,) = pack.EZIGenPatchUNetAttention.execute(model, encoder, subject, strength=0.0, start_percent=0.0,
+                                                   end_percent=1.0).args
+    plain = ksampler(model)
+    assert subject.family == "SDXL" and len(subject.features) == 70
+    assert (ksampler(patched) - plain).abs().max() > 1e-3
+    assert torch.equal(ksampler(off), plain)
