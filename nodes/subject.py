@@ -17,8 +17,7 @@ class EZIGenEncodeSubject(io.ComfyNode):
             category="EZIGen",
             description="Encodes subject images with one pass of the frozen encoder UNet at timestep 1 and keeps "
                         "the input of each of its self-attentions (16 on SD1.x/SD2.x, 70 on SDXL). Several images "
-                        "in the batch are combined "
-                        "into one subject.",
+                        "in the batch are combined into one subject.",
             inputs=[
                 EZIGenEncoderType.Input("encoder", tooltip="From Load EZIGen Encoder."),
                 io.Vae.Input("vae", tooltip="The VAE of the encoder's checkpoint (SD2.1-base for the official weights)."),
