@@ -29,7 +29,8 @@ from .crop import (CROP_MODES, DEFAULT_CONTEXT, MAX_ASPECT, MAX_SCALE_UP, PAINTE
 from .gate import ALWAYS_ON, NEVER_ON
 from .inject import crop_subject_regions, reset_subject_reach
 from .regions import share_outside
-from .inversion import SOLVERS, invert
+from .family import family_of
+from .inversion import SOLVERS, InversionText, invert, inversion_conditioning
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
                      rounds_report, run_rounds)
 from .samplers import EDIT, require_sampler
@@ -314,13 +315,38 @@ def backgrounds(vp: list[torch.Tensor], loop_steps: int, faithful: bool) -> list
 NO_SUBJECT = "The MODEL carries no EZIGen patch (connect Patch UNet Attention): editing without a subject."
 
 
+def require_pooled_text(model, conditioning, name: str) -> None:
+    """A UNet with added conditioning (SDXL) fails deep inside sampling on a CONDITIONING without the pooled
+    text embedding (a context made by another node): refuse it first, naming the input."""
+    if not getattr(model.model, "adm_channels", 0):
+        return
+    if any("pooled_output" not in extras for _, extras in conditioning or []):
+        raise EditInputError(
+            f"The {name} conditioning has no pooled text embedding, which the MODEL ({family_of(model).name}) "
+            f"needs with every prompt: encode the {name} prompt with CLIPTextEncode (or CLIPTextEncodeSDXL) of the "
+            "MODEL's own checkpoint's CLIP.")
+
+
+def warn_small_work_size(model, settings: EditSettings) -> None:
+    """Log when the work size is half the family's native resolution or less (SDXL at the default 512): the
+    edit runs, but the model renders poorly that small."""
+    native = family_of(model).native_resolution
+    if not settings.reference_output and settings.short_side * 2 <= native:
+        log.warning("EZIGen Edit: short_side %d is half or less of the %s MODEL's native %d px, at which it renders "
+                    "poorly: set short_side to %d for this checkpoint.", settings.short_side, family_of(model).name,
+                    native, native)
+
+
 @reports_core_fallbacks
-def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, mask: torch.Tensor, positive,
+def run_edit(model, inversion_context: torch.Tensor | InversionText, vae, image: torch.Tensor, mask: torch.Tensor, positive,
              negative, settings: EditSettings, clip_vision=None) -> RoundsResult:
     """Invert the source, then `run_rounds` of masked regeneration; the result is pasted into the source.
-    `inversion_context` is the text for the inversion: `inversion.exceptional_prompt(clip)` as the reference."""
+    `inversion_context` is the text for the inversion: `inversion.exceptional_text(clip)` as the reference (a
+    bare context tensor serves a UNet without added conditioning)."""
     started = time.perf_counter()
     source, mask = check_edit_inputs(image, mask)
+    for name, conditioning in (("positive", positive), ("negative", negative)):
+        require_pooled_text(model, conditioning, name)
     if settings.hard_mask and not settings.reference_output:
         mask = (mask >= 0.999).float()  # the reference keeps only fully painted pixels
     require_region_batches(model, 1)
@@ -345,9 +371,11 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
         work = pack_processing(source[:, rows, cols], mask[:, rows, cols], settings.short_side, crop[1])
         model = crop_subject_regions(model, crop[0], tuple(source.shape[1:3]))
         warnings = warnings + faint_mask_warnings(mask, crop[0])
+    warn_small_work_size(model, settings)
     faithful = settings.faithful or settings.reference_output
     plan = plan_loops(model.get_model_object("model_sampling"), settings, faithful)
-    inverter = Inverter(model, vae, inversion_context, plan, settings, faithful)
+    inversion = inversion_conditioning(model, inversion_context, tuple(work.image.shape[1:3]))
+    inverter = Inverter(model, vae, inversion, plan, settings, faithful)
     edit_counter = CallCounter()
     edit_model = with_window(model, ALWAYS_ON, edit_counter)
     progress = Progress(model, max(1, settings.policy.most_loops) * plan.loop_steps)
@@ -402,7 +430,7 @@ class Inverter:
     """Takes a round's image back to the editing start: encode, invert along `levels` with the
     unpatched model and the inversion prompt (no CFG), hand the end over in the reference's VP form."""
 
-    def __init__(self, model, vae, context: torch.Tensor, plan: LoopPlan, settings: EditSettings, faithful: bool):
+    def __init__(self, model, vae, context: list, plan: LoopPlan, settings: EditSettings, faithful: bool):
         self.model, self.vae, self.context, self.plan = model, vae, context, plan
         self.settings, self.faithful = settings, faithful
         self.model_sampling = model.get_model_object("model_sampling")
