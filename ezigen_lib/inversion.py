@@ -4,6 +4,10 @@ The reference inverts with DPM-Solver++(2M) run backwards (noise level rising), 
 "exceptional" text: every token id 7788 with no position embeddings. Its timesteps are the inverse
 scheduler's linspace grid, 0, 20, 40, ..., 400 for 50 steps (schedule.reference_inversion_timesteps):
 ceil(s * N) steps, ending at about t = 1000 s. Euler (= deterministic DDIM) inversion is the simpler option.
+
+SDXL (the pack's choice): the same exceptional prompt through both text towers with clip_g's pooled embedding,
+as upstream's "better inversion" SDXL experiment; upstream's main SDXL script inverts with the prompt "" and
+DDIM instead (docs/method.md section 11).
 """
 from __future__ import annotations
 

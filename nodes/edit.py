@@ -110,7 +110,10 @@ class EZIGenEdit(io.ComfyNode):
                 sampler_name: str, scheduler: str, split_ratio: float, loops: int, min_loops: int, max_loops: int,
                 sim_threshold: float, mode: str, inversion: str, mask_mode: str, short_side: int, output_size: str,
                 crop: str = "around mask", crop_context: float = DEFAULT_CONTEXT, clip_vision=None) -> io.NodeOutput:
-        require_valid_widgets(cls, locals())
+        require_valid_widgets(cls, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                              split_ratio=split_ratio, loops=loops, min_loops=min_loops, max_loops=max_loops,
+                              sim_threshold=sim_threshold, mode=mode, inversion=inversion, mask_mode=mask_mode,
+                              short_side=short_side, output_size=output_size, crop=crop, crop_context=crop_context)
         check_edit_inputs(image, mask)  # NaN in the image or mask, wrong shapes: refused before the CLIP runs
         for name, conditioning in (("positive", positive), ("negative", negative)):
             require_conditioning_width(model, conditioning, name)

@@ -79,8 +79,11 @@ def test_context_zero_is_the_bounding_box_on_the_short_side():
 
 @pytest.mark.parametrize("context", [-0.1, float("nan"), float("inf")])
 def test_bad_context_is_refused(context):
+    """Once, where the edit's settings are made (crop_box is given the checked value)."""
+    from ezigen_lib.edit import EditSettings
+
     with pytest.raises(CropError, match="crop_context must be a number >= 0"):
-        crop_box(100, 100, Box(10, 10, 10, 10), 64, context)
+        EditSettings(seed=1, crop_context=context)
 
 
 @st.composite

@@ -14,7 +14,8 @@ from ezigen_lib.capture import encode_subject
 from ezigen_lib.chart import NOTE_Y, similarity_chart
 from ezigen_lib.checkpoint import AdapterFileError, load_adapter, save_adapter, AdapterWeights, AdapterInfo
 from ezigen_lib.checks import InputValueError
-from ezigen_lib.edit import MAX_WORK_PIXELS, EditInputError, processing_size
+from ezigen_lib.crop import MAX_WORK_PIXELS, processing_size
+from ezigen_lib.edit import EditInputError
 from tiny_models import slot_widths
 
 from .checkpoints import write_malicious_pickle
@@ -353,7 +354,8 @@ def test_batched_subject_prompt_gives_each_image_its_row(nodes):
 
 def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
     """ComfyUI reports an exception's type as module + class name (execution.full_type_name); a custom node's
-    module is its path on the server, so the pack's exceptions name the module 'ezigen'. The training errors stay
+    module is its path on the server, so the pack's exceptions name the module 'ezigen'; every one derives from
+    the pack's EZIGenError and keeps its standard base. The training errors stay
     as they are: only the command-line trainer raises them."""
     import importlib
     import inspect
@@ -362,7 +364,9 @@ def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
     import ezigen_lib
     from execution import full_type_name
 
-    found = {}
+    from ezigen_lib.checks import EZIGenError
+
+    found, bases = {}, {}
     for info in pkgutil.iter_modules(ezigen_lib.__path__):
         if info.name in ("train", "training"):
             continue
@@ -370,9 +374,15 @@ def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, BaseException) and cls.__module__.startswith("ezigen"):  # the pack's own
                 found[name] = full_type_name(cls)
+                bases[name] = [base for base in (ValueError, RuntimeError) if issubclass(cls, base)]
+                assert issubclass(cls, EZIGenError), f"{name} does not derive from the pack's EZIGenError"
     assert found == {name: f"ezigen.{name}" for name in (
-        "AdapterFileError", "ClipVisionFileError", "CoreChangedError", "CropError", "EditInputError", "InputValueError", "MaskPlacementError",
-        "SubjectFileError", "UnsupportedModelError")}
+        "AdapterFileError", "ClipVisionFileError", "CoreChangedError", "CropError", "EditInputError", "EZIGenError",
+        "InputValueError", "MaskPlacementError", "SubjectFileError", "UnsupportedModelError")}
+    assert bases == {**{name: [ValueError] for name in (  # the standard bases callers may catch are kept
+        "AdapterFileError", "ClipVisionFileError", "CropError", "EditInputError", "InputValueError", "SubjectFileError",
+        "UnsupportedModelError")}, "CoreChangedError": [RuntimeError], "MaskPlacementError": [RuntimeError],
+        "EZIGenError": []}
 
 
 def test_values_repeated_in_messages_are_cut_short():
