@@ -149,6 +149,19 @@ def test_edit_refuses_unknown_options(nodes, parts, name):
         run_edit_node(nodes, parts, clip=None, **{name: "bogus"})
 
 
+def test_every_widget_is_checked_by_name(nodes):
+    """require_valid_widgets is given each number and combo widget by name: one left out (a widget added to the
+    schema and not to the call) or one that is not a widget is a programming error, not a silent skip."""
+    from comfyui_ezigen_under_test.nodes.common import require_valid_widgets
+
+    patch_node = nodes.EZIGenPatchUNetAttention
+    require_valid_widgets(patch_node, strength=1.0, start_percent=0.0, end_percent=1.0)
+    with pytest.raises(TypeError, match=r"missing \['end_percent'\], not widgets \[\]"):
+        require_valid_widgets(patch_node, strength=1.0, start_percent=0.0)
+    with pytest.raises(TypeError, match=r"missing \[\], not widgets \['model'\]"):
+        require_valid_widgets(patch_node, strength=1.0, start_percent=0.0, end_percent=1.0, model=None)
+
+
 def test_valid_options_still_run(nodes, parts):
     (latent, image, rounds, report, chart), vae = run_sampler(nodes, parts, mode="clean")
     assert '"mode": "clean"' in report and image.shape == (1, 64, 64, 3)
