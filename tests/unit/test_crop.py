@@ -100,8 +100,9 @@ def test_the_work_area_is_one_checked_value_for_the_box_and_the_whole_image():
     image = torch.rand(1, 120, 200, 3, generator=torch.Generator().manual_seed(3))
     assert torch.equal(box.cut(image), image[:, box.box.top:box.box.top + box.box.height,
                                              box.box.left:box.box.left + box.box.width])
-    pasted = box.paste(torch.zeros(1, 8, 8, 3), image, mask)
-    assert torch.equal(pasted[0][mask[0] == 0], image[0][mask[0] == 0]) and bool((pasted[0][mask[0] == 1] == 0).all())
+    pasted = box.paste(torch.full((1, 8, 8, 3), 0.5), image, mask)  # the edit, at any size, scaled to the box
+    assert torch.equal(pasted[0][mask[0] == 0], image[0][mask[0] == 0])
+    assert (pasted[0][mask[0] == 1] - 0.5).abs().max() < 1e-6
     with pytest.raises(dataclasses.FrozenInstanceError):
         box.work_size = (8, 8)
 
