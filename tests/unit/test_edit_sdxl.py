@@ -19,7 +19,7 @@ from ezigen_lib.family import UnsupportedModelError, family_of
 from ezigen_lib.inject import apply_subject
 from ezigen_lib.inversion import EXCEPTIONAL_TOKEN_ID, InversionText, exceptional_text, inversion_conditioning
 
-from tiny_models import random_adapter_state, tiny_model, tiny_vae
+from tiny_models import init_random, random_adapter_state, tiny_model, tiny_vae
 from tiny_sdxl import CLIP_G_WIDTH, CLIP_L_WIDTH, tiny_sdxl, tiny_sdxl_clip
 
 SOURCE = torch.rand(1, 96, 128, 3, generator=torch.Generator().manual_seed(7))  # non-square
@@ -105,6 +105,27 @@ def test_exceptional_prompt_on_both_towers_equals_a_plain_computation(sdxl):
     pooled = final_g[:, -1] @ tower_g["text_projection.weight"].T
     assert text.pooled.shape == (1, CLIP_G_WIDTH)
     torch.testing.assert_close(text.pooled, pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_exceptional_prompt_on_sd2s_one_tower_equals_a_plain_computation():
+    """SD2.x's text (ComfyUI's SD2ClipModel, narrowed): the penultimate states through the final LayerNorm, as the
+    reference's ExceptionCLIP gives them."""
+    import types
+
+    import comfy.sd
+    import comfy.text_encoders.sd2_clip
+
+    target = types.SimpleNamespace(params={}, clip=comfy.text_encoders.sd2_clip.SD2ClipModel,
+                                   tokenizer=comfy.text_encoders.sd2_clip.SD2Tokenizer)
+    clip = comfy.sd.CLIP(target, model_options={"clip_h_model_config": {
+        "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3}})
+    init_random(clip.cond_stage_model, 6, std=0.1)
+    with torch.inference_mode():
+        context = exceptional_text(clip).context
+    tower = {k.removeprefix("transformer."): v.float() for k, v in clip.cond_stage_model.clip_h.state_dict().items()}
+    states, _ = plain_clip_tower(tower, 2, F.gelu)
+    torch.testing.assert_close(context, _layer_norm(states[-2], tower, "text_model.final_layer_norm"),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_the_inversion_conditioning_carries_what_sdxl_needs(sdxl):
