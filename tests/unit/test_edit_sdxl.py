@@ -5,6 +5,8 @@ The exceptional prompt runs through both text towers and gives the pooled embedd
 takes; the inversion's conditioning carries it with the size ids, and the edit runs on the whole image and
 around the mask, leaving every pixel it must not touch the source's.
 """
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,9 +109,8 @@ def test_exceptional_prompt_on_both_towers_equals_a_plain_computation(sdxl):
     torch.testing.assert_close(text.pooled, pooled, rtol=1e-5, atol=1e-5)
 
 
-def test_exceptional_prompt_on_sd2s_one_tower_equals_a_plain_computation():
-    """SD2.x's text (ComfyUI's SD2ClipModel, narrowed): the penultimate states through the final LayerNorm, as the
-    reference's ExceptionCLIP gives them."""
+def _tiny_sd2_clip():
+    """ComfyUI's SD2ClipModel (one tower, clip_h) narrowed to 32 wide, 3 layers."""
     import types
 
     import comfy.sd
@@ -120,6 +121,13 @@ def test_exceptional_prompt_on_sd2s_one_tower_equals_a_plain_computation():
     clip = comfy.sd.CLIP(target, model_options={"clip_h_model_config": {
         "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3}})
     init_random(clip.cond_stage_model, 6, std=0.1)
+    return clip
+
+
+def test_exceptional_prompt_on_sd2s_one_tower_equals_a_plain_computation():
+    """SD2.x's text (ComfyUI's SD2ClipModel, narrowed): the penultimate states through the final LayerNorm, as the
+    reference's ExceptionCLIP gives them."""
+    clip = _tiny_sd2_clip()
     with torch.inference_mode():
         context = exceptional_text(clip).context
     tower = {k.removeprefix("transformer."): v.float() for k, v in clip.cond_stage_model.clip_h.state_dict().items()}
@@ -169,3 +177,26 @@ def test_a_prompt_without_the_pooled_embedding_is_refused_by_name(sdxl):
         edit(sdxl, "whole image", positive=bare)
     with pytest.raises(UnsupportedModelError, match="pooled text embedding"):
         edit(sdxl, "whole image", text=InversionText(exceptional_text(clip).context))
+
+
+def test_the_edit_node_takes_an_sdxl_checkpoint_and_refuses_an_sd_clip(sdxl):
+    """The node as ComfyUI runs it: the SDXL MODEL, CLIP and VAE and prompts of that CLIP; an SD CLIP's
+    inversion prompt (another text width) is refused by name."""
+    from tiny_models import load_pack
+
+    model, clip, vae = sdxl
+    node = load_pack().nodes.EZIGenEdit
+    widgets = dict(seed=1, steps=4, cfg=2.0, sampler_name="euler", scheduler="ddim_uniform", split_ratio=0.5,
+                   loops=1, min_loops=1, max_loops=2, sim_threshold=0.99, mode="faithful", inversion="dpmpp_2m",
+                   mask_mode="soft", short_side=64, output_size="source")
+    with torch.inference_mode():
+        image, rounds, report, _ = node.execute(model, clip, vae, SOURCE, MASK[0], encode(clip, "a dog on the sofa"),
+                                                encode(clip, ""), **widgets).result
+    assert image.shape == SOURCE.shape and torch.equal(image[0][MASK[0] == 0], SOURCE[0][MASK[0] == 0])
+    box, work = crop_box(96, 128, Box(30, 70, 20, 30), 64)  # the node's default: around the mask
+    assert json.loads(report)["crop"] == {"box": box.as_list(), "work_size": list(work)}
+    sd_clip = _tiny_sd2_clip()
+    # ValueError: the node raises the loaded pack's own copy of UnsupportedModelError
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"CLIP input's text embedding is 32-wide but the "
+                                                                 r"MODEL \(SDXL\) expects 80-wide"):
+        node.execute(model, sd_clip, vae, SOURCE, MASK[0], encode(clip, "a dog"), encode(clip, ""), **widgets)
