@@ -20,10 +20,22 @@ ERROR_MODULE = "ezigen"
 ECHO_LIMIT = 60  # characters of a user's value repeated in an error message
 
 
+class EZIGenError(Exception):
+    """The base of every exception the pack raises to a user (`except EZIGenError` catches any of them);
+    each also keeps its standard base (ValueError, RuntimeError) for callers that catch those."""
+
+
+EZIGenError.__module__ = ERROR_MODULE
+
+
 def public_error(cls: type) -> type:
-    """Give a pack exception the stable module name 'ezigen': ComfyUI reports an error's type as
-    module + class name, and a custom node's module is its file path on the server, which clients
-    should neither see nor depend on (they get 'ezigen.InputValueError')."""
+    """Make `cls` one of the pack's exceptions: derived from EZIGenError (as the class itself, when it does
+    not name it among its bases: one declaration per error, whichever module holds it) and named under the
+    stable module 'ezigen': ComfyUI reports an error's type as module + class name, and a custom node's module
+    is its file path on the server, which clients should neither see nor depend on (they get
+    'ezigen.InputValueError')."""
+    if not issubclass(cls, EZIGenError):
+        cls = type(cls.__name__, (cls, EZIGenError), {"__doc__": cls.__doc__, "__qualname__": cls.__qualname__})
     cls.__module__ = ERROR_MODULE
     return cls
 

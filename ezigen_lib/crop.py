@@ -1,4 +1,6 @@
-"""Crop-and-stitch for EZIGen Edit: the box of the source that is edited (docs/method.md section 13).
+"""EZIGen Edit's geometry: the work area (`WorkArea`: the box of the source that is edited, the work size it is
+edited at, how the result is pasted back), made and checked once per edit by `work_area`, for the crop-and-stitch
+box and the whole image alike, with the limits on what may be edited (docs/method.md section 12).
 
 Editing the whole source at short side 512 shrinks a 300 px region of a 2048 px render to 75 px of
 work, and its detail is lost when scaled back. Editing a box around the mask instead keeps the region
@@ -22,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .checks import public_error
 
@@ -44,6 +47,11 @@ class CropError(ValueError):
     pass
 
 
+@public_error
+class EditInputError(ValueError):
+    """An EZIGen Edit input that cannot be edited (its shape, size or the work area it would need)."""
+
+
 @dataclass(frozen=True)
 class Box:
     """A rectangle of the source in pixels."""
@@ -58,6 +66,127 @@ class Box:
 
     def as_list(self) -> list[int]:
         return [self.top, self.left, self.height, self.width]
+
+
+# The largest work size: the square the largest short_side (2048) gives. Scaling the short side alone has no
+# bound on the long one (a 1 x 4096 source would be edited at 512 x 2,097,152 and exhaust the memory).
+MAX_WORK_PIXELS = 2048 * 2048
+
+
+def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """The reference's short-side-512 size, floored to the VAE's multiple of 8."""
+    h, w = reference_size(height, width, short_side)
+    return max(8, h // 8 * 8), max(8, w // 8 * 8)
+
+
+def reference_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """The short side scaled to `short_side`, the long side int(long * short_side / short) (the reference's W, H);
+    refused beyond MAX_WORK_PIXELS."""
+    scale = short_side / min(height, width)
+    size = (short_side, int(width * scale)) if height <= width else (int(height * scale), short_side)
+    if size[0] * size[1] > MAX_WORK_PIXELS:
+        raise EditInputError(
+            f"the source ({height} x {width}) at short_side {short_side} would be edited at {size[0]} x {size[1]} = "
+            f"{size[0] * size[1]:,} pixels, more than EZIGen Edit's limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): "
+            "set crop to 'around mask' (only a box around the mask is edited) or lower short_side")
+    require_work_shape(f"the source ({height} x {width})", height, width, size, short_side,
+                       "set crop to 'around mask' or cut the source down to the region's surroundings first (e.g. "
+                       "ImageCrop) and paste the edit back (ImageCompositeMasked)")
+    return size
+
+
+def require_work_shape(what: str, height: int, width: int, work: tuple[int, int], short_side: int,
+                       fix: str) -> None:
+    """Refuse to scale a source or box (`height` x `width` source pixels) up more than MAX_SCALE_UP times or to
+    edit it at a `work` size more elongated than MAX_ASPECT:1: within the work-pixel limit, a 1 px row at short
+    side 64 became a 64 x 12,800 work area that ran for minutes and that SD cannot render sensibly. Both are
+    measured on the work size, which a box widened to the bounds meets exactly. `fix` says what else to
+    change."""
+    short, work_short, work_long = min(height, width), min(work), max(work)
+    scale = work_short / short
+    if scale > MAX_SCALE_UP:
+        raise EditInputError(
+            f"{what} is {short} px on its short side: at short_side {short_side} it would be scaled up {scale:.3g}x "
+            f"(edited at {work[0]} x {work[1]}), more than EZIGen Edit's limit of {MAX_SCALE_UP}x, beyond which SD "
+            f"only invents blur: use a source at least {math.ceil(work_short / MAX_SCALE_UP)} px on its short side "
+            f"(short_side / {MAX_SCALE_UP}), or lower short_side")
+    if work_long > MAX_ASPECT * work_short:
+        raise EditInputError(
+            f"{what} would be edited at {work[0]} x {work[1]}, {work_long / work_short:.3g}:1, more elongated than the "
+            f"{MAX_ASPECT}:1 EZIGen Edit works on: {fix}")
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An IMAGE (B, H, W, C) at `size` (H, W): bicubic with antialiasing, clamped to [0, 1]; as is at that size."""
+    if tuple(image.shape[1:3]) == size:
+        return image
+    out = F.interpolate(image.movedim(-1, 1), size=size, mode="bicubic", antialias=True, align_corners=False)
+    return out.clamp(0, 1).movedim(1, -1)
+
+
+def require_context(context: float) -> None:
+    """crop_context, checked once where the edit's settings are made: a number >= 0."""
+    if not math.isfinite(context) or context < 0:
+        raise CropError(f"crop_context must be a number >= 0 (a fraction of the region's size), got {context}")
+
+
+@dataclass(frozen=True)
+class WorkArea:
+    """Where EZIGen Edit works, made and checked once per edit (`work_area`): the box of the source it edits (the
+    whole source when not cropped), the work size that box is edited at, and how the result goes back (`paste`)."""
+    source_size: tuple[int, int]  # (H, W) of the source
+    box: Box
+    work_size: tuple[int, int]  # (h, w) work pixels, multiples of 8
+    cropped: bool
+
+    @property
+    def share(self) -> float:
+        """The box's share of the source's pixels (1.0 for the whole image)."""
+        return self.box.height * self.box.width / (self.source_size[0] * self.source_size[1])
+
+    def cut(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The box of an IMAGE (B, H, W, C) or MASK (B, H, W)."""
+        rows, cols = self.box.slices
+        return pixels[:, rows, cols]
+
+    def paste(self, edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The source with `edited` (the box's result at any size) scaled to the box and blended in by the mask:
+        every pixel outside the box, and outside the mask, is the source's own."""
+        rows, cols = self.box.slices
+        box_mask = mask[:, rows, cols, None]
+        result = source.clone()
+        result[:, rows, cols] = (source[:, rows, cols] * (1 - box_mask)
+                                 + resize_image(edited, (self.box.height, self.box.width)) * box_mask)
+        return result
+
+    def report(self) -> str | dict:
+        return {"box": self.box.as_list(), "work_size": list(self.work_size)} if self.cropped else "whole image"
+
+
+def work_area(source_size: tuple[int, int], mask: torch.Tensor, short_side: int, context: float, crop: bool
+              ) -> WorkArea:
+    """The work area of an edit: a box around the mask's painted pixels (`crop`; the mask must have some), or
+    the whole source at `short_side`; refused (EditInputError) where it would exceed the work-pixel, scale-up
+    or aspect limits, with what to change."""
+    height, width = source_size
+    if not crop:
+        return WorkArea(source_size, Box(0, 0, height, width), processing_size(height, width, short_side), False)
+    try:
+        box, work = crop_box(height, width, mask_bounds(mask), short_side, context)
+    except CropError as error:
+        raise EditInputError(str(error)) from None
+    if work[0] * work[1] > MAX_WORK_PIXELS:
+        raise EditInputError(
+            f"the box around the mask ({box.height} x {box.width} source pixels) would be edited at {work[0]} x "
+            f"{work[1]} = {work[0] * work[1]:,} pixels at short_side {short_side}, more than EZIGen Edit's "
+            f"limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): lower crop_context or short_side, or edit long thin "
+            "or far apart regions one at a time (a mask each)")
+    # The box was widened as far as the source allows: what is left is a source too small or thin.
+    require_work_shape(f"the box around the mask ({box.height} x {box.width} source pixels, in a {height} x "
+                       f"{width} source)", box.height, box.width, work, short_side,
+                       f"the source leaves no room to widen it; mask a region at most {MAX_ASPECT} times as long as "
+                       "the source's short side, or edit a long region in pieces (a mask each)")
+    return WorkArea(source_size, box, work, True)
 
 
 def mask_bounds(mask: torch.Tensor, threshold: float = PAINTED_THRESHOLD) -> Box | None:
@@ -96,8 +225,6 @@ def crop_box(height: int, width: int, region: Box, short_side: int, context: flo
              ) -> tuple[Box, tuple[int, int]]:
     """(the box to edit, its work size (h, w)) for `region` in a `height` x `width` source (see the module
     docstring). The box always contains the region grown by the context."""
-    if not math.isfinite(context) or context < 0:
-        raise CropError(f"crop_context must be a number >= 0 (a fraction of the region's size), got {context}")
     if short_side < 8:
         raise CropError(f"short_side must be at least 8 work pixels, got {short_side}")
     margin = math.ceil(context * max(region.height, region.width))

@@ -3,7 +3,8 @@
 Each round: invert the current image up to the loop's start (unpatched model, exceptional prompt,
 no CFG); denoise the last n_l steps with the subject injected at every step; after every step put
 the background back from the first round's inversion trajectory. Rounds repeat under the same
-autostop rule as generation. Work happens at the reference resolution (short side 512), on a box
+autostop rule as generation. Work happens at the reference resolution (short side 512; SDXL, native 1024,
+is edited at the same `short_side` and a warning logged when that is half its native size or less), on a box
 around the mask (crop-and-stitch, `crop.py`) or on the whole image; the result is scaled back and
 pasted into the source inside the mask (docs/method.md sections 11 to 13).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -23,13 +23,14 @@ from PIL import Image
 import comfy.sample
 import comfy.samplers
 
-from .checks import public_error, require_choice, require_finite, require_finite_pixels
-from .crop import (CROP_MODES, DEFAULT_CONTEXT, MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, CropError, crop_box,
-                   mask_bounds)
+from .checks import require_choice, require_finite, require_finite_pixels
+from .crop import (CROP_MODES, DEFAULT_CONTEXT, PAINTED_THRESHOLD, EditInputError, WorkArea, reference_size,
+                   require_context, resize_image, work_area)
 from .gate import ALWAYS_ON, NEVER_ON
 from .inject import crop_subject_regions, reset_subject_reach
 from .regions import share_outside
-from .inversion import SOLVERS, invert
+from .family import family_of
+from .inversion import SOLVERS, InversionText, invert, inversion_conditioning
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
                      rounds_report, run_rounds)
 from .samplers import EDIT, require_sampler
@@ -44,11 +45,6 @@ log = logging.getLogger("EZIGen")
 OUTPUT_SIZES = ("source", "reference")
 REFERENCE_SHORT_SIDE = 512
 NODE = "EZIGen Edit"
-
-
-@public_error
-class EditInputError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -66,9 +62,7 @@ class EditSettings(LoopSettings):
         require_finite("cfg", self.cfg)
         require_choice("inversion", self.solver, SOLVERS)
         require_choice("crop", self.crop, CROP_MODES)
-        if not math.isfinite(self.crop_context) or self.crop_context < 0:
-            raise EditInputError(f"crop_context must be a number >= 0 (a fraction of the region's size), got "
-                                 f"{self.crop_context}")
+        require_context(self.crop_context)
         if not 0.0 < self.split_ratio <= 1.0:
             raise EditInputError(f"split_ratio must be in (0, 1] for editing, got {self.split_ratio}")
         if self.output_size not in OUTPUT_SIZES:
@@ -108,96 +102,26 @@ def check_edit_inputs(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
     return image[..., :3].float(), mask.float().clamp(0, 1)
 
 
-# The largest work size: the square the largest short_side (2048) gives. Scaling the short side alone has no
-# bound on the long one (a 1 x 4096 source would be edited at 512 x 2,097,152 and exhaust the memory).
-MAX_WORK_PIXELS = 2048 * 2048
-
-
-def processing_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """The reference's short-side-512 size, floored to the VAE's multiple of 8."""
-    h, w = reference_size(height, width, short_side)
-    return max(8, h // 8 * 8), max(8, w // 8 * 8)
-
-
-def reference_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """The short side scaled to `short_side`, the long side int(long * short_side / short) (the reference's W, H);
-    refused beyond MAX_WORK_PIXELS."""
-    scale = short_side / min(height, width)
-    size = (short_side, int(width * scale)) if height <= width else (int(height * scale), short_side)
-    if size[0] * size[1] > MAX_WORK_PIXELS:
-        raise EditInputError(
-            f"the source ({height} x {width}) at short_side {short_side} would be edited at {size[0]} x {size[1]} = "
-            f"{size[0] * size[1]:,} pixels, more than EZIGen Edit's limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): "
-            "set crop to 'around mask' (only a box around the mask is edited) or lower short_side")
-    require_work_shape(f"the source ({height} x {width})", height, width, size, short_side,
-                       "set crop to 'around mask' or cut the source down to the region's surroundings first (e.g. "
-                       "ImageCrop) and paste the edit back (ImageCompositeMasked)")
-    return size
-
-
-def require_work_shape(what: str, height: int, width: int, work: tuple[int, int], short_side: int,
-                       fix: str) -> None:
-    """Refuse to scale a source or box (`height` x `width` source pixels) up more than MAX_SCALE_UP times or to
-    edit it at a `work` size more elongated than MAX_ASPECT:1: within the work-pixel limit, a 1 px row at short
-    side 64 became a 64 x 12,800 work area that ran for minutes and that SD cannot render sensibly. Both are
-    measured on the work size, which a box widened to the bounds (crop.py) meets exactly. `fix` says what else to
-    change."""
-    short, work_short, work_long = min(height, width), min(work), max(work)
-    scale = work_short / short
-    if scale > MAX_SCALE_UP:
-        raise EditInputError(
-            f"{what} is {short} px on its short side: at short_side {short_side} it would be scaled up {scale:.3g}x "
-            f"(edited at {work[0]} x {work[1]}), more than EZIGen Edit's limit of {MAX_SCALE_UP}x, beyond which SD "
-            f"only invents blur: use a source at least {math.ceil(work_short / MAX_SCALE_UP)} px on its short side "
-            f"(short_side / {MAX_SCALE_UP}), or lower short_side")
-    if work_long > MAX_ASPECT * work_short:
-        raise EditInputError(
-            f"{what} would be edited at {work[0]} x {work[1]}, {work_long / work_short:.3g}:1, more elongated than the "
-            f"{MAX_ASPECT}:1 EZIGen Edit works on: {fix}")
-
-
-def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(image.shape[1:3]) == size:
-        return image
-    out = F.interpolate(image.movedim(-1, 1), size=size, mode="bicubic", antialias=True, align_corners=False)
-    return out.clamp(0, 1).movedim(1, -1)
-
-
 def _resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def edit_box(source: torch.Tensor, mask: torch.Tensor, settings: EditSettings) -> tuple[Box, tuple[int, int]] | None:
-    """The box crop-and-stitch edits and its work size; None for the whole image (the crop option, or the
-    reference mode, which keeps the reference's whole-image processing)."""
-    if settings.crop != "around mask" or settings.reference_output:
-        return None
-    region = mask_bounds(mask)  # not None: run_edit returned an unpainted mask's source before
-    try:
-        box, work = crop_box(*source.shape[1:3], region, settings.short_side, settings.crop_context)
-    except CropError as error:
-        raise EditInputError(str(error)) from None
-    if work[0] * work[1] > MAX_WORK_PIXELS:
-        raise EditInputError(
-            f"the box around the mask ({box.height} x {box.width} source pixels) would be edited at {work[0]} x "
-            f"{work[1]} = {work[0] * work[1]:,} pixels at short_side {settings.short_side}, more than EZIGen Edit's "
-            f"limit of {MAX_WORK_PIXELS:,} pixels (2048 x 2048): lower crop_context or short_side, or edit long thin "
-            "or far apart regions one at a time (a mask each)")
-    # The box was widened as far as the source allows (crop.py): what is left is a source too small or thin.
-    require_work_shape(f"the box around the mask ({box.height} x {box.width} source pixels, in a {source.shape[1]} x "
-                       f"{source.shape[2]} source)", box.height, box.width, work, settings.short_side,
-                       f"the source leaves no room to widen it; mask a region at most {MAX_ASPECT} times as long as "
-                       "the source's short side, or edit a long region in pieces (a mask each)")
-    return box, work
+def edit_area(source_size: tuple[int, int], mask: torch.Tensor, settings: EditSettings) -> WorkArea:
+    """The work area these settings give: a box around the mask (crop 'around mask'), else the whole source; the
+    reference mode keeps the reference's whole-image processing at its short side 512."""
+    if settings.reference_output:
+        return work_area(source_size, mask, REFERENCE_SHORT_SIDE, settings.crop_context, crop=False)
+    return work_area(source_size, mask, settings.short_side, settings.crop_context,
+                     crop=settings.crop == "around mask")
 
 
-def faint_mask_warnings(mask: torch.Tensor, box: Box | None) -> list[str]:
+def faint_mask_warnings(mask: torch.Tensor, area: WorkArea) -> list[str]:
     """Say where a faint haze of the mask (values an 8-bit mask stores as 0) was left out of the box: those
     pixels stay the source's, which is what such values mean, but the user may have meant them (logged too)."""
-    if box is None:
+    if not area.cropped:
         return []
     faint = (mask > 0) & (mask < PAINTED_THRESHOLD)
-    rows, cols = box.slices
+    rows, cols = area.box.slices
     faint[:, rows, cols] = False
     count = int(faint.sum())
     if count == 0:
@@ -218,14 +142,14 @@ class WorkInputs:
     result_size: tuple[int, int]
 
 
-def pack_processing(source: torch.Tensor, mask: torch.Tensor, short_side: int,
-                    size: tuple[int, int] | None = None) -> WorkInputs:
-    """Ours: the source resized to the floored work size (or `size`), the mask as given (soft or hard) bilinearly."""
-    size = size or processing_size(*source.shape[1:3], short_side)
+def pack_processing(source: torch.Tensor, mask: torch.Tensor, area: WorkArea) -> WorkInputs:
+    """Ours: the work area's box of the source resized to its work size, the mask as given (soft or hard)
+    bilinearly."""
+    source, mask, size = area.cut(source), area.cut(mask), area.work_size
     work_mask = _resize_mask(mask, size)
     latent_mask = F.interpolate(work_mask[:, None], size=(size[0] // 8, size[1] // 8), mode="bilinear",
                                 align_corners=False)
-    return WorkInputs(_resize_image(source, size), latent_mask, size)
+    return WorkInputs(resize_image(source, size), latent_mask, size)
 
 
 def reference_processing(source: torch.Tensor, mask: torch.Tensor) -> WorkInputs:
@@ -314,13 +238,38 @@ def backgrounds(vp: list[torch.Tensor], loop_steps: int, faithful: bool) -> list
 NO_SUBJECT = "The MODEL carries no EZIGen patch (connect Patch UNet Attention): editing without a subject."
 
 
+def require_pooled_text(model, conditioning, name: str) -> None:
+    """A UNet with added conditioning (SDXL) fails deep inside sampling on a CONDITIONING without the pooled
+    text embedding (a context made by another node): refuse it first, naming the input."""
+    if not getattr(model.model, "adm_channels", 0):
+        return
+    if any("pooled_output" not in extras for _, extras in conditioning or []):
+        raise EditInputError(
+            f"The {name} conditioning has no pooled text embedding, which the MODEL ({family_of(model).name}) "
+            f"needs with every prompt: encode the {name} prompt with CLIPTextEncode (or CLIPTextEncodeSDXL) of the "
+            "MODEL's own checkpoint's CLIP.")
+
+
+def warn_small_work_size(model, settings: EditSettings) -> None:
+    """Log when the work size is half the family's native resolution or less (SDXL at the default 512): the
+    edit runs, but the model renders poorly that small."""
+    native = family_of(model).native_resolution
+    if not settings.reference_output and settings.short_side * 2 <= native:
+        log.warning("EZIGen Edit: short_side %d is half or less of the %s MODEL's native %d px, at which it renders "
+                    "poorly: set short_side to %d for this checkpoint.", settings.short_side, family_of(model).name,
+                    native, native)
+
+
 @reports_core_fallbacks
-def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, mask: torch.Tensor, positive,
+def run_edit(model, inversion_context: torch.Tensor | InversionText, vae, image: torch.Tensor, mask: torch.Tensor, positive,
              negative, settings: EditSettings, clip_vision=None) -> RoundsResult:
     """Invert the source, then `run_rounds` of masked regeneration; the result is pasted into the source.
-    `inversion_context` is the text for the inversion: `inversion.exceptional_prompt(clip)` as the reference."""
+    `inversion_context` is the text for the inversion: `inversion.exceptional_text(clip)` as the reference (a
+    bare context tensor serves a UNet without added conditioning)."""
     started = time.perf_counter()
     source, mask = check_edit_inputs(image, mask)
+    for name, conditioning in (("positive", positive), ("negative", negative)):
+        require_pooled_text(model, conditioning, name)
     if settings.hard_mask and not settings.reference_output:
         mask = (mask >= 0.999).float()  # the reference keeps only fully painted pixels
     require_region_batches(model, 1)
@@ -335,19 +284,16 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
                                subjects=subjects)
         return RoundsResult(latent=None, image=source, round_images=source, report=report)
 
-    crop = edit_box(source, mask, settings)
-    if settings.reference_output:
-        work = reference_processing(source, mask)
-    elif crop is None:
-        work = pack_processing(source, mask, settings.short_side)
-    else:
-        rows, cols = crop[0].slices
-        work = pack_processing(source[:, rows, cols], mask[:, rows, cols], settings.short_side, crop[1])
-        model = crop_subject_regions(model, crop[0], tuple(source.shape[1:3]))
-        warnings = warnings + faint_mask_warnings(mask, crop[0])
+    area = edit_area(tuple(source.shape[1:3]), mask, settings)
+    work = reference_processing(source, mask) if settings.reference_output else pack_processing(source, mask, area)
+    if area.cropped:
+        model = crop_subject_regions(model, area.box, area.source_size)
+        warnings = warnings + faint_mask_warnings(mask, area)
+    warn_small_work_size(model, settings)
     faithful = settings.faithful or settings.reference_output
     plan = plan_loops(model.get_model_object("model_sampling"), settings, faithful)
-    inverter = Inverter(model, vae, inversion_context, plan, settings, faithful)
+    inversion = inversion_conditioning(model, inversion_context, tuple(work.image.shape[1:3]))
+    inverter = Inverter(model, vae, inversion, plan, settings, faithful)
     edit_counter = CallCounter()
     edit_model = with_window(model, ALWAYS_ON, edit_counter)
     progress = Progress(model, max(1, settings.policy.most_loops) * plan.loop_steps)
@@ -369,13 +315,11 @@ def run_edit(model, inversion_context: torch.Tensor, vae, image: torch.Tensor, m
     reason = run_rounds(rounds, settings.policy, sample_round, vae, progress, plan.loop_steps, "editing round {}",
                         first_round_always=True)
     progress.finish()
-    box = None if crop is None else crop[0]
-    acted_scale = 1.0 if box is None else box.height * box.width / (source.shape[1] * source.shape[2])
     for report, view in zip(subjects, subject_views(model)):  # the patches that ran (cut to the box)
-        report["acted_share"] = round(view.acted_share * acted_scale, 4)
+        report["acted_share"] = round(view.acted_share * area.share, 4)
     warnings = warnings + reach_warnings(model)
-    result_image = finish_image(rounds.last_image[..., :3], source, mask, work, settings, box)
-    details = edit_details(plan, inverter, work, result_image, settings, rounds.loops, crop)
+    result_image = finish_image(rounds.last_image[..., :3], source, mask, work, settings, area)
+    details = edit_details(plan, inverter, work, result_image, settings, rounds.loops, area)
     report = rounds_report(rounds, reason, edit_counter.calls, details, settings.mode, started, warnings,
                            subjects=subjects)
     return RoundsResult(latent=rounds.last_latent, image=result_image, round_images=rounds.all_images(), report=report)
@@ -402,7 +346,7 @@ class Inverter:
     """Takes a round's image back to the editing start: encode, invert along `levels` with the
     unpatched model and the inversion prompt (no CFG), hand the end over in the reference's VP form."""
 
-    def __init__(self, model, vae, context: torch.Tensor, plan: LoopPlan, settings: EditSettings, faithful: bool):
+    def __init__(self, model, vae, context: list, plan: LoopPlan, settings: EditSettings, faithful: bool):
         self.model, self.vae, self.context, self.plan = model, vae, context, plan
         self.settings, self.faithful = settings, faithful
         self.model_sampling = model.get_model_object("model_sampling")
@@ -429,10 +373,10 @@ class Inverter:
 
 
 def edit_details(plan: LoopPlan, inverter: Inverter, work: WorkInputs, result_image: torch.Tensor,
-                 settings: EditSettings, loops: int, crop: tuple[Box, tuple[int, int]] | None = None) -> dict:
+                 settings: EditSettings, loops: int, area: WorkArea) -> dict:
     ms, inversion_steps = inverter.model_sampling, len(inverter.levels) - 1
     return {
-        "crop": "whole image" if crop is None else {"box": crop[0].as_list(), "work_size": list(crop[1])},
+        "crop": area.report(),
         "inversion_evaluations": inverter.counter.calls,
         "reference_unet_evaluations": reference_edit_unet_calls(plan.steps, settings.split_ratio, loops),
         "reference_inversion_evaluations": reference_inversion_calls(inversion_steps, loops),
@@ -444,7 +388,7 @@ def edit_details(plan: LoopPlan, inverter: Inverter, work: WorkInputs, result_im
 
 
 def finish_image(decoded: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, work: WorkInputs,
-                 settings: EditSettings, box: Box | None = None) -> torch.Tensor:
+                 settings: EditSettings, area: WorkArea) -> torch.Tensor:
     """The reference returns the decoded work image at its short-512 size; ours pastes the edit into the
     source at the source size (pixels outside the mask exactly the source's), into the box when cropped
     (pixels outside the box are the source's own, untouched)."""
@@ -452,13 +396,4 @@ def finish_image(decoded: torch.Tensor, source: torch.Tensor, mask: torch.Tensor
         return _pil_resize(decoded[0], work.result_size)[None]
     if settings.output_size != "source":
         return decoded
-    if box is None:
-        height, width = source.shape[1:3]
-        full_mask = mask[..., None]
-        return source * (1 - full_mask) + _resize_image(decoded, (height, width)) * full_mask
-    rows, cols = box.slices
-    box_mask = mask[:, rows, cols, None]
-    result = source.clone()
-    result[:, rows, cols] = (source[:, rows, cols] * (1 - box_mask)
-                             + _resize_image(decoded, (box.height, box.width)) * box_mask)
-    return result
+    return area.paste(decoded, source, mask)

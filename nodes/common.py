@@ -1,8 +1,6 @@
 """Inputs shared by the nodes that loop (EZIGen Sampler, EZIGen Edit)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from comfy_api.latest import io
 
 from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD
@@ -32,17 +30,25 @@ def similarity_chart_output(unit: str):
                            tooltip=f"Similarity of each of the {unit} to the round before, against the threshold.")
 
 
-def require_valid_widgets(node: type[io.ComfyNode], values: Mapping) -> None:
-    """Check every widget value against the node's own schema (options, finite, min/max).
+def require_valid_widgets(node: type[io.ComfyNode], **values) -> None:
+    """Check the widget `values`, passed by input name, against the node's own schema (options, finite,
+    min/max). Every number and combo input of the schema must be passed: one added later and left out here
+    would go unchecked, so that is a programming error (TypeError) the node's tests meet at once.
 
     ComfyUI 0.3.75 does not check combo options of V3 nodes sent through the API, and NaN passes its
     min/max test: without this, `mode: "bogus"` would run as clean mode and a NaN threshold would run
     a whole generation before failing. Linked values reach only execute, so the check lives there.
     """
     schema = node.define_schema()  # not GET_SCHEMA: execute runs on a locked clone that may not cache it
+    widgets = [spec for spec in schema.inputs if isinstance(spec, (io.Combo.Input, io.Float.Input, io.Int.Input))]
+    missing = sorted({spec.id for spec in widgets} - set(values))
+    unknown = sorted(set(values) - {spec.id for spec in widgets})
+    if missing or unknown:
+        raise TypeError(f"{schema.display_name}: require_valid_widgets must be given each widget of the schema by "
+                        f"name; missing {missing}, not widgets {unknown}")
     problems = []
-    for spec in schema.inputs:
-        value = values.get(spec.id)
+    for spec in widgets:
+        value = values[spec.id]
         if value is None:
             continue
         try:

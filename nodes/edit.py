@@ -7,7 +7,7 @@ from ..ezigen_lib.autostop import LoopPolicy
 from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.crop import CROP_MODES, DEFAULT_CONTEXT
 from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, check_edit_inputs, run_edit
-from ..ezigen_lib.inversion import SOLVERS, exceptional_prompt
+from ..ezigen_lib.inversion import SOLVERS, exceptional_text
 from ..ezigen_lib.family import require_conditioning_width, require_text_width
 from .common import MODES, autostop_inputs, require_valid_widgets, similarity_chart_output
 
@@ -28,9 +28,11 @@ class EZIGenEdit(io.ComfyNode):
                         "until two rounds look alike.",
             inputs=[
                 io.Model.Input("model", tooltip="A MODEL from Patch UNet Attention (SD2.1-base for the official "
-                                                "weights); inversion uses it with the patch switched off."),
+                                                "weights, or SDXL with an SDXL adapter); inversion uses it with the "
+                                                "patch switched off."),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the reference's inversion prompt "
-                                              "(token 7788 everywhere, no positions)."),
+                                              "(token 7788 everywhere, no positions; SDXL: through both of its "
+                                              "text encoders, with the pooled embedding SDXL needs)."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE."),
                 io.Image.Input("image", tooltip="The source image (one image; alpha is ignored). Any size."),
                 io.Mask.Input("mask", tooltip="Where to put the subject (1 = regenerate), same size as the image: a "
@@ -70,7 +72,9 @@ class EZIGenEdit(io.ComfyNode):
                                tooltip="soft: use the mask as painted. hard: only fully painted pixels count "
                                        "(the reference's == 255 threshold)."),
                 io.Int.Input("short_side", default=512, min=64, max=2048, step=8,
-                             tooltip="Work resolution of the short side (512 as trained). A source or crop box is "
+                             tooltip="Work resolution of the short side (512 as SD2.1 was trained; for an SDXL "
+                                     "checkpoint set 1024, its native size: at 512 or less it renders poorly and "
+                                     "the log says so). A source or crop box is "
                                      "scaled up at most 16x (at least short_side / 16 px on its short side) and "
                                      "edited at most 16:1; the box takes more surroundings where the source has "
                                      "room."),
@@ -106,7 +110,10 @@ class EZIGenEdit(io.ComfyNode):
                 sampler_name: str, scheduler: str, split_ratio: float, loops: int, min_loops: int, max_loops: int,
                 sim_threshold: float, mode: str, inversion: str, mask_mode: str, short_side: int, output_size: str,
                 crop: str = "around mask", crop_context: float = DEFAULT_CONTEXT, clip_vision=None) -> io.NodeOutput:
-        require_valid_widgets(cls, locals())
+        require_valid_widgets(cls, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                              split_ratio=split_ratio, loops=loops, min_loops=min_loops, max_loops=max_loops,
+                              sim_threshold=sim_threshold, mode=mode, inversion=inversion, mask_mode=mask_mode,
+                              short_side=short_side, output_size=output_size, crop=crop, crop_context=crop_context)
         check_edit_inputs(image, mask)  # NaN in the image or mask, wrong shapes: refused before the CLIP runs
         for name, conditioning in (("positive", positive), ("negative", negative)):
             require_conditioning_width(model, conditioning, name)
@@ -116,9 +123,9 @@ class EZIGenEdit(io.ComfyNode):
             faithful=mode != "clean", reference_output=mode == "reference", solver=inversion,
             hard_mask=mask_mode == "hard", short_side=short_side,
             output_size=output_size, crop=crop, crop_context=crop_context)
-        inversion_context = exceptional_prompt(clip)
-        require_text_width(model, inversion_context.shape[-1], "The CLIP input's text embedding",
+        inversion_text = exceptional_text(clip)
+        require_text_width(model, inversion_text.context.shape[-1], "The CLIP input's text embedding",
                            "connect the CLIP of the MODEL's own checkpoint (SD2.1-base for the official weights).")
-        result = run_edit(model, inversion_context, vae, image, mask, positive, negative, settings, clip_vision)
+        result = run_edit(model, inversion_text, vae, image, mask, positive, negative, settings, clip_vision)
         chart = similarity_chart(result.report.get("similarities", []), sim_threshold, result.report["stop_reason"])
         return io.NodeOutput(result.image, result.round_images, result.report_text(), chart)

@@ -41,5 +41,5 @@ class EZIGenPatchUNetAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, encoder, subject, strength: float, start_percent: float,
                 end_percent: float, mask=None) -> io.NodeOutput:
-        require_valid_widgets(cls, locals())
+        require_valid_widgets(cls, strength=strength, start_percent=start_percent, end_percent=end_percent)
         return io.NodeOutput(apply_subject(model, encoder, subject, strength, start_percent, end_percent, mask))

@@ -70,7 +70,9 @@ class EZIGenSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, latent_image, vae, seed: int, steps: int, cfg: float,
                 sampler_name: str, scheduler: str, split_ratio: float, loops: int, min_loops: int, max_loops: int,
                 sim_threshold: float, mode: str, loop_negative=None, clip_vision=None) -> io.NodeOutput:
-        require_valid_widgets(cls, locals())
+        require_valid_widgets(cls, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                              split_ratio=split_ratio, loops=loops, min_loops=min_loops, max_loops=max_loops,
+                              sim_threshold=sim_threshold, mode=mode)
         for name, conditioning in (("positive", positive), ("negative", negative), ("loop_negative", loop_negative)):
             require_conditioning_width(model, conditioning, name)
         settings = GenerationSettings(

@@ -41,7 +41,7 @@ class EZIGenEncodeSubject(io.ComfyNode):
 
     @classmethod
     def execute(cls, encoder, vae, subject_prompt, image, seed: int, resolution: int, mask=None) -> io.NodeOutput:
-        require_valid_widgets(cls, locals())
+        require_valid_widgets(cls, seed=seed, resolution=resolution)
         context = subject_context(subject_prompt)
         return io.NodeOutput(encode_subject(encoder.model, vae, context, image, mask, seed, resolution,
                                             encoder.info.widths, adapter=encoder.name,

@@ -17,8 +17,8 @@ from ezigen_lib import subject_file
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.checks import exception_text
-from ezigen_lib.crop import MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, crop_box, mask_bounds
-from ezigen_lib.edit import EditInputError, EditSettings, edit_box, processing_size, run_edit
+from ezigen_lib.crop import MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, crop_box, mask_bounds, processing_size
+from ezigen_lib.edit import EditInputError, EditSettings, edit_area, run_edit
 from ezigen_lib.subject_file import SubjectFileError, load_subject, save_new_subject
 
 from tiny_models import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
@@ -339,7 +339,7 @@ def test_a_thin_box_is_refused_with_what_to_change(height, width, painted, expec
     mask = torch.zeros(1, height, width)
     mask[0, :, painted] = 1.0
     with pytest.raises(EditInputError, match=expected):
-        edit_box(torch.rand(1, height, width, 3), mask, EditSettings(seed=1, crop="around mask", short_side=64))
+        edit_area((height, width), mask, EditSettings(seed=1, crop="around mask", short_side=64))
 
 
 def test_a_tiny_or_thin_region_gets_more_surroundings_where_the_source_has_room():

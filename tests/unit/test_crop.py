@@ -1,4 +1,5 @@
 """Crop-and-stitch geometry: the box around the mask and its work size."""
+import dataclasses
 import math
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ezigen_lib.crop import DEFAULT_CONTEXT, MAX_ASPECT, MAX_SCALE_UP, Box, CropError, crop_box, mask_bounds
+from ezigen_lib.crop import DEFAULT_CONTEXT, MAX_ASPECT, MAX_SCALE_UP, Box, CropError, crop_box, mask_bounds, work_area
 
 EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -79,8 +80,31 @@ def test_context_zero_is_the_bounding_box_on_the_short_side():
 
 @pytest.mark.parametrize("context", [-0.1, float("nan"), float("inf")])
 def test_bad_context_is_refused(context):
+    """Once, where the edit's settings are made (crop_box is given the checked value)."""
+    from ezigen_lib.edit import EditSettings
+
     with pytest.raises(CropError, match="crop_context must be a number >= 0"):
-        crop_box(100, 100, Box(10, 10, 10, 10), 64, context)
+        EditSettings(seed=1, crop_context=context)
+
+
+def test_the_work_area_is_one_checked_value_for_the_box_and_the_whole_image():
+    mask = torch.zeros(1, 120, 200)
+    mask[0, 40:60, 110:140] = 1.0
+    whole = work_area((120, 200), mask, 64, DEFAULT_CONTEXT, crop=False)
+    assert (whole.box, whole.work_size, whole.cropped, whole.share) == (Box(0, 0, 120, 200), (64, 104), False, 1.0)
+    assert whole.report() == "whole image"
+    box = work_area((120, 200), mask, 64, DEFAULT_CONTEXT, crop=True)
+    assert (box.box, box.work_size) == crop_box(120, 200, Box(40, 110, 20, 30), 64) and box.cropped
+    assert box.share == box.box.height * box.box.width / (120 * 200)
+    assert box.report() == {"box": box.box.as_list(), "work_size": list(box.work_size)}
+    image = torch.rand(1, 120, 200, 3, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(box.cut(image), image[:, box.box.top:box.box.top + box.box.height,
+                                             box.box.left:box.box.left + box.box.width])
+    pasted = box.paste(torch.full((1, 8, 8, 3), 0.5), image, mask)  # the edit, at any size, scaled to the box
+    assert torch.equal(pasted[0][mask[0] == 0], image[0][mask[0] == 0])
+    assert (pasted[0][mask[0] == 1] - 0.5).abs().max() < 1e-6
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        box.work_size = (8, 8)
 
 
 @st.composite

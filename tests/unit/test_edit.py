@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ezigen_lib.autostop import LoopPolicy
-from ezigen_lib.edit import EditInputError, EditSettings, inversion_sigmas, processing_size, run_edit
+from ezigen_lib.crop import processing_size
+from ezigen_lib.edit import EditInputError, EditSettings, inversion_sigmas, run_edit
 from ezigen_lib.inversion import invert
 from ezigen_lib.schedule import loop_start_index, reference_inversion_timesteps, reference_sigmas
 from ezigen_lib.gate import NEVER_ON

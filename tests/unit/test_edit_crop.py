@@ -4,7 +4,7 @@ import torch
 
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.crop import Box, crop_box
-from ezigen_lib.edit import EditInputError, EditSettings, edit_box, run_edit
+from ezigen_lib.edit import EditInputError, EditSettings, edit_area, run_edit
 from ezigen_lib.inject import crop_subject_regions, subject_injections
 from ezigen_lib.placement import Placement
 
@@ -67,8 +67,8 @@ def test_whole_image_and_reference_mode_keep_the_whole_source(parts):
     whole = edit(parts, crop="whole image")
     assert whole.report["crop"] == "whole image" and whole.report["processing_size"] == [64, 104]
     # the reference mode keeps the reference's own whole-image processing (a full run takes minutes: 512 px)
-    assert edit_box(SOURCE, MASK, EditSettings(seed=1, crop="around mask", reference_output=True)) is None
-    assert edit_box(SOURCE, MASK, EditSettings(seed=1, crop="around mask")) is not None
+    assert not edit_area((120, 200), MASK, EditSettings(seed=1, crop="around mask", reference_output=True)).cropped
+    assert edit_area((120, 200), MASK, EditSettings(seed=1, crop="around mask")).cropped
 
 
 def test_the_work_pixel_limit_applies_to_the_box(parts):
@@ -88,7 +88,7 @@ def test_a_box_beyond_the_limit_says_what_to_do():
     stripe[0, 2:6, :] = 1.0
     settings = EditSettings(seed=1, crop="around mask", short_side=512)  # 512 x 268800 work pixels
     with pytest.raises(EditInputError, match=r"box around the mask \(8 x 4200 source pixels\).*lower crop_context"):
-        edit_box(torch.rand(1, 8, 4200, 3), stripe, settings)
+        edit_area((8, 4200), stripe, settings)
 
 
 def test_subject_masks_are_cut_to_the_box(parts):

@@ -14,7 +14,8 @@ from ezigen_lib.capture import encode_subject
 from ezigen_lib.chart import NOTE_Y, similarity_chart
 from ezigen_lib.checkpoint import AdapterFileError, load_adapter, save_adapter, AdapterWeights, AdapterInfo
 from ezigen_lib.checks import InputValueError
-from ezigen_lib.edit import MAX_WORK_PIXELS, EditInputError, processing_size
+from ezigen_lib.crop import MAX_WORK_PIXELS, processing_size
+from ezigen_lib.edit import EditInputError
 from tiny_models import slot_widths
 
 from .checkpoints import write_malicious_pickle
@@ -146,6 +147,19 @@ def test_sampler_refuses_unknown_options(nodes, parts, name):
 def test_edit_refuses_unknown_options(nodes, parts, name):
     with pytest.raises(ValueError, match=f"EZIGen Edit: {name} must be one of .*; got 'bogus'"):
         run_edit_node(nodes, parts, clip=None, **{name: "bogus"})
+
+
+def test_every_widget_is_checked_by_name(nodes):
+    """require_valid_widgets is given each number and combo widget by name: one left out (a widget added to the
+    schema and not to the call) or one that is not a widget is a programming error, not a silent skip."""
+    from comfyui_ezigen_under_test.nodes.common import require_valid_widgets
+
+    patch_node = nodes.EZIGenPatchUNetAttention
+    require_valid_widgets(patch_node, strength=1.0, start_percent=0.0, end_percent=1.0)
+    with pytest.raises(TypeError, match=r"missing \['end_percent'\], not widgets \[\]"):
+        require_valid_widgets(patch_node, strength=1.0, start_percent=0.0)
+    with pytest.raises(TypeError, match=r"missing \[\], not widgets \['model'\]"):
+        require_valid_widgets(patch_node, strength=1.0, start_percent=0.0, end_percent=1.0, model=None)
 
 
 def test_valid_options_still_run(nodes, parts):
@@ -353,7 +367,8 @@ def test_batched_subject_prompt_gives_each_image_its_row(nodes):
 
 def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
     """ComfyUI reports an exception's type as module + class name (execution.full_type_name); a custom node's
-    module is its path on the server, so the pack's exceptions name the module 'ezigen'. The training errors stay
+    module is its path on the server, so the pack's exceptions name the module 'ezigen'; every one derives from
+    the pack's EZIGenError and keeps its standard base. The training errors stay
     as they are: only the command-line trainer raises them."""
     import importlib
     import inspect
@@ -362,7 +377,9 @@ def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
     import ezigen_lib
     from execution import full_type_name
 
-    found = {}
+    from ezigen_lib.checks import EZIGenError
+
+    found, bases = {}, {}
     for info in pkgutil.iter_modules(ezigen_lib.__path__):
         if info.name in ("train", "training"):
             continue
@@ -370,9 +387,15 @@ def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, BaseException) and cls.__module__.startswith("ezigen"):  # the pack's own
                 found[name] = full_type_name(cls)
+                bases[name] = [base for base in (ValueError, RuntimeError) if issubclass(cls, base)]
+                assert issubclass(cls, EZIGenError), f"{name} does not derive from the pack's EZIGenError"
     assert found == {name: f"ezigen.{name}" for name in (
-        "AdapterFileError", "ClipVisionFileError", "CoreChangedError", "CropError", "EditInputError", "InputValueError", "MaskPlacementError",
-        "SubjectFileError", "UnsupportedModelError")}
+        "AdapterFileError", "ClipVisionFileError", "CoreChangedError", "CropError", "EditInputError", "EZIGenError",
+        "InputValueError", "MaskPlacementError", "SubjectFileError", "UnsupportedModelError")}
+    assert bases == {**{name: [ValueError] for name in (  # the standard bases callers may catch are kept
+        "AdapterFileError", "ClipVisionFileError", "CropError", "EditInputError", "InputValueError", "SubjectFileError",
+        "UnsupportedModelError")}, "CoreChangedError": [RuntimeError], "MaskPlacementError": [RuntimeError],
+        "EZIGenError": []}
 
 
 def test_values_repeated_in_messages_are_cut_short():

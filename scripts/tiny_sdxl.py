@@ -1,0 +1,55 @@
+"""A reduced-width SDXL that ComfyUI treats as SDXL: its UNet is `comfy.model_base.SDXL` under a
+`comfy.supported_models.SDXL` config (so the family reads "SDXL" and the model takes SDXL's added conditioning),
+its CLIP is ComfyUI's own two-tower `SDXLClipModel` (clip_l + clip_g) inside a `comfy.sd.CLIP`, narrowed through
+the `clip_l_model_config` / `clip_g_model_config` model options every supported core reads. Random weights.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.sdxl_clip
+import comfy.supported_models
+
+from tiny_models import TINY_CHANNELS, _unet_config, init_random
+
+CLIP_L_WIDTH, CLIP_G_WIDTH = 32, 48
+CONTEXT_WIDTH = CLIP_L_WIDTH + CLIP_G_WIDTH  # SDXL concatenates clip_l's and clip_g's states (768 + 1280)
+SIZE_IDS_WIDTH = 6 * 256  # SDXL's six size ids, 256 Fourier features each
+DEPTHS = (2, 3)  # SDXL: 2 and 10
+
+
+def _tower(width: int, layers: int, act: str) -> dict:
+    return {"hidden_size": width, "intermediate_size": 2 * width, "num_attention_heads": 2, "num_hidden_layers": layers,
+            "hidden_act": act}
+
+
+def tiny_sdxl(seed: int = 0, depths: tuple[int, int] = DEPTHS):
+    """A MODEL of SDXL's layout in miniature (see tiny_models.tiny_sdxl_like), as ComfyUI's SDXL classes."""
+    config = _unet_config(CONTEXT_WIDTH, TINY_CHANNELS)
+    config.update(transformer_depth=[0, 0, depths[0], depths[0], depths[1], depths[1]],
+                  transformer_depth_output=[0, 0, 0, depths[0], depths[0], depths[0], depths[1], depths[1], depths[1]],
+                  channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2], transformer_depth_middle=depths[1],
+                  num_classes="sequential", adm_in_channels=CLIP_G_WIDTH + SIZE_IDS_WIDTH)
+    model_config = comfy.supported_models.SDXL(config)
+    model_config.unet_config["num_head_channels"] = 32
+    base = comfy.model_base.SDXL(model_config, device="cpu")
+    init_random(base.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def tiny_sdxl_clip(seed: int = 4):
+    """A CLIP of ComfyUI's SDXL class with towers 32 (clip_l, quick_gelu) and 48 (clip_g, gelu) wide, 3 layers."""
+    target = types.SimpleNamespace(params={}, clip=comfy.sdxl_clip.SDXLClipModel,
+                                   tokenizer=comfy.sdxl_clip.SDXLTokenizer)
+    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": _tower(CLIP_L_WIDTH, 3, "quick_gelu"),
+                                                "clip_g_model_config": _tower(CLIP_G_WIDTH, 3, "gelu"),
+                                                "dtype": torch.float32})
+    init_random(clip.cond_stage_model, seed, std=0.1)
+    return clip
