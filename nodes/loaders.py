@@ -60,7 +60,7 @@ class EZIGenLoadEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter_name: str, encoder_model, residual: str = RESIDUAL_CHOICES[0]) -> io.NodeOutput:
-        require_valid_widgets(cls, locals())
+        require_valid_widgets(cls, adapter_name=adapter_name, residual=residual)
         path = folder_paths.get_full_path_or_raise(EZIGEN_FOLDER, adapter_name)
         return io.NodeOutput(load_encoder(path, encoder_model, f"models/{EZIGEN_FOLDER}/{adapter_name}",
                                           name=adapter_name, residual=residual_override(residual)))

@@ -76,6 +76,6 @@ class EZIGenSubjectPrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text: str, layers: str) -> io.NodeOutput:
-        require_valid_widgets(cls, locals())
+        require_valid_widgets(cls, layers=layers)
         context, pooled = encode_prompts(clip, [text], layers)
         return io.NodeOutput([[context, {} if pooled is None else {"pooled_output": pooled}]])

@@ -152,9 +152,9 @@ def random_context(seed: int = 0, batch: int = 1, tokens: int = 7, width: int = 
 
 def sample(model, seed: int = 0, steps: int = 10, cfg: float = 5.0, batch: int = 1, size: int = 8,
            sampler: str = "euler", scheduler: str = "ddim_uniform", noise: torch.Tensor | None = None,
-           pooled_dim: int | None = None):
-    """A stock ComfyUI sampling run (the KSampler code path) with random text conditioning; `pooled_dim`:
-    the conditioning also carries a random pooled text embedding of that width (SDXL's)."""
+           pooled_dim: int | None = None, context_width: int = TINY_CONTEXT):
+    """A stock ComfyUI sampling run (the KSampler code path) with random text conditioning `context_width` wide;
+    `pooled_dim`: the conditioning also carries a random pooled text embedding of that width (SDXL's)."""
     import comfy.sample
 
     if noise is None:
@@ -165,8 +165,8 @@ def sample(model, seed: int = 0, steps: int = 10, cfg: float = 5.0, batch: int =
             return {}
         return {"pooled_output": torch.randn(1, pooled_dim, generator=torch.Generator().manual_seed(seed_))}
 
-    positive = [[random_context(100), options(102)]]
-    negative = [[random_context(101), options(103)]]
+    positive = [[random_context(100, width=context_width), options(102)]]
+    negative = [[random_context(101, width=context_width), options(103)]]
     with torch.inference_mode():
         return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative,
                                    torch.zeros_like(noise), disable_pbar=True, seed=seed)
@@ -183,61 +183,6 @@ def tiny_sdxl_like(depths: tuple[int, int] = (2, 2), seed: int = 0):
     init_random(base.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
-
-
-SDXL_TOWER = 16  # the reduced SDXL CLIP towers' width: context 2 x 16 = TINY_CONTEXT, pooled 16
-SDXL_POOLED = SDXL_TOWER  # the reduced SDXL's pooled text width (SDXL-base: bigG's 1280)
-SDXL_SIZE_IDS = 6 * 256  # SDXL's added conditioning beside the pooled text: six size ids of 256 channels each
-
-
-def sdxl_unet_config(model_channels: int = 320, context_dim: int = 2048, pooled_dim: int = 1280) -> dict:
-    """ComfyUI's SDXL unet_config (comfy.supported_models.SDXL's, plus what model detection reads off an
-    SDXL-base checkpoint) at the given widths; the defaults are SDXL-base's own."""
-    import comfy.supported_models
-
-    return {**comfy.supported_models.SDXL.unet_config,
-            "model_channels": model_channels, "context_dim": context_dim, "adm_in_channels": pooled_dim + SDXL_SIZE_IDS,
-            # what comfy.model_detection.detect_unet_config adds for an SDXL-base state dict
-            "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-            "num_classes": "sequential", "in_channels": 4, "out_channels": 4, "num_res_blocks": [2, 2, 2],
-            "channel_mult": [1, 2, 4], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-            "transformer_depth_middle": 10, "use_temporal_resblock": False}
-
-
-def tiny_sdxl(seed: int = 0, model_channels: int = 32, context_dim: int = TINY_CONTEXT,
-              pooled_dim: int = SDXL_POOLED, device: str = "cpu"):
-    """ComfyUI's own SDXL (config comfy.supported_models.SDXL, model comfy.model_base.SDXL with SDXL's
-    encode_adm): all 70 transformer layers, at reduced widths. `device="meta"` builds it without memory
-    (no weights to initialise), e.g. at SDXL-base's full widths."""
-    import comfy.supported_models
-
-    config = comfy.supported_models.SDXL(sdxl_unet_config(model_channels, context_dim, pooled_dim))
-    config.set_inference_dtype(torch.float32, None)
-    base = comfy.model_base.SDXL(config, model_type=comfy.model_base.ModelType.EPS, device=device)
-    if device != "meta":
-        init_random(base.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
-
-
-def tiny_sdxl_clip(seed: int = 4, layers: int = 3):
-    """ComfyUI's own SDXL CLIP (SDXLClipModel: CLIP-L and bigG towers, SDXL's tokenizers) with random weights
-    and towers of SDXL_TOWER channels and `layers` layers (bigG's activation and projection kept)."""
-    import comfy.sd
-    import comfy.sdxl_clip
-    import comfy.supported_models_base
-
-    def tower(activation: str) -> dict:
-        return {"hidden_size": SDXL_TOWER, "intermediate_size": 2 * SDXL_TOWER, "num_attention_heads": 2,
-                "num_hidden_layers": layers, "hidden_act": activation, "projection_dim": SDXL_TOWER,
-                "max_position_embeddings": 77, "vocab_size": 49408, "eos_token_id": 49407, "bos_token_id": 0,
-                "pad_token_id": 1, "layer_norm_eps": 1e-5}
-
-    target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
-    clip = comfy.sd.CLIP(target=target, model_options={"clip_l_model_config": tower("quick_gelu"),
-                                                       "clip_g_model_config": tower("gelu")})
-    init_random(clip.cond_stage_model, seed, std=0.2)
-    return clip
 
 
 def tiny_flux():

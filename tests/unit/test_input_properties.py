@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.subject_file import load_subject
 
-from tiny_models import (SDXL_POOLED, TINY_CONTEXT, load_pack, patched_tiny, random_context, tiny_encoder, tiny_model,
-                         tiny_sdxl_clip, tiny_vae)
+from tiny_models import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
+from tiny_sdxl import CLIP_G_WIDTH, CONTEXT_WIDTH, tiny_sdxl_clip
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])
@@ -258,7 +258,7 @@ def test_any_subject_prompt_text_is_encoded(pack, sdxl_clip, words, layers):
         event("refused: surrogate")
         return
     ((context, options),) = conditioning
-    assert context.shape[0] == 1 and context.shape[2] == TINY_CONTEXT and context.shape[1] % 77 == 0
+    assert context.shape[0] == 1 and context.shape[2] == CONTEXT_WIDTH and context.shape[1] % 77 == 0
     assert layers == "comfy" or context.shape[1] == 77
-    assert options["pooled_output"].shape == (1, SDXL_POOLED)
+    assert options["pooled_output"].shape == (1, CLIP_G_WIDTH)
     assert bool(torch.isfinite(context).all()) and bool(torch.isfinite(options["pooled_output"]).all())

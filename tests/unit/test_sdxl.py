@@ -22,8 +22,8 @@ from ezigen_lib.inject import apply_subject
 from ezigen_lib.subject_file import SubjectFileError, load_subject, require_subject_fits, save_subject
 from ezigen_lib.text_encoding import encode_prompts
 
-from tiny_models import (SDXL_POOLED, TINY_CONTEXT, random_adapter_state, random_context, sample, tiny_model,
-                         tiny_sdxl, tiny_sdxl_clip, tiny_vae)
+from tiny_models import random_adapter_state, random_context, sample, tiny_model, tiny_vae
+from tiny_sdxl import CLIP_G_WIDTH, CONTEXT_WIDTH, sdxl_70, tiny_sdxl_clip
 
 # doc A2's table: (diffusers attention, ComfyUI block, layers, grid side at 1024 px, width, heads)
 DOC_TABLE = [
@@ -50,9 +50,14 @@ ADAPTER_TENSORS = {"adapter.to_q.weight": "to_q.weight", "adapter.to_k.weight": 
 HEAD_DIM = 64  # SDXL's (and the reduced model's) attention heads
 
 
+def text(seed: int = 0) -> torch.Tensor:
+    """A random text context of the reduced SDXL's width."""
+    return random_context(seed, width=CONTEXT_WIDTH)
+
+
 @pytest.fixture(scope="module")
 def sdxl():
-    return tiny_sdxl(seed=3)
+    return sdxl_70(seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,7 @@ def main_unet_state(prefixes, state, dtype=torch.float32):
 def test_sdxl_base_has_the_docs_70_layers(sdxl):
     """SDXL-base's full unet_config on the meta device: family, blocks, widths and heads as the doc's table, and
     the reduced model's captured tokens at a 128x128 latent are the table's grids (same levels)."""
-    full = family_of(tiny_sdxl(device="meta", model_channels=320, context_dim=2048, pooled_dim=1280))
+    full = family_of(sdxl_70(device="meta", model_channels=320, context_dim=2048, pooled_dim=1280))
     assert full.name == "SDXL" and full.context_dim == 2048 and len(full.layers) == 70
     got = [(layer.reference_prefix, layer.address[:2], layer.address[2], layer.width, layer.heads)
            for layer in full.layers]
@@ -82,13 +87,13 @@ def test_sdxl_base_has_the_docs_70_layers(sdxl):
     assert sum(row[3] for row in SDXL_ROWS) == 102_400  # the doc's total tokens per subject
     base = sdxl.model
     latent = torch.zeros(1, 4, 128, 128)
-    features = capture_features(base, latent, latent, random_context(), torch.device("cpu"), torch.device("cpu"),
-                                torch.float32, adm=subject_adm(base, torch.zeros(1, SDXL_POOLED), 1024))
+    features = capture_features(base, latent, latent, text(), torch.device("cpu"), torch.device("cpu"),
+                                torch.float32, adm=subject_adm(base, torch.zeros(1, CLIP_G_WIDTH), 1024))
     assert [f.shape[1] for f in features] == [row[3] for row in SDXL_ROWS]
 
 
 def test_subject_adm_is_sdxls_size_embedding(sdxl):
-    pooled = torch.randn(1, SDXL_POOLED, generator=torch.Generator().manual_seed(0))
+    pooled = torch.randn(1, CLIP_G_WIDTH, generator=torch.Generator().manual_seed(0))
     want = sdxl.model.encode_adm(pooled_output=pooled, width=1024, height=1024, crop_w=0, crop_h=0,
                                  target_width=768, target_height=768)
     assert torch.equal(subject_adm(sdxl.model, pooled, 768), want)
@@ -115,7 +120,7 @@ def test_capture_is_norm1_of_every_layer_in_run_order(sdxl):
     base = sdxl.model
     g = torch.Generator().manual_seed(5)
     latent, noise = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
-    pooled, context = torch.randn(1, SDXL_POOLED, generator=g), random_context(3)
+    pooled, context = torch.randn(1, CLIP_G_WIDTH, generator=g), text(3)
     y = base.encode_adm(pooled_output=pooled, width=1024, height=1024, crop_w=0, crop_h=0, target_width=64,
                         target_height=64)
     sigma = base.model_sampling.sigma(torch.tensor(1.0))  # DDPM timestep 1
@@ -153,8 +158,8 @@ def test_one_adapter_block_matches_the_docs_equations(sdxl, widths, residual):
     base = sdxl.model
     g = torch.Generator().manual_seed(6)
     latent, noise, pooled = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g), \
-        torch.randn(1, SDXL_POOLED, generator=g)
-    features = capture_features(base, latent, noise, random_context(4), torch.device("cpu"), torch.device("cpu"),
+        torch.randn(1, CLIP_G_WIDTH, generator=g)
+    features = capture_features(base, latent, noise, text(4), torch.device("cpu"), torch.device("cpu"),
                                 torch.float32, adm=subject_adm(base, pooled, 64))
     for k in (3, 40):  # a 2-layer block at the first level (1 head) and a 10-layer block below (2 heads)
         h1 = features[k] * 1.5 + 0.1  # any block state of the layer's shape
@@ -275,9 +280,9 @@ def sdxl_run(sdxl, sdxl_files, tmp_path_factory):
     assert convert.main([str(sdxl_files[2]), str(out), "--dtype", "fp32"]) == 0
     encoder = load_encoder(out, sdxl, name="sdxl.safetensors")
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
-    pooled = torch.randn(1, SDXL_POOLED, generator=torch.Generator().manual_seed(3))
+    pooled = torch.randn(1, CLIP_G_WIDTH, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        subject = encode_subject(encoder.model, tiny_vae(), random_context(), image, None, 0, 64,
+        subject = encode_subject(encoder.model, tiny_vae(), text(), image, None, 0, 64,
                                  encoder.info.widths, adapter=encoder.name, pooled=pooled)
     return encoder, subject
 
@@ -285,12 +290,12 @@ def sdxl_run(sdxl, sdxl_files, tmp_path_factory):
 def test_encode_patch_and_ksampler_on_sdxl(sdxl, sdxl_run):
     encoder, subject = sdxl_run
     assert subject.family == "SDXL" and len(subject.features) == 70
-    model = tiny_sdxl(seed=7)
+    model = sdxl_70(seed=7)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    plain = sample(model, steps=3, noise=noise, pooled_dim=SDXL_POOLED)
-    patched = sample(apply_subject(model, encoder, subject, 1.0, 0.0, 1.0), steps=3, noise=noise,
-                     pooled_dim=SDXL_POOLED)
-    off = sample(apply_subject(model, encoder, subject, 0.0, 0.0, 1.0), steps=3, noise=noise, pooled_dim=SDXL_POOLED)
+    widths = {"pooled_dim": CLIP_G_WIDTH, "context_width": CONTEXT_WIDTH}
+    plain = sample(model, steps=3, noise=noise, **widths)
+    patched = sample(apply_subject(model, encoder, subject, 1.0, 0.0, 1.0), steps=3, noise=noise, **widths)
+    off = sample(apply_subject(model, encoder, subject, 0.0, 0.0, 1.0), steps=3, noise=noise, **widths)
     assert bool(torch.isfinite(patched).all())
     assert (patched - plain).abs().max() > 1e-3
     assert torch.equal(off, plain)
@@ -299,7 +304,7 @@ def test_encode_patch_and_ksampler_on_sdxl(sdxl, sdxl_run):
 def test_sdxl_needs_the_pooled_prompt(sdxl_run):
     encoder, _ = sdxl_run
     with pytest.raises(UnsupportedModelError, match="pooled text embedding"):
-        encode_subject(encoder.model, tiny_vae(), random_context(), torch.rand(1, 64, 64, 3), None, 0, 64,
+        encode_subject(encoder.model, tiny_vae(), text(), torch.rand(1, 64, 64, 3), None, 0, 64,
                        encoder.info.widths)
 
 
@@ -320,8 +325,8 @@ def _tower_by_hand(sd: dict, prefix: str, ids: list[int], activation, final_ln: 
     """A CLIP text tower in plain torch: token + position embedding, pre-LN layers with a causal mask, final
     LayerNorm; `layer`: stop after that many layers (no final LN unless `final_ln`)."""
     t = f"{prefix}.transformer.text_model"
-    embeddings = f"{t}.embeddings"
-    x = (sd[f"{embeddings}.token_embedding.weight"][torch.tensor(ids)] + sd[f"{embeddings}.position_embedding.weight"])[None]
+    tokens, positions = sd[f"{t}.embeddings.token_embedding.weight"], sd[f"{t}.embeddings.position_embedding.weight"]
+    x = (tokens[torch.tensor(ids)] + positions)[None]
     n = x.shape[1]
     mask = torch.full((n, n), float("-inf")).triu(1)
     count = len({k.split(".")[5] for k in sd if k.startswith(f"{t}.encoder.layers.")})
@@ -380,7 +385,7 @@ def test_subject_prompt_final_keeps_the_first_77_tokens_and_batches():
     long = " ".join(["dog"] * 100)
     assert encode_prompts(clip, [long], "comfy")[0].shape[1] == 154
     context, pooled = encode_prompts(clip, [long, "a cat"], "final")
-    assert context.shape == (2, 77, TINY_CONTEXT) and pooled.shape == (2, SDXL_POOLED)
+    assert context.shape == (2, 77, CONTEXT_WIDTH) and pooled.shape == (2, CLIP_G_WIDTH)
     with pytest.raises(ValueError, match="different lengths"):
         encode_prompts(clip, [long, "a cat"], "comfy")
     with pytest.raises(ValueError, match="layers must be one of comfy, final"):
@@ -401,14 +406,15 @@ def test_the_nodes_chain_on_sdxl(sdxl_run):
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         (subject,) = pack.EZIGenEncodeSubject.execute(encoder, tiny_vae(), prompt, image, seed=0, resolution=64).args
-    model = tiny_sdxl(seed=7)
+    model = sdxl_70(seed=7)
     positive = comfy_nodes.CLIPTextEncode().encode(clip, "a dog on the beach")[0]
     negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
 
     def ksampler(m):
         with torch.inference_mode():
-            return comfy_nodes.KSampler().sample(m, 1, 3, 5.0, "euler", "normal", positive, negative, latent)[0]["samples"]
+            out = comfy_nodes.KSampler().sample(m, 1, 3, 5.0, "euler", "normal", positive, negative, latent)
+        return out[0]["samples"]
 
     (patched,) = pack.EZIGenPatchUNetAttention.execute(model, encoder, subject, strength=1.0, start_percent=0.0,
                                                        end_percent=1.0).args
