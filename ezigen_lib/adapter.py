@@ -19,7 +19,7 @@ from torch import nn
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.ops
 
-RESIDUALS = ("double", "single")  # h1 + u + O, h1 + O
+from .family import RESIDUALS
 
 
 class BlockAdapter(nn.Module):

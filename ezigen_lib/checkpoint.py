@@ -4,7 +4,11 @@ Two on-disk forms are accepted:
 - the reference release: an accelerate checkpoint folder (``model.safetensors``, or
   ``pytorch_model.bin`` from older accelerate) holding the whole main UNet plus the adapters,
   keys possibly prefixed ``module.`` (multi-GPU training);
-- our adapter-only safetensors (written by ``python -m ezigen_lib.convert``), with metadata.
+- upstream's SDXL outputs: ``diffusion_pytorch_model.bin`` (the whole main UNet, diffusers names) on its
+  own or in an accelerate checkpoint folder;
+- our adapter-only safetensors (written by ``python -m ezigen_lib.convert``), with metadata, which records
+  the family (ComfyUI's config name) and the adapter residual; a reference file's family comes from its
+  layout (family.reference_layout).
 
 Only the adapter tensors (7 per transformer layer) and ``learnable_weights`` are kept. The file declares its
 own layout: ``learnable_weights`` has one entry per layer, the reference's key names say where each layer sits
@@ -26,12 +30,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .checks import exception_text, public_error, shown as echo
+from .family import FAMILY_NAME, RESIDUALS, reference_layout
 
 FORMAT_NAME = "ezigen-adapter"
 FORMAT_VERSION = "1"
 REFERENCE_BASE = "sd2.1-base"
 REFERENCE_HEAD_DIM = 64  # SD2.1-base attention heads are 64 wide; the adapter keeps that split
-REFERENCE_FILES = ("model.safetensors", "pytorch_model.bin")
+REFERENCE_FILES = ("model.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.bin")
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 
 WHERE_FILES_GO = (
@@ -65,7 +70,7 @@ class AdapterInfo:
     base_model: str
     source: str
     family: str | None = None  # ComfyUI's config name of the UNet it was made for (SD20, SDXL); None: unknown
-    residual: str = "double"  # adapter.RESIDUALS: how its output joins the block (weights cannot tell)
+    residual: str = "double"  # family.RESIDUALS: how its output joins the block (weights cannot tell)
 
 
 @dataclass
@@ -278,9 +283,18 @@ def load_adapter(path: str | os.PathLike, shown: str | None = None) -> AdapterWe
         tensors, all_keys, metadata = _read_safetensors(path, shown)
     else:
         tensors, all_keys, metadata = _read_pickle(path, shown)
+    ours = metadata.get("format") == FORMAT_NAME
+    layout = None if ours else reference_layout(reference_layers([_strip_module(k) for k in all_keys]))
+    if layout is not None and layout.refused:
+        raise _fail(shown, layout.refused)
     widths = _validate(shown, tensors, all_keys)
-    info = _read_metadata(shown, metadata, widths) if metadata.get("format") == FORMAT_NAME else AdapterInfo(
-        widths=widths, head_dim=REFERENCE_HEAD_DIM, base_model=REFERENCE_BASE, source=f"{path.parent.name}/{path.name}")
+    if ours:
+        info = _read_metadata(shown, metadata, widths)
+    else:  # a reference file: its layout says the family (unknown layouts: as SD2.1's release, family unknown)
+        info = AdapterInfo(widths=widths, head_dim=REFERENCE_HEAD_DIM, source=f"{path.parent.name}/{path.name}",
+                           base_model=layout.base_model if layout else REFERENCE_BASE,
+                           family=layout.family if layout else None,
+                           residual=layout.residual if layout else AdapterInfo.residual)
     return AdapterWeights(state_dict=tensors, info=info, metadata=metadata)
 
 
@@ -318,8 +332,13 @@ def _read_metadata(shown: str, metadata: dict[str, str], widths: tuple[int, ...]
             raise bad(field_name, "a short plain name (letters, digits, . _ - + / space, at most 200 characters)")
     if "training_steps" in metadata and not _DECIMAL.fullmatch(metadata["training_steps"]):
         raise bad("training_steps", "a whole number of steps")
+    if "family" in metadata and not FAMILY_NAME.fullmatch(metadata["family"]):
+        raise bad("family", "ComfyUI's model family name of the base, e.g. SD20 or SDXL")
+    if metadata.get("residual", AdapterInfo.residual) not in RESIDUALS:
+        raise bad("residual", f"one of {', '.join(RESIDUALS)} (how the adapter's output joins its block)")
     return AdapterInfo(widths=widths, head_dim=head_dim, base_model=metadata.get("base_model", REFERENCE_BASE),
-                       source=metadata.get("source", shown.rsplit("/", 1)[-1]))
+                       source=metadata.get("source", shown.rsplit("/", 1)[-1]), family=metadata.get("family"),
+                       residual=metadata.get("residual", AdapterInfo.residual))
 
 
 def save_adapter(weights: AdapterWeights, out_path: str | os.PathLike, dtype: torch.dtype | None = None,
@@ -335,6 +354,8 @@ def save_adapter(weights: AdapterWeights, out_path: str | os.PathLike, dtype: to
         "head_dim": str(info.head_dim),
         "widths": ",".join(map(str, info.widths)),
         "source": info.source,
+        "residual": info.residual,
+        **({"family": info.family} if info.family else {}),
         **(extra_metadata or {}),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The EZIGEN_ENCODER bundle: the frozen UNet that encodes subjects plus the trained adapters."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -44,14 +45,17 @@ def adapter_patcher(state_dict: dict, info: AdapterInfo):
 
 
 def load_encoder(adapter_path: str | os.PathLike, encoder_model, shown: str | None = None,
-                 name: str | None = None) -> EZIGenEncoder:
+                 name: str | None = None, residual: str | None = None) -> EZIGenEncoder:
     """`shown`: how messages name the adapter file (see `load_adapter`); `name`: the file as its folder's
-    dropdown lists it (by default the file name), recorded in the subjects this encoder makes."""
+    dropdown lists it (by default the file name), recorded in the subjects this encoder makes; `residual`:
+    overrides the file's adapter residual (None: the file's, which weights cannot show)."""
     weights = load_adapter(adapter_path, shown)
-    family = require_adapter_fits(encoder_model, weights.info.widths, "encoder model")
-    if weights.info.base_model.startswith("sd2") and family.name != "SD20":
-        log.warning("EZIGen: the adapter was trained on %s features but the encoder model is %s; "
-                    "use the SD2.1-base checkpoint as the encoder for faithful results.",
-                    weights.info.base_model, family.name)
-    return EZIGenEncoder(model=encoder_model, adapter=adapter_patcher(weights.state_dict, weights.info),
-                         info=weights.info, name=name if name is not None else Path(adapter_path).name)
+    info = weights.info if residual is None else dataclasses.replace(weights.info, residual=residual)
+    family = require_adapter_fits(encoder_model, info.widths, "encoder model", info.family)
+    made_for = info.family or ("SD20" if info.base_model.startswith("sd2") else None)
+    if made_for is not None and family.name != made_for:  # same layers (e.g. SD1.5 and SD2.1), other features
+        log.warning("EZIGen: the adapter was trained on %s (%s) features but the encoder model is %s; "
+                    "use the %s checkpoint as the encoder for faithful results.",
+                    info.base_model, made_for, family.name, info.base_model)
+    return EZIGenEncoder(model=encoder_model, adapter=adapter_patcher(weights.state_dict, info),
+                         info=info, name=name if name is not None else Path(adapter_path).name)

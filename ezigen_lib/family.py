@@ -11,12 +11,15 @@ and hold no layout of their own; a new family of openaimodel UNets needs no code
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .checks import public_error
 from .core import core_changed, require_option
 
 Address = tuple[str, int, int]  # (block name, block id, block_index), e.g. ("input", 4, 1)
+RESIDUALS = ("double", "single")  # how an adapter's output joins its block: h1 + u + O, h1 + O
+FAMILY_NAME = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")  # a ComfyUI model config name as files record it
 
 
 @public_error
@@ -27,17 +30,70 @@ class UnsupportedModelError(ValueError):
 @dataclass(frozen=True)
 class FamilyFacts:
     """What a family's name implies and its layers cannot show: the square side it was trained at (the
-    subject's encoding size and the edit's work size) and the adapter residual upstream trained it with."""
+    subject's encoding size and the edit's work size), the adapter residual upstream trained it with, and
+    the name users know its checkpoints by (for messages)."""
     native_resolution: int
     residual: str  # "double" (h1 + u + O, SD2.1's release) or "single" (h1 + O, upstream's SDXL run)
+    label: str = "SD1.x/SD2.x"
 
 
 DEFAULT_FACTS = FamilyFacts(native_resolution=512, residual="double")
 FACTS = {  # keyed by ComfyUI's model config name; anything else is treated as an SD1.x/SD2.x-like UNet
     "SD15": DEFAULT_FACTS,
     "SD20": DEFAULT_FACTS,
-    "SDXL": FamilyFacts(native_resolution=1024, residual="single"),
+    "SDXL": FamilyFacts(native_resolution=1024, residual="single", label="SDXL"),
 }
+
+
+def facts_of(name: str | None) -> FamilyFacts:
+    """The facts of the family ComfyUI calls `name` (SD1.x/SD2.x-like defaults for any other)."""
+    return FACTS.get(name, DEFAULT_FACTS)
+
+
+def _layers_of(*attentions: tuple[str, int]) -> tuple[str, ...]:
+    """Diffusers layer names from (attention prefix, layers in it) pairs, in run order."""
+    return tuple(f"{prefix}.transformer_blocks.{j}" for prefix, depth in attentions for j in range(depth))
+
+
+def _attentions(section: str, levels, per_level: int, depth: int) -> list[tuple[str, int]]:
+    return [(f"{section}.{level}.attentions.{a}", depth) for level in levels for a in range(per_level)]
+
+
+@dataclass(frozen=True)
+class ReferenceLayout:
+    """The layer layout of an upstream checkpoint (diffusers names, no metadata): what family and base it was
+    trained for, or why it cannot run (`refused`)."""
+    family: str
+    base_model: str
+    prefixes: tuple[str, ...]  # ".../transformer_blocks.j" of each adapter, in run order
+    refused: str | None = None
+
+    @property
+    def residual(self) -> str:
+        return facts_of(self.family).residual
+
+
+_SDXL_UP = _attentions("up_blocks", (0,), 3, 10) + _attentions("up_blocks", (1,), 3, 2)
+REFERENCE_LAYOUTS = (
+    # SD2.1's release (SD1.x has the same 16 layers; the released weights are SD2.1-base's)
+    ReferenceLayout("SD20", "sd2.1-base", _layers_of(*_attentions("down_blocks", range(3), 2, 1),
+                                                     ("mid_block.attentions.0", 1),
+                                                     *_attentions("up_blocks", (1, 2, 3), 3, 1))),
+    # upstream's SDXL run: every layer of SDXL-base's 11 SpatialTransformers (ezigen-sdxl-flux.md A2/A3)
+    ReferenceLayout("SDXL", "sdxl-base-1.0", _layers_of(*_attentions("down_blocks", (1,), 2, 2),
+                                                        *_attentions("down_blocks", (2,), 2, 10),
+                                                        ("mid_block.attentions.0", 10), *_SDXL_UP)),
+    ReferenceLayout("SDXL", "sdxl-base-1.0", _layers_of(*_SDXL_UP), refused=(
+        "it is upstream's SDXL `only_up` variant (adapters on the 36 up-block layers only). Upstream pairs those "
+        "adapters with the first 36 subject features, which come from the down and middle blocks (some 640 wide "
+        "for 1280-wide adapters), so that variant cannot run as trained; use a checkpoint of the full 70-layer "
+        "SDXL run")),
+)
+
+
+def reference_layout(prefixes: list[str] | tuple[str, ...]) -> ReferenceLayout | None:
+    """The known upstream layout whose layers are exactly `prefixes` (in run order); None for any other."""
+    return next((layout for layout in REFERENCE_LAYOUTS if layout.prefixes == tuple(prefixes)), None)
 
 
 @dataclass(frozen=True)
@@ -69,7 +125,7 @@ class Family:
 
     @property
     def facts(self) -> FamilyFacts:
-        return FACTS.get(self.name, DEFAULT_FACTS)
+        return facts_of(self.name)
 
     @property
     def native_resolution(self) -> int:
@@ -175,26 +231,30 @@ def family_of(model) -> Family:
     return Family(model_family_name(base), tuple(layers), context_dim, latent_channels)
 
 
-def require_adapter_fits(model_patcher, widths: tuple[int, ...], role: str) -> Family:
+def require_adapter_fits(model_patcher, widths: tuple[int, ...], role: str,
+                         adapter_family: str | None = None) -> Family:
     """The family of `model_patcher`, after refusing (before anything is patched) one whose transformer layers
-    are not those the adapter of `widths` was made for."""
+    are not those the adapter of `widths` (made for `adapter_family`, None: unknown) was made for."""
     family = family_of(model_patcher)
+    supported = " and ".join(dict.fromkeys(facts.label for facts in FACTS.values()))
     if not family.layers:
         raise UnsupportedModelError(
-            f"The {role} is a {family.name} model, which has no SD-style UNet. EZIGen works with SD1.x and "
-            "SD2.x checkpoints (the released weights are for SD2.1-base); to edit a FLUX or other image, "
+            f"The {role} is a {family.name} model, which has no SD-style UNet. EZIGen works with {supported} "
+            "checkpoints (the released weights are for SD2.1-base); to edit a FLUX or other image, "
             "decode it to an IMAGE and use an SD2.1-base checkpoint for EZIGen.")
+    adapter = (f"{adapter_family} ({len(widths)} transformer layers)" if adapter_family
+               else f"a UNet of {len(widths)} transformer layers")
+    fix = (f"use a {facts_of(adapter_family).label} checkpoint as the {role}, or an adapter made for "
+           f"{facts_of(family.name).label}" if adapter_family else "use the checkpoint family the adapter was "
+           "trained on")
     if len(family.layers) != len(widths):
         raise UnsupportedModelError(
-            f"The {role} is a {family.name} model with {len(family.layers)} transformer layers in "
-            f"{len(family.depths)} blocks of depths {sorted(set(family.depths))}, but the EZIGen adapter was made "
-            f"for a UNet of {len(widths)} (SD1.x/SD2.x: 16 blocks of depth 1); use the checkpoint family the "
-            "adapter was trained on.")
+            f"The EZIGen adapter is for {adapter} but the {role} is {family.name} ({len(family.layers)} transformer "
+            f"layers in {len(family.depths)} blocks of depths {sorted(set(family.depths))}): {fix}.")
     if family.widths != tuple(widths):
         raise UnsupportedModelError(
             f"The {role} ({family.name}) has transformer widths {sorted(set(family.widths))} but the EZIGen "
-            f"adapter was made for widths {sorted(set(widths))}; use an SD1.x/SD2.x checkpoint with the "
-            "matching adapter.")
+            f"adapter ({adapter}) was made for widths {sorted(set(widths))}: {fix}.")
     return family
 
 

@@ -124,7 +124,7 @@ def apply_subject(model, encoder, subject: SubjectFeatures, strength: float,
         raise InputValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent}): the subject "
                               "would never be injected. Set start_percent <= end_percent (EZIGen's default is 0.6 "
                               "to 1.0), or strength 0 to switch the subject off.")
-    family = require_adapter_fits(model, encoder.info.widths, "model to patch")
+    family = require_adapter_fits(model, encoder.info.widths, "model to patch", encoder.info.family)
     encoder_family = model_family_name(encoder.model)
     if subject.family is not None and subject.family != encoder_family:
         raise InputValueError(f"The subject was encoded by a {subject.family} encoder (adapter "

@@ -43,7 +43,7 @@ import comfy.model_management
 from .capture import FEATURE_DTYPE, SubjectFeatures
 from .checkpoint import FORMAT_NAME as ADAPTER_FORMAT_NAME
 from .checks import cut, exception_text, public_error, shown as shown_value
-from .family import model_family_name
+from .family import FAMILY_NAME, model_family_name
 
 log = logging.getLogger("EZIGen")
 
@@ -64,7 +64,7 @@ MAX_METADATA = 16384  # characters of all metadata keys and values together
 NAME_MAX = 255  # bytes per file or folder name (ext4, XFS, btrfs, APFS, NTFS)
 PATH_MAX = 4096  # bytes of a whole path (Linux)
 
-_FAMILY = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
+_FAMILY = FAMILY_NAME
 _DECIMAL = re.compile(r"[0-9]{1,9}")
 _UNSAFE_NAME = re.compile(r'[<>:"|?*\x00-\x1f]')  # not allowed in file names on Windows (or anywhere, for NUL)
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no character, no UTF-8 encoding

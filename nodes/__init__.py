@@ -4,10 +4,11 @@ from .folders import register_model_folder
 from .loaders import EZIGenLoadCLIPVision, EZIGenLoadEncoder
 from .patch import EZIGenPatchUNetAttention
 from .sampler import EZIGenSampler
-from .subject import EZIGenEncodeSubject
+from .subject import EZIGenEncodeSubject, EZIGenSubjectPrompt
 from .subject_files import EZIGenLoadSubject, EZIGenSaveSubject
 
 NODE_LIST = [EZIGenLoadEncoder, EZIGenEncodeSubject, EZIGenPatchUNetAttention, EZIGenSampler,
-             EZIGenLoadCLIPVision, EZIGenEdit, EZIGenSaveSubject, EZIGenLoadSubject]
+             EZIGenLoadCLIPVision, EZIGenEdit, EZIGenSaveSubject, EZIGenLoadSubject,
+             EZIGenSubjectPrompt]
 
 __all__ = ["NODE_LIST", "register_model_folder"]

@@ -19,8 +19,8 @@ class EZIGenPatchUNetAttention(io.ComfyNode):
                         "60% of sampling (text sets the layout) and on for the rest (appearance). With a mask the "
                         "subject acts only in that region.",
             inputs=[
-                io.Model.Input("model", tooltip="SD1.x or SD2.x model to patch (the official adapter was trained "
-                                                "on SD2.1-base)."),
+                io.Model.Input("model", tooltip="SD1.x, SD2.x or SDXL model to patch, of the adapter's family (the "
+                                                "official adapter was trained on SD2.1-base)."),
                 EZIGenEncoderType.Input("encoder", tooltip="From Load EZIGen Encoder."),
                 EZIGenSubjectType.Input("subject", tooltip="From Encode Subject."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,

@@ -151,14 +151,22 @@ def random_context(seed: int = 0, batch: int = 1, tokens: int = 7, width: int = 
 
 
 def sample(model, seed: int = 0, steps: int = 10, cfg: float = 5.0, batch: int = 1, size: int = 8,
-           sampler: str = "euler", scheduler: str = "ddim_uniform", noise: torch.Tensor | None = None):
-    """A stock ComfyUI sampling run (the KSampler code path) with random text conditioning."""
+           sampler: str = "euler", scheduler: str = "ddim_uniform", noise: torch.Tensor | None = None,
+           pooled_dim: int | None = None, context_width: int = TINY_CONTEXT):
+    """A stock ComfyUI sampling run (the KSampler code path) with random text conditioning `context_width` wide;
+    `pooled_dim`: the conditioning also carries a random pooled text embedding of that width (SDXL's)."""
     import comfy.sample
 
     if noise is None:
         noise = torch.randn((batch, 4, size, size), generator=torch.Generator().manual_seed(seed))
-    positive = [[random_context(100), {}]]
-    negative = [[random_context(101), {}]]
+
+    def options(seed_: int) -> dict:
+        if pooled_dim is None:
+            return {}
+        return {"pooled_output": torch.randn(1, pooled_dim, generator=torch.Generator().manual_seed(seed_))}
+
+    positive = [[random_context(100, width=context_width), options(102)]]
+    negative = [[random_context(101, width=context_width), options(103)]]
     with torch.inference_mode():
         return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative,
                                    torch.zeros_like(noise), disable_pbar=True, seed=seed)

@@ -53,3 +53,30 @@ def tiny_sdxl_clip(seed: int = 4):
                                                 "dtype": torch.float32})
     init_random(clip.cond_stage_model, seed, std=0.1)
     return clip
+
+
+def sdxl_unet_config(model_channels: int = 320, context_dim: int = 2048, pooled_dim: int = 1280) -> dict:
+    """ComfyUI's SDXL unet_config (comfy.supported_models.SDXL's, plus what model detection reads off an
+    SDXL-base checkpoint) at the given widths; the defaults are SDXL-base's own."""
+    return {**comfy.supported_models.SDXL.unet_config,
+            "model_channels": model_channels, "context_dim": context_dim,
+            "adm_in_channels": pooled_dim + SIZE_IDS_WIDTH,
+            # what comfy.model_detection.detect_unet_config adds for an SDXL-base state dict
+            "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+            "num_classes": "sequential", "in_channels": 4, "out_channels": 4, "num_res_blocks": [2, 2, 2],
+            "channel_mult": [1, 2, 4], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+            "transformer_depth_middle": 10, "use_temporal_resblock": False}
+
+
+def sdxl_70(seed: int = 0, model_channels: int = 32, context_dim: int = CONTEXT_WIDTH,
+            pooled_dim: int = CLIP_G_WIDTH, device: str = "cpu"):
+    """ComfyUI's SDXL with SDXL-base's whole layout (all 70 transformer layers, SDXL's 64-wide heads) at reduced
+    widths; its text widths fit tiny_sdxl_clip. `device="meta"` builds it without memory (no weights), e.g. at
+    SDXL-base's full widths."""
+    config = comfy.supported_models.SDXL(sdxl_unet_config(model_channels, context_dim, pooled_dim))
+    config.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.SDXL(config, model_type=comfy.model_base.ModelType.EPS, device=device)
+    if device != "meta":
+        init_random(base.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())

@@ -13,7 +13,7 @@ from comfy_host import ComfyServer, PromptRejected
 
 REPO = Path(__file__).resolve().parents[2]
 OUR_NODES = {"EZIGenLoadEncoder", "EZIGenEncodeSubject", "EZIGenPatchUNetAttention", "EZIGenSampler",
-             "EZIGenLoadCLIPVision", "EZIGenEdit", "EZIGenSaveSubject", "EZIGenLoadSubject"}
+             "EZIGenLoadCLIPVision", "EZIGenEdit", "EZIGenSaveSubject", "EZIGenLoadSubject", "EZIGenSubjectPrompt"}
 
 
 def tracked_files() -> list[str]:

@@ -164,8 +164,8 @@ def test_patch_and_encoder_follow_the_cores_model_protocols(setup):
 
 @pytest.mark.parametrize("make,message", [
     (lambda: tiny_model(model_channels=128), "has transformer widths \\[128, 256, 512\\] but the EZIGen adapter"),
-    (tiny_sdxl_like, "TinySD model with 22 transformer layers in 11 blocks of depths \\[2\\], but the EZIGen "
-                     "adapter was made for a UNet of 16"),
+    (tiny_sdxl_like, "EZIGen adapter is for a UNet of 16 transformer layers but the model to patch is TinySD \\(22 "
+                     "transformer layers in 11 blocks of depths \\[2\\]\\)"),
     (tiny_flux, "Flux model, which has no SD-style UNet"),
 ])
 def test_unsupported_models_are_refused_before_patching(setup, make, message):

@@ -27,6 +27,7 @@ from ezigen_lib.capture import encode_subject
 from ezigen_lib.subject_file import load_subject
 
 from tiny_models import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
+from tiny_sdxl import CLIP_G_WIDTH, CONTEXT_WIDTH, tiny_sdxl_clip
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])
@@ -46,7 +47,8 @@ PIXEL_INPUTS = {("EZIGenEdit", "image"), ("EZIGenEdit", "mask"), ("EZIGenEncodeS
 FLOAT_INPUTS = {("EZIGenEdit", name) for name in ("cfg", "split_ratio", "sim_threshold", "crop_context")} | {
     ("EZIGenSampler", name) for name in ("cfg", "split_ratio", "sim_threshold")} | {
     ("EZIGenPatchUNetAttention", name) for name in PATCH_WIDGETS}
-STRING_INPUTS = {("EZIGenSaveSubject", "filename_prefix"), ("EZIGenSaveSubject", "subject_prompt")}
+STRING_INPUTS = {("EZIGenSaveSubject", "filename_prefix"), ("EZIGenSaveSubject", "subject_prompt"),
+                 ("EZIGenSubjectPrompt", "text")}
 DISPLAY = {"EZIGenEdit": "EZIGen Edit", "EZIGenEncodeSubject": "Encode Subject (EZIGen)",
            "EZIGenPatchUNetAttention": "Patch UNet Attention (EZIGen)", "EZIGenSampler": "EZIGen Sampler"}
 
@@ -236,3 +238,27 @@ def test_any_text_is_saved_portably_or_refused_clearly(pack, subject, prefix, wo
         assert name in folder_paths.get_filename_list("ezigen_subjects")  # Load EZIGen Subject lists it as returned
         assert load_subject(os.path.join(folder, name))[1]["subject_prompt"] == words
         event("saved")
+
+
+@pytest.fixture(scope="module")
+def sdxl_clip():
+    return tiny_sdxl_clip()
+
+
+@settings(EXAMPLES, max_examples=40)
+@given(words=TEXT, layers=st.sampled_from(["comfy", "final"]))
+def test_any_subject_prompt_text_is_encoded(pack, sdxl_clip, words, layers):
+    """EZIGen Subject Prompt takes any valid text as CLIPTextEncode does: whole 77-token chunks ('final': the
+    first one), SDXL's pooled output, finite values; a lone surrogate (which crashes newer tokenizers) is refused
+    by name."""
+    try:
+        (conditioning,) = pack.nodes.EZIGenSubjectPrompt.execute(clip=sdxl_clip, text=words, layers=layers).args
+    except ValueError as error:  # only text that is not valid Unicode, named as such
+        assert "not valid Unicode" in str(error) and any(0xD800 <= ord(c) <= 0xDFFF for c in words), repr(error)
+        event("refused: surrogate")
+        return
+    ((context, options),) = conditioning
+    assert context.shape[0] == 1 and context.shape[2] == CONTEXT_WIDTH and context.shape[1] % 77 == 0
+    assert layers == "comfy" or context.shape[1] == 77
+    assert options["pooled_output"].shape == (1, CLIP_G_WIDTH)
+    assert bool(torch.isfinite(context).all()) and bool(torch.isfinite(options["pooled_output"]).all())

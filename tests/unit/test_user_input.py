@@ -407,3 +407,18 @@ def test_values_repeated_in_messages_are_cut_short():
     with pytest.raises(InputValueError) as info:
         require_finite("cfg", "1" * 200_000)
     assert len(str(info.value)) < 200
+
+
+def test_loader_residual_input_overrides_the_file_and_is_checked(nodes, models_folder):
+    """Load EZIGen Encoder's optional residual: 'from file' keeps the file's (a reference SD file: double), a choice
+    overrides it, anything else is refused by name before the file is read."""
+    path = models_folder / "ezigen" / "res.safetensors"
+    save_file(random_adapter_state(3), str(path))
+    model = tiny_model()
+    assert nodes.EZIGenLoadEncoder.execute("res.safetensors", model)[0].adapter.model.blocks[0].double_residual
+    as_file = nodes.EZIGenLoadEncoder.execute("res.safetensors", model, residual="from file")[0]
+    single = nodes.EZIGenLoadEncoder.execute("res.safetensors", model, residual="single")[0]
+    assert as_file.info.residual == "double" and as_file.adapter.model.blocks[0].double_residual
+    assert single.info.residual == "single" and not any(b.double_residual for b in single.adapter.model.blocks)
+    with pytest.raises(ValueError, match="residual"):
+        nodes.EZIGenLoadEncoder.execute("res.safetensors", model, residual="triple")
