@@ -15,9 +15,26 @@ if TYPE_CHECKING:
     import torch
 
 LAYERS = ("comfy", "final")
-# sd1_clip.SDClipModel.set_clip_options maps a layer index deeper than the tower to its "last" output: the final
-# layer after the final LayerNorm (the same rule in ComfyUI 0.3.75, 0.8.0 and 0.28.2)
-_PAST_EVERY_TOWER = -(1 << 20)
+
+
+class _FinalLayers:
+    """A CLIP's text model with every option passed on except the layer, which is always each tower's final
+    output after its final LayerNorm (sd1_clip's "last", chosen by layer None). Needed on every call: from
+    ComfyUI 0.8.0 on, CLIP.encode_from_tokens sets the execution device after the layer, and that call puts a
+    tower back to its default hidden layer (SDXL's -2), so a layer chosen once does not hold."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def reset_clip_options(self):
+        self.model.reset_clip_options()
+        self.model.set_clip_options({"layer": None})
+
+    def set_clip_options(self, options):
+        self.model.set_clip_options({**options, "layer": None})
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
 
 
 def encode_prompts(clip, texts: list[str], layers: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -28,8 +45,8 @@ def encode_prompts(clip, texts: list[str], layers: str) -> tuple[torch.Tensor, t
     if layers not in LAYERS:
         raise ValueError(f"text layers must be one of {LAYERS}, not {layers!r}")
     if layers == "final":
-        clip = clip.clone()  # the caller's CLIP keeps its own layer setting
-        clip.clip_layer(_PAST_EVERY_TOWER)
+        clip = clip.clone()  # the caller's CLIP keeps its own layer choice
+        clip.cond_stage_model = _FinalLayers(clip.cond_stage_model)
     contexts, pooled = [], []
     for text in texts:
         context, pooled_row = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
