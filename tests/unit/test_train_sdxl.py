@@ -107,6 +107,15 @@ def test_exported_sdxl_adapter_records_its_family_and_reloads_bit_identically(fo
     assert all(torch.equal(loaded[k], v) for k, v in trained.items())
 
 
+@pytest.mark.slow
+def test_two_sdxl_processes_with_torchrun_stay_in_step(folder, tmp_path):
+    from unit.test_train import run_two_processes
+
+    ranks = run_two_processes(tmp_path, folder, "sdxl")
+    assert len(ranks[0]["state"]["learnable_weights"]) == 22  # the tiny SDXL's layers
+    assert load_adapter(tmp_path / "ezigen_adapter.safetensors").metadata["family"] == "SDXL"
+
+
 def test_staged_timesteps_draw_each_example_in_its_range(folder, tmp_path):
     trainer = tiny_sdxl_trainer(folder, tmp_path, staged_timesteps=True)
     batch = {"timesteps": [HIGH_NOISE_TIMESTEPS, LOW_NOISE_TIMESTEPS]}
