@@ -140,10 +140,16 @@ def set_resolution(dataset, resolution: int) -> None:
         source.resolution = resolution
 
 
+def default_text_layers(family: str) -> str:
+    """The text features a family's adapters are trained on by default: upstream's for SDXL (final layers),
+    ComfyUI's usual for the rest (what the SD2.1 release and this trainer always used)."""
+    return "final" if family in FINAL_TEXT_FAMILIES else "comfy"
+
+
 def train_settings(args: argparse.Namespace, family: str):
     from .training.trainer import TrainSettings
 
-    text_layers = args.text_layers or ("final" if family in FINAL_TEXT_FAMILIES else "comfy")
+    text_layers = args.text_layers or default_text_layers(family)
     return TrainSettings(
         residual=args.residual, staged_timesteps=args.staged_timesteps, text_layers=text_layers,
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
