@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.checkpoint.is_file():
             raise UsageError(f"checkpoint {args.checkpoint} not found (a single-file SD1.x/SD2.x/SDXL .safetensors, "
                              "the file ComfyUI/models/checkpoints holds)")
-        model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(args.checkpoint))
+        model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(args.checkpoint),
+                                                                     model_options=unet_options(args))
         if clip is None or vae is None:
             raise UsageError(f"checkpoint {args.checkpoint} holds no {'text encoder' if clip is None else 'VAE'}: "
                              "give the full single-file checkpoint (UNet, CLIP and VAE in one file)")
@@ -132,6 +133,15 @@ def training_dataset(args: argparse.Namespace):
     except TrainingDataError as exc:
         raise UsageError(str(exc)) from exc
     return sources[0] if len(sources) == 1 else torch.utils.data.ConcatDataset(sources)
+
+
+def unet_options(args: argparse.Namespace) -> dict:
+    """Without mixed precision the frozen UNet is loaded in fp32: the trainer calls it outside ComfyUI's
+    sampling, which would cast the inputs to the half precision ComfyUI picks on a GPU (on a CPU it is fp32
+    anyway). With fp16/bf16 ComfyUI's choice stands and autocast does the casting."""
+    import torch
+
+    return {"dtype": torch.float32} if args.mixed_precision == "no" else {}
 
 
 def set_resolution(dataset, resolution: int) -> None:

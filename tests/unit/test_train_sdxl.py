@@ -127,7 +127,7 @@ def test_staged_timesteps_draw_each_example_in_its_range(folder, tmp_path):
 
 
 def test_cli_settings_follow_the_family():
-    from ezigen_lib.train import parse_args, train_settings
+    from ezigen_lib.train import parse_args, train_settings, unet_options
 
     args = parse_args(["--checkpoint", "x.safetensors", "--out", "o"])
     sdxl, sd2 = train_settings(args, "SDXL"), train_settings(args, "SD20")
@@ -136,6 +136,8 @@ def test_cli_settings_follow_the_family():
     forced = train_settings(parse_args(["--checkpoint", "x", "--out", "o", "--text-layers", "comfy",
                                         "--residual", "double", "--staged-timesteps"]), "SDXL")
     assert (forced.text_layers, forced.residual, forced.staged_timesteps) == ("comfy", "double", True)
+    assert unet_options(args) == {"dtype": torch.float32}  # fp32 training: an fp32 UNet, whatever the GPU
+    assert unet_options(parse_args(["--checkpoint", "x", "--out", "o", "--mixed-precision", "fp16"])) == {}
 
 
 # -- text features: upstream's final layers vs ComfyUI's usual ---------------------------------------------------
