@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 LAYERS = ("comfy", "final")  # ComfyUI's usual encoding; every tower's final layer after its final LayerNorm
 LAST_LAYER = -1
@@ -44,6 +46,8 @@ def encode_prompts(clip, texts: list[str], layers: str) -> tuple[torch.Tensor, t
     ComfyUI's CLIP object `clip` (never changed). `layers`: "comfy" = what CLIPTextEncode gives; "final" =
     upstream's encoder pass: the final layer after LayerNorm of every tower, the first 77 tokens of each prompt
     (upstream's tokenizers truncate there)."""
+    import torch  # noqa: PLC0415 - train.py reads LAYERS before it bootstraps ComfyUI (and torch)
+
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {', '.join(LAYERS)}, not {layers!r}")
     if not texts:

@@ -234,3 +234,45 @@ def tiny_trainer(folder: Path, out: Path, **settings):
     settings.setdefault("subject_dropout", 0.0)
     return Trainer(tiny_model(seed=7), tiny_vae(), encode_text, FolderDataset(folder, 64), out,
                    TrainSettings(**settings))
+
+
+TINY_POOLED = 32  # the tiny SDXL's pooled text width (SDXL's bigG: 1280)
+SDXL_SIZE_IDS = 6 * 256  # SDXL's y after the pooled text: six 256-wide Fourier features of the size and crop ids
+
+
+def tiny_sdxl(seed: int = 0, depths: tuple[int, int] = (2, 2)):
+    """SDXL in miniature from ComfyUI's own SDXL config and model classes, so its family is SDXL and its
+    encode_adm SDXL's: no attention at the first level, `depths` layers per SpatialTransformer below (SDXL: 2 and
+    10, the middle block as deep as the deepest level), 32/64/128 channels, y = TINY_POOLED-wide pooled text +
+    the size ids."""
+    import comfy.supported_models
+
+    config = _unet_config(TINY_CONTEXT, 32)
+    config.update(transformer_depth=[0, 0, depths[0], depths[0], depths[1], depths[1]],
+                  transformer_depth_output=[0, 0, 0, depths[0], depths[0], depths[0], depths[1], depths[1], depths[1]],
+                  channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2], transformer_depth_middle=depths[1],
+                  num_classes="sequential", adm_in_channels=TINY_POOLED + SDXL_SIZE_IDS)
+    model_config = comfy.supported_models.SDXL(config)
+    model_config.unet_config["num_head_channels"] = TINY_HEAD_DIM
+    base = comfy.model_base.SDXL(model_config, model_type=comfy.model_base.ModelType.EPS, device="cpu")
+    init_random(base.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def encode_text_pooled(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`encode_text` with a pooled embedding per caption, as SDXL's CLIP gives: (context, pooled)."""
+    pooled = [torch.randn(1, TINY_POOLED, generator=torch.Generator().manual_seed(zlib.crc32(c.encode()) + 1))
+              for c in captions]
+    return encode_text(captions), torch.cat(pooled)
+
+
+def tiny_sdxl_trainer(folder: Path, out: Path, **settings):
+    """A trainer of the tiny SDXL (TAESD VAE, `encode_text_pooled`) on a training folder."""
+    from ezigen_lib.training.data import FolderDataset
+    from ezigen_lib.training.trainer import Trainer, TrainSettings
+
+    settings.setdefault("head_dim", TINY_HEAD_DIM)
+    settings.setdefault("subject_dropout", 0.0)
+    return Trainer(tiny_sdxl(seed=7), tiny_vae(), encode_text_pooled, FolderDataset(folder, 64), out,
+                   TrainSettings(**settings))

@@ -18,8 +18,10 @@ ADAPTER_FILE = "adapter.safetensors"
 
 
 def export(trainer, path: Path, dtype: torch.dtype = torch.float16) -> Path:
-    """The trained adapter file (our format), with the run's steps, data and settings in its metadata."""
-    meta = {"training_steps": str(trainer.step), "training_data": trainer.settings.data_name,
+    """The trained adapter file (our format), with the run's steps, data and settings in its metadata, and the
+    family and residual it was trained for (weights cannot tell the residual)."""
+    meta = {"family": trainer.info.family, "residual": trainer.info.residual,
+            "training_steps": str(trainer.step), "training_data": trainer.settings.data_name,
             "training_settings": json.dumps({k: v for k, v in asdict(trainer.settings).items() if k != "extra"})}
     if trainer.rank == 0:
         save_adapter(trainer.weights(), path, dtype, extra_metadata=meta)

@@ -25,6 +25,10 @@ class TrainingDataError(ValueError):
 
 
 MAX_SUBJECTS = 4  # the reference's subject slots per example
+# upstream's SDXL staged timesteps (doc A5, after AnyDoor): COCO / YouTube-VIS pairs only at high noise, the
+# clean Subjects200K pairs (here: a manifest folder) only at low noise
+HIGH_NOISE_TIMESTEPS = (333, 999)
+LOW_NOISE_TIMESTEPS = (0, 665)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Example:
     target: torch.Tensor  # (res, res, 3) in [0, 1]
     caption: str
     subject_captions: tuple[str, ...]
+    timesteps: tuple[int, int] | None = None  # its training timesteps (first, last) with staged timesteps
 
 
 def _image(path: Path, mode: str) -> torch.Tensor:
@@ -84,6 +89,7 @@ class FolderDataset(torch.utils.data.Dataset):
             target=prepare_subject_pixels(target, None, self.resolution)[0],
             caption=row["caption"],
             subject_captions=(row.get("subject_caption") or "a photo of a subject",),
+            timesteps=LOW_NOISE_TIMESTEPS,
         )
 
 
@@ -94,4 +100,5 @@ def collate(examples: list[Example]) -> dict:
         "target": torch.stack([e.target for e in examples]),
         "caption": [e.caption for e in examples],
         "subject_captions": [list(e.subject_captions) for e in examples],
+        "timesteps": [e.timesteps for e in examples],
     }

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from .data import MAX_SUBJECTS, Example, TrainingDataError
+from .data import HIGH_NOISE_TIMESTEPS, MAX_SUBJECTS, Example, TrainingDataError
 
 YTVIS_TEMPLATES = ("a photo of {}.", "a picture of {}.", "an image of {}.", "a fine image of {}.",
                    "a close-up photo of {}.", "a good photo of {}.", "a cropped photo of {}.", "a bright photo of {}.")
@@ -156,7 +156,8 @@ class CocoPairs(torch.utils.data.Dataset):
         subjects = [_resized(cut_out(pixels, segmentation_mask(a["segmentation"], h, w)), self.resolution)
                     for a in anns]
         return Example(subjects=torch.stack(subjects), target=_resized(pixels, self.resolution), caption=caption,
-                       subject_captions=tuple(f"a photo of a {names[a['category_id']]}." for a in anns))
+                       subject_captions=tuple(f"a photo of a {names[a['category_id']]}." for a in anns),
+                       timesteps=HIGH_NOISE_TIMESTEPS)
 
 
 class YtvisPairs(torch.utils.data.Dataset):
@@ -223,4 +224,4 @@ class YtvisPairs(torch.utils.data.Dataset):
         name = self.names[ann["category_id"]]
         return Example(subjects=_resized(subject, self.resolution)[None], target=_resized(target, self.resolution),
                        caption=rng.choice(YTVIS_TEMPLATES).format(f"a {name}"),
-                       subject_captions=(f"a photo of a {name}.",))
+                       subject_captions=(f"a photo of a {name}.",), timesteps=HIGH_NOISE_TIMESTEPS)

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..adapter import AdapterSet
+from ..adapter import RESIDUALS, AdapterSet
 from ..checkpoint import AdapterInfo, AdapterWeights
 from ..family import family_of
 from . import checkpoints
 from .data import collate
-from .objective import Objective, init_adapters_from_unet
+from .objective import Objective, TextFeatures, init_adapters_from_unet
 
 
 @dataclass
@@ -45,6 +45,9 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     save_every: int = 500
     head_dim: int = 64
+    residual: str | None = None  # adapter.RESIDUALS; None: the family's (SDXL single, SD1.x/SD2.x double)
+    staged_timesteps: bool = False  # each example's own timestep range (upstream's SDXL run, data.py)
+    text_layers: str = "comfy"  # text_encoding.LAYERS the run's text encoder uses (recorded, not applied here)
     base_model: str = "sd2.1-base"
     data_name: str = ""
     extra: dict = field(default_factory=dict)
@@ -61,22 +64,27 @@ def _world() -> tuple[int, int]:
 
 
 class Trainer:
-    """Trains adapters for `model` (a ComfyUI ModelPatcher of an SD1.x/SD2.x checkpoint): the optimizer, the
-    data order and the run; the loss is `objective`'s, the files `checkpoints`'.
+    """Trains adapters for `model` (a ComfyUI ModelPatcher of an SD1.x/SD2.x/SDXL checkpoint): the optimizer,
+    the data order and the run; the loss is `objective`'s, the files `checkpoints`'.
 
-    `encode_text(captions) -> (B, 77, D)` is the checkpoint's frozen text encoder.
+    `encode_text(captions)` is the checkpoint's frozen text encoder: the context (B, 77, D), or (context, pooled)
+    for a UNet that takes added conditioning (SDXL).
     """
 
-    def __init__(self, model, vae, encode_text: Callable[[list[str]], torch.Tensor], dataset, out_dir: str | Path,
+    def __init__(self, model, vae, encode_text: Callable[[list[str]], TextFeatures], dataset, out_dir: str | Path,
                  settings: TrainSettings, device: torch.device | str = "cpu"):
         self.model, self.vae, self.dataset = model, vae, dataset
         self.out_dir, self.settings, self.device = Path(out_dir), settings, torch.device(device)
         self.rank, self.world = _world()
         unet = model.model.diffusion_model.to(self.device).requires_grad_(False).eval()
         self.family = family_of(model)
+        residual = settings.residual or self.family.facts.residual
+        if residual not in RESIDUALS:
+            raise ValueError(f"residual {residual!r}: expected one of {', '.join(RESIDUALS)}")
         self.info = AdapterInfo(widths=self.family.widths, head_dim=settings.head_dim, base_model=settings.base_model,
-                                source="ezigen_lib.train")
-        self.adapters = AdapterSet(self.family.widths, settings.head_dim, dtype=torch.float32, device=self.device)
+                                source="ezigen_lib.train", family=self.family.name, residual=residual)
+        self.adapters = AdapterSet(self.family.widths, settings.head_dim, dtype=torch.float32, device=self.device,
+                                   residual=residual)
         init_adapters_from_unet(self.adapters, unet)
         self.optimizer = torch.optim.AdamW(self.adapters.parameters(), lr=settings.learning_rate,
                                            weight_decay=settings.weight_decay, betas=(0.9, 0.999), eps=1e-8)
@@ -167,6 +175,7 @@ def distributed_from_env() -> bool:
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """The run's peak memory so far: CUDA's max allocated on a GPU, the process's peak RSS on a CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource

@@ -1,4 +1,4 @@
-"""Run by torchrun from test_train_distributed: one tiny training run per process."""
+"""Run by torchrun from the two-process tests: one tiny training run per process (ARGV: out, data, [sdxl])."""
 import sys
 import tempfile
 from pathlib import Path
@@ -16,11 +16,12 @@ bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-ddp-")))
 import torch  # noqa: E402
 
 from ezigen_lib.training.trainer import distributed_from_env  # noqa: E402
-from tiny_models import tiny_trainer  # noqa: E402
+from tiny_models import tiny_sdxl_trainer, tiny_trainer  # noqa: E402
 
 out, data = Path(sys.argv[1]), Path(sys.argv[2])
 assert distributed_from_env(), "expected to be launched by torchrun with WORLD_SIZE > 1"
-trainer = tiny_trainer(data, out, steps=3, save_every=0, learning_rate=1e-3)
+make = tiny_sdxl_trainer if sys.argv[3:] == ["sdxl"] else tiny_trainer
+trainer = make(data, out, steps=3, save_every=0, learning_rate=1e-3)
 trainer.run()
 torch.save({"step": trainer.step, "world": trainer.world,
             "state": {k: v.detach().cpu() for k, v in trainer.adapters.state_dict().items()}},

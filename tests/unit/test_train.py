@@ -99,21 +99,28 @@ def test_data_errors(tmp_path, folder):
             FolderDataset(bad, 64)
 
 
-@pytest.mark.slow
-def test_two_processes_with_torchrun_stay_in_step(folder, tmp_path):
+def run_two_processes(out, folder, *worker_args: str) -> list[dict]:
+    """ddp_worker.py in two torchrun processes (CPU, gloo); each rank's step, world and adapter state."""
     import subprocess
     import sys
     from pathlib import Path
 
     worker = Path(__file__).with_name("ddp_worker.py")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(worker), str(tmp_path), str(folder)], capture_output=True, text=True, timeout=300)
+                          str(worker), str(out), str(folder), *worker_args], capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["step"] for r in ranks] == [3, 3] and [r["world"] for r in ranks] == [2, 2]
     for key, value in ranks[0]["state"].items():
         torch.testing.assert_close(ranks[1]["state"][key], value)  # averaged gradients: identical updates
-    assert (tmp_path / "ezigen_adapter.safetensors").is_file()  # written once, by rank 0
+    assert (out / "ezigen_adapter.safetensors").is_file()  # written once, by rank 0
+    return ranks
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun_stay_in_step(folder, tmp_path):
+    run_two_processes(tmp_path, folder)
 
 
 def test_bf16_autocast_and_gradient_checkpointing_train(folder, tmp_path):
