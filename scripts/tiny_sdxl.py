@@ -6,6 +6,8 @@ the `clip_l_model_config` / `clip_g_model_config` model options every supported 
 from __future__ import annotations
 
 import types
+import zlib
+from pathlib import Path
 
 import torch
 
@@ -16,7 +18,7 @@ import comfy.sd
 import comfy.sdxl_clip
 import comfy.supported_models
 
-from tiny_models import TINY_CHANNELS, _unet_config, init_random
+from tiny_models import TINY_CHANNELS, _unet_config, init_random, tiny_vae
 
 CLIP_L_WIDTH, CLIP_G_WIDTH = 32, 48
 CONTEXT_WIDTH = CLIP_L_WIDTH + CLIP_G_WIDTH  # SDXL concatenates clip_l's and clip_g's states (768 + 1280)
@@ -80,3 +82,23 @@ def sdxl_70(seed: int = 0, model_channels: int = 32, context_dim: int = CONTEXT_
         init_random(base.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+def encode_text_pooled(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random (context, pooled) per caption at the tiny SDXL's text widths, as SDXL's CLIP gives both."""
+    seeded = [torch.Generator().manual_seed(zlib.crc32(c.encode()) + 1) for c in captions]
+    context = torch.cat([torch.randn(1, 7, CONTEXT_WIDTH, generator=g) for g in seeded])
+    pooled = torch.cat([torch.randn(1, CLIP_G_WIDTH, generator=g) for g in seeded])
+    return context, pooled
+
+
+def tiny_sdxl_trainer(folder: Path, out: Path, **settings):
+    """A trainer of the tiny SDXL (depths 2 and 2: 22 layers; TAESD VAE, `encode_text_pooled`) on a training
+    folder."""
+    from ezigen_lib.training.data import FolderDataset
+    from ezigen_lib.training.trainer import Trainer, TrainSettings
+
+    settings.setdefault("head_dim", 32)
+    settings.setdefault("subject_dropout", 0.0)
+    return Trainer(tiny_sdxl(seed=7, depths=(2, 2)), tiny_vae(), encode_text_pooled, FolderDataset(folder, 64), out,
+                   TrainSettings(**settings))

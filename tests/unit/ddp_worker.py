@@ -16,7 +16,8 @@ bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-ddp-")))
 import torch  # noqa: E402
 
 from ezigen_lib.training.trainer import distributed_from_env  # noqa: E402
-from tiny_models import tiny_sdxl_trainer, tiny_trainer  # noqa: E402
+from tiny_models import tiny_trainer  # noqa: E402
+from tiny_sdxl import tiny_sdxl_trainer  # noqa: E402
 
 out, data = Path(sys.argv[1]), Path(sys.argv[2])
 assert distributed_from_env(), "expected to be launched by torchrun with WORLD_SIZE > 1"

@@ -11,7 +11,8 @@ from ezigen_lib.training.data import HIGH_NOISE_TIMESTEPS, LOW_NOISE_TIMESTEPS
 
 from training_data import write_training_folder
 
-from tiny_models import encode_text_pooled, init_random, tiny_sdxl, tiny_sdxl_trainer, tiny_trainer
+from tiny_models import init_random, tiny_trainer
+from tiny_sdxl import encode_text_pooled, tiny_sdxl, tiny_sdxl_trainer
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_exported_sdxl_adapter_records_its_family_and_reloads_bit_identically(fo
     trained = {k: v.to(torch.float16) for k, v in trainer.weights().state_dict.items()}  # the export's dtype
     assert set(weights.state_dict) == set(trained)
     assert all(torch.equal(weights.state_dict[k], v) for k, v in trained.items())
-    encoder = load_encoder(out, tiny_sdxl(seed=7))  # Load EZIGen Encoder's path: family check + adapter patcher
+    encoder = load_encoder(out, tiny_sdxl(seed=7, depths=(2, 2)))  # Load EZIGen Encoder's path: family check + adapter patcher
     loaded = encoder.adapter.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in trained.items())
 
