@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .checks import require_finite
+from .input_checks import require_finite
 
 DEFAULT_MIN_LOOPS = 3
 DEFAULT_MAX_LOOPS = 9

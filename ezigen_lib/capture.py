@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 import comfy.model_management
 
-from .checks import require_finite_pixels
-from .core import require_model_sampling
+from .input_checks import require_finite_pixels
+from .core_details import require_model_sampling
 from .family import Family, UnsupportedModelError, family_of, model_family_name, require_adapter_fits
-from .schedule import derive_seed
+from .step_counts import derive_seed
 from .vae_sample import encode_sample
 
 SUBJECT_TIMESTEP = 1  # the reference noises the subject latent to DDPM timestep 1

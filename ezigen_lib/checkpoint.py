@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checks import exception_text, public_error, shown as echo
+from .errors import EZIGenError, exception_text, public_error, shown as echo
 from .family import FAMILY_NAME, RESIDUALS, reference_layout
 
 FORMAT_NAME = "ezigen-adapter"
@@ -59,7 +59,7 @@ LEARNABLE_WEIGHTS = "learnable_weights"
 
 
 @public_error
-class AdapterFileError(ValueError):
+class AdapterFileError(EZIGenError, ValueError):
     """A file that cannot serve as EZIGen adapter weights; the message says what to do."""
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import public_error
+from .errors import EZIGenError, public_error
 
 CROP_MODES = ("around mask", "whole image")
 # Each side grows by half the region's longer side: a square region fills half the box's side, about the share
@@ -43,12 +43,12 @@ MAX_ASPECT = 16
 
 
 @public_error
-class CropError(ValueError):
+class CropError(EZIGenError, ValueError):
     pass
 
 
 @public_error
-class EditInputError(ValueError):
+class EditInputError(EZIGenError, ValueError):
     """An EZIGen Edit input that cannot be edited (its shape, size or the work area it would need)."""
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 import comfy.sample
 import comfy.samplers
 
-from .checks import require_choice, require_finite, require_finite_pixels
+from .input_checks import require_choice, require_finite, require_finite_pixels
 from .crop import (CROP_MODES, DEFAULT_CONTEXT, PAINTED_THRESHOLD, EditInputError, WorkArea, reference_size,
                    require_context, resize_image, work_area)
 from .gate import ALWAYS_ON, NEVER_ON
@@ -33,9 +33,9 @@ from .family import family_of
 from .inversion import SOLVERS, InversionText, invert, inversion_conditioning
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
                      rounds_report, run_rounds)
-from .samplers import EDIT, require_sampler
-from .sampling import CallCounter, require_finite_latent, start_latent, with_window
-from .schedule import (derive_seed, reference_edit_unet_calls, reference_inversion_calls,
+from .sampler_names import EDIT, require_sampler
+from .stage_sampling import CallCounter, require_finite_latent, start_latent, with_window
+from .step_counts import (derive_seed, reference_edit_unet_calls, reference_inversion_calls,
                        reference_inversion_timesteps, vp_scale)
 from .subject_views import reach_warnings, require_region_batches, subject_reports, subject_views
 from .vae_sample import encode_sample

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .checks import public_error
-from .core import core_changed, require_option
+from .errors import EZIGenError, public_error
+from .core_details import core_changed, require_option
 
 Address = tuple[str, int, int]  # (block name, block id, block_index), e.g. ("input", 4, 1)
 RESIDUALS = ("double", "single")  # how an adapter's output joins its block: h1 + u + O, h1 + O
@@ -23,7 +23,7 @@ FAMILY_NAME = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")  # a ComfyUI model config na
 
 
 @public_error
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(EZIGenError, ValueError):
     """A MODEL whose UNet cannot host the EZIGen adapter it is given."""
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .core import note_fallback
-from .schedule import appearance_start_index
+from .core_details import note_fallback
+from .step_counts import appearance_start_index
 
 NO_SCHEDULE = ("ComfyUI gives the blocks no transformer_options['sample_sigmas'] (the whole schedule): Patch UNet "
                "Attention gates the subject by noise level (start_percent/end_percent as ComfyUI's sampling "

@@ -19,9 +19,9 @@ from .gate import ALWAYS_ON, NEVER_ON
 from .inject import reset_subject_reach
 from .rounds import (LoopPlan, LoopSettings, Progress, RoundLog, RoundsResult, plan_loops, reports_core_fallbacks,
                      rounds_report, run_rounds)
-from .samplers import SAMPLER, require_sampler
-from .sampling import CallCounter, require_finite_latent, start_latent, with_window
-from .schedule import (appearance_start_index, derive_seed, reference_unet_calls, renoise_coefficients,
+from .sampler_names import SAMPLER, require_sampler
+from .stage_sampling import CallCounter, require_finite_latent, start_latent, with_window
+from .step_counts import (appearance_start_index, derive_seed, reference_unet_calls, renoise_coefficients,
                        sampler_seed, vp_scale)
 from .subject_views import reach_warnings, require_region_batches, subject_reports, subject_views
 from .vae_sample import encode_sample

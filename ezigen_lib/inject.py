@@ -14,10 +14,11 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from .capture import SubjectFeatures
-from .checks import InputValueError, cut, require_finite
-from .core import require_model_sampling, require_option
+from .errors import cut
+from .input_checks import InputValueError, require_finite
+from .core_details import require_model_sampling, require_option
 from .family import Family, model_family_name, require_adapter_fits
-from .frames import add_view_wrappers
+from .latent_views import add_view_wrappers
 from .gate import Gate
 from .placement import Placement, Reach
 from .regions import subject_region

@@ -2,7 +2,7 @@
 
 The reference inverts with DPM-Solver++(2M) run backwards (noise level rising), no CFG, and an
 "exceptional" text: every token id 7788 with no position embeddings. Its timesteps are the inverse
-scheduler's linspace grid, 0, 20, 40, ..., 400 for 50 steps (schedule.reference_inversion_timesteps):
+scheduler's linspace grid, 0, 20, 40, ..., 400 for 50 steps (step_counts.reference_inversion_timesteps):
 ceil(s * N) steps, ending at about t = 1000 s. Euler (= deterministic DDIM) inversion is the simpler option.
 
 SDXL (the pack's choice): the same exceptional prompt through both text towers with clip_g's pooled embedding,
@@ -20,7 +20,7 @@ import comfy.model_management
 import comfy.samplers
 
 from .family import UnsupportedModelError, model_family_name
-from .schedule import vp_scale
+from .step_counts import vp_scale
 
 EXCEPTIONAL_TOKEN_ID = 7788
 SOLVERS = ("dpmpp_2m", "euler")

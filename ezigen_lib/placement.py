@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .core import require_option
-from .frames import VIEWS_KEY, LatentView
+from .core_details import require_option
+from .latent_views import VIEWS_KEY, LatentView
 from .regions import block_grid, chunk_views, per_batch_item, placement_problem, resize_region, view_region
 
 
@@ -30,7 +30,7 @@ class Placement:
     def weights(self, x: torch.Tensor, extra_options: dict) -> torch.Tensor | None:
         """The mask on this block's token grid, one row per UNet batch item: (B or 1, HW, 1); None
         without a mask. Each conditioning's part of the batch gets the mask as its part of the image
-        sees it (a conditioning area or context window crops the model input: frames.py), so the mask
+        sees it (a conditioning area or context window crops the model input: latent_views.py), so the mask
         follows the image; a call whose part of the image is unknown is refused (MaskPlacementError).
         Area resizing keeps a mask of ones exactly one and of zeros exactly zero."""
         if self.mask is None:

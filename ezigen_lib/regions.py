@@ -8,9 +8,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .checks import InputValueError, public_error, require_finite_pixels
-from .core import core_changed, note_fallback, require_option
-from .frames import VIEWS_KEY, LatentView
+from .errors import EZIGenError, public_error
+from .input_checks import InputValueError, require_finite_pixels
+from .core_details import core_changed, note_fallback, require_option
+from .latent_views import VIEWS_KEY, LatentView
 
 log = logging.getLogger("EZIGen")
 NO_ACTIVATIONS_SHAPE = ("ComfyUI gives the blocks no transformer_options['activations_shape']: subject masks are "
@@ -61,7 +62,7 @@ def block_grid(tokens: int, extra_options: dict) -> tuple[int, int]:
 
 
 @public_error
-class MaskPlacementError(RuntimeError):
+class MaskPlacementError(EZIGenError, RuntimeError):
     """A model call whose part of the image is unknown, so a subject's mask cannot be placed on it."""
 
 
@@ -72,7 +73,7 @@ def placement_problem(reason: str) -> MaskPlacementError:
 
 
 def chunk_views(extra_options: dict, chunks: int) -> list[LatentView]:
-    """The part of the whole latent each of the call's `chunks` conditionings sees (see frames.py)."""
+    """The part of the whole latent each of the call's `chunks` conditionings sees (see latent_views.py)."""
     views = extra_options.get(VIEWS_KEY)
     if views is None:
         raise placement_problem("this model call does not come through ComfyUI's conditioning batches, so the part "

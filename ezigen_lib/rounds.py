@@ -21,10 +21,10 @@ import comfy.utils
 import latent_preview
 
 from .autostop import LoopPolicy
-from .checks import require_finite
-from .core import fallback_notes, require_model_sampling
-from .sampling import require_finite_latent, sampling_schedule, schedule_report
-from .schedule import loop_start_index
+from .input_checks import require_finite
+from .core_details import fallback_notes, require_model_sampling
+from .stage_sampling import require_finite_latent, sampling_schedule, schedule_report
+from .step_counts import loop_start_index
 from .similarity import clip_embeddings, cosine
 
 
@@ -185,7 +185,7 @@ class RoundsResult:
 
 def reports_core_fallbacks(run: Callable[..., RoundsResult]) -> Callable[..., RoundsResult]:
     """`run`'s report lists, under ``core_fallbacks``, the documented fallbacks taken for a changed core while it
-    ran (also logged once, see `core.note_fallback`); empty on the cores the pack is tested on."""
+    ran (also logged once, see `core_details.note_fallback`); empty on the cores the pack is tested on."""
     @functools.wraps(run)
     def reporting(*args, **kwargs) -> RoundsResult:
         with fallback_notes() as notes:

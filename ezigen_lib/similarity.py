@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checks import public_error
+from .errors import EZIGenError, public_error
 
 VIT_B32_CONFIG = Path(__file__).with_name("clip_vision_vit_b32.json")
 _VIT_B32_MARKER = "vision_model.encoder.layers.11.layer_norm1.weight"
@@ -22,7 +22,7 @@ _OPEN_CLIP_MARKER = "visual.transformer.resblocks.0.attn.in_proj_weight"
 
 
 @public_error
-class ClipVisionFileError(ValueError):
+class ClipVisionFileError(EZIGenError, ValueError):
     pass
 
 
@@ -35,7 +35,7 @@ def load_clip_vision(path: str | os.PathLike, shown: str | None = None):
     import comfy.clip_vision
     import comfy.utils
 
-    from .checks import exception_text
+    from .errors import exception_text
 
     shown = shown or str(path)
     where = ("Put an image encoder in ComfyUI/models/clip_vision: OpenAI CLIP ViT-B/32 as the reference uses "

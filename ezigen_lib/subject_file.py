@@ -42,7 +42,7 @@ import comfy.model_management
 
 from .capture import FEATURE_DTYPE, SubjectFeatures
 from .checkpoint import FORMAT_NAME as ADAPTER_FORMAT_NAME
-from .checks import cut, exception_text, public_error, shown as shown_value
+from .errors import EZIGenError, cut, exception_text, public_error, shown as shown_value
 from .family import FAMILY_NAME, model_family_name
 
 log = logging.getLogger("EZIGen")
@@ -74,7 +74,7 @@ _WINDOWS_RESERVED = re.compile(r"(CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|COM[0-9\u00b9
 
 
 @public_error
-class SubjectFileError(ValueError):
+class SubjectFileError(EZIGenError, ValueError):
     """A subject file that cannot be written or read, or that does not fit the encoder; the message says why."""
 
 

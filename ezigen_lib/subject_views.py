@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import InputValueError
+from .input_checks import InputValueError
 from .inject import subject_injections
 
 

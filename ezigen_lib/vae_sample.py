@@ -4,15 +4,15 @@ The reference encodes with ``latent_dist.sample()``: the faithful mode does the 
 a seeded generator so that a seed still fixes the result. The sample is taken inside ComfyUI's own
 encode (a forward hook on the VAE's Gaussian regularizer), so device, dtype, batching and tiling
 stay ComfyUI's. The hook must run: a KL VAE whose regularizer is missing, unknown or not called by
-encode is a changed core, and the run stops (`core.CoreChangedError`). VAEs without a Gaussian posterior
+encode is a changed core, and the run stops (`core_details.CoreChangedError`). VAEs without a Gaussian posterior
 (TAESD and the like) give their one encoding: the documented fallback, said once in the log and in the
-report (`core.note_fallback`).
+report (`core_details.note_fallback`).
 """
 from __future__ import annotations
 
 import torch
 
-from .core import core_changed, note_fallback
+from .core_details import core_changed, note_fallback
 
 LOGVAR_RANGE = (-30.0, 20.0)  # the clamp every KL VAE of the SD family applies to its log-variance
 HOOK = "the faithful mode's seeded sample of the VAE posterior (the reference's latent_dist.sample())"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD
-from ..ezigen_lib.checks import InputValueError, require_choice, require_range
+from ..ezigen_lib.input_checks import InputValueError, require_choice, require_range
 
 MODES = ["faithful", "clean"]
 

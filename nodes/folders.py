@@ -7,7 +7,7 @@ import os
 import folder_paths
 
 from ..ezigen_lib.checkpoint import file_fingerprint
-from ..ezigen_lib.checks import cut
+from ..ezigen_lib.errors import cut
 
 EZIGEN_FOLDER = "ezigen"
 SUBJECTS_FOLDER = "ezigen_subjects"

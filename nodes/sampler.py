@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..ezigen_lib.autostop import LoopPolicy
 from ..ezigen_lib.chart import similarity_chart
-from ..ezigen_lib.checks import latent_warnings
+from ..ezigen_lib.input_checks import latent_warnings
 from ..ezigen_lib.generate import GenerationSettings, run_generation
 from ..ezigen_lib.family import require_conditioning_width
 from .common import MODES, autostop_inputs, require_valid_widgets, similarity_chart_output

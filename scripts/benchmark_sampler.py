@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from ezigen_lib.generate import GenerationSettings, run_generation
     from ezigen_lib.inject import apply_subject
     from ezigen_lib.inversion import exceptional_prompt
-    from ezigen_lib.schedule import reference_unet_calls
+    from ezigen_lib.step_counts import reference_unet_calls
 
     bench = inprocess.load_bench(args)
     model, clip, vae, encoder = bench.model, bench.clip, bench.vae, bench.encoder

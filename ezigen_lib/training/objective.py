@@ -17,7 +17,7 @@ import comfy.model_base
 
 from ..adapter import AdapterSet
 from ..capture import capture_features
-from ..core import require_model_sampling
+from ..core_details import require_model_sampling
 from ..family import Family, layer_modules
 from .data import MAX_SUBJECTS
 

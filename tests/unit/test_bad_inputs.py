@@ -16,7 +16,7 @@ import torch
 from ezigen_lib import subject_file
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.capture import encode_subject
-from ezigen_lib.checks import exception_text
+from ezigen_lib.errors import exception_text
 from ezigen_lib.crop import MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, crop_box, mask_bounds, processing_size
 from ezigen_lib.edit import EditInputError, EditSettings, edit_area, run_edit
 from ezigen_lib.subject_file import SubjectFileError, load_subject, save_new_subject

@@ -1,6 +1,6 @@
 """No silent degradation on a changed core: each core detail the pack relies on is taken away from a real call and
 the run must stop with a message naming the piece and the ComfyUI version, or, where a documented fallback
-exists, say so once in the log and in the report (ezigen_lib/core.py)."""
+exists, say so once in the log and in the report (ezigen_lib/core_details.py)."""
 import contextlib
 import logging
 
@@ -10,11 +10,11 @@ import torch
 import comfy.sd
 from comfy.ldm.models.autoencoder import AutoencoderKL, DiagonalGaussianRegularizer
 
-from ezigen_lib import core
+from ezigen_lib import core_details
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.capture import FeatureRecorder, encode_subject, subject_sigma
-from ezigen_lib.core import CoreChangedError, comfyui_version
-from ezigen_lib.frames import add_view_wrappers
+from ezigen_lib.core_details import CoreChangedError, comfyui_version
+from ezigen_lib.latent_views import add_view_wrappers
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.host import comfy_version
 from ezigen_lib.family import family_of
@@ -61,7 +61,7 @@ def setup():
 @pytest.fixture(scope="module")
 def block_call(setup):
     """What the core hands a middle patch in a real run: x and extra_options of transformer block 0 in a stock
-    sampling step of 2 latents with CFG, on a model carrying the wrappers a subject patch adds (frames.py)."""
+    sampling step of 2 latents with CFG, on a model carrying the wrappers a subject patch adds (latent_views.py)."""
     seen = []
 
     def record(x, extra):
@@ -123,7 +123,7 @@ def test_the_mask_grid_needs_original_shape_when_activations_shape_is_gone(setup
     region = injection(setup, torch.ones(1, 8, 8))
     with core_changed("transformer_options['original_shape']"), torch.inference_mode():
         region(x, without(options, "activations_shape", "original_shape"))
-    with core.fallback_notes() as notes, torch.inference_mode():  # the documented fallback: the latent's size
+    with core_details.fallback_notes() as notes, torch.inference_mode():  # the documented fallback: the latent's size
         out = region(x, without(options, "activations_shape"))
     assert torch.equal(out, region(x, options)) and notes == [NO_ACTIVATIONS_SHAPE]
 
@@ -152,7 +152,7 @@ def test_a_fallback_is_logged_once_and_listed_in_every_report(setup, caplog, mon
     """activations_shape gone (a region is placed from the latent size) and a VAE without a posterior (TAESD in
     faithful mode): both runs finish and both reports list both fallbacks; the log says each once."""
     base, encoder, subject = setup
-    monkeypatch.setattr(core, "_logged", set())
+    monkeypatch.setattr(core_details, "_logged", set())
     stripped = base.clone()
     stripped.set_model_patch(stripping("activations_shape"), "middle_patch")
     model = apply_subject(stripped, encoder, subject, 1.0, 0.0, 1.0, torch.ones(1, 8, 8))
@@ -181,11 +181,11 @@ def test_a_report_lists_no_fallback_on_this_core(setup):
 def test_without_the_whole_schedule_the_stock_sampler_path_gates_by_noise_level_and_says_so(setup, caplog,
                                                                                              monkeypatch):
     base, encoder, subject = setup
-    monkeypatch.setattr(core, "_logged", set())
+    monkeypatch.setattr(core_details, "_logged", set())
     stripped = base.clone()
     stripped.set_model_patch(stripping("sample_sigmas"), "middle_patch")
     model = apply_subject(stripped, encoder, subject, 1.0, 0.6, 1.0)
-    with caplog.at_level(logging.WARNING, logger="EZIGen"), core.fallback_notes() as notes:
+    with caplog.at_level(logging.WARNING, logger="EZIGen"), core_details.fallback_notes() as notes:
         sample(model, steps=3)
     assert notes == [NO_SCHEDULE]
     assert [r.getMessage() for r in caplog.records].count(f"EZIGen: {NO_SCHEDULE}") == 1
@@ -242,7 +242,7 @@ def test_a_renamed_regularizer_is_a_changed_core(monkeypatch):
 
 def test_a_vae_without_a_posterior_is_the_documented_fallback():
     vae = tiny_vae()  # TAESD
-    with core.fallback_notes() as notes, torch.inference_mode():
+    with core_details.fallback_notes() as notes, torch.inference_mode():
         latent = encode_sample(vae, PIXELS, 1)
         assert torch.equal(latent, vae.encode(PIXELS))
     assert notes == [no_posterior_note(vae)] and "TAESD" in notes[0]

@@ -8,9 +8,9 @@ from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.crop import processing_size
 from ezigen_lib.edit import EditInputError, EditSettings, inversion_sigmas, run_edit
 from ezigen_lib.inversion import invert
-from ezigen_lib.schedule import loop_start_index, reference_inversion_timesteps, reference_sigmas
+from ezigen_lib.step_counts import loop_start_index, reference_inversion_timesteps, reference_sigmas
 from ezigen_lib.gate import NEVER_ON
-from ezigen_lib.sampling import CallCounter, with_window
+from ezigen_lib.stage_sampling import CallCounter, with_window
 
 from .reference_scheduler import reference_inverse_levels, reference_inverse_scheduler, reference_inversion_steps
 from tiny_models import patched_tiny, random_context

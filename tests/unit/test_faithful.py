@@ -20,7 +20,7 @@ from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.inject import SubjectInjection
 from ezigen_lib.inversion import invert
 from ezigen_lib.gate import NEVER_ON
-from ezigen_lib.sampling import CallCounter, with_window
+from ezigen_lib.stage_sampling import CallCounter, with_window
 
 from .reference_scheduler import reference_inverse_levels
 from tiny_models import patched_tiny, random_context, sample, tiny_encoder, tiny_model

@@ -7,7 +7,7 @@ import torch
 
 from ezigen_lib.adapter import AdapterSet, BlockAdapter
 from ezigen_lib.capture import encode_subject
-from ezigen_lib.checks import InputValueError
+from ezigen_lib.input_checks import InputValueError
 from ezigen_lib.gate import NEVER_ON, Gate
 from ezigen_lib.inject import SubjectInjection, apply_subject, gate_subjects
 from ezigen_lib.placement import Placement

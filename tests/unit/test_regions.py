@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ezigen_lib.capture import encode_subject
-from ezigen_lib.checks import InputValueError
+from ezigen_lib.input_checks import InputValueError
 from ezigen_lib.inject import SubjectInjection, apply_subject
 from ezigen_lib.placement import Placement
 from ezigen_lib.regions import block_grid, per_batch_item
@@ -349,7 +349,7 @@ def test_a_context_window_with_a_causal_anchor_holds_the_anchor_first():
 
     from comfy.context_windows import IndexListContextWindow
 
-    from ezigen_lib.frames import WHOLE_SHAPE_KEY, latent_views
+    from ezigen_lib.latent_views import WHOLE_SHAPE_KEY, latent_views
     from ezigen_lib.regions import view_region
 
     extra = {"total_frames": 16} if "total_frames" in inspect.signature(IndexListContextWindow).parameters else {}
@@ -374,7 +374,7 @@ def test_a_mask_per_latent_follows_a_context_window_over_the_batch():
     the view is checked on its own: the window's latents pick their masks."""
     from comfy.context_windows import IndexListContextWindow
 
-    from ezigen_lib.frames import latent_views
+    from ezigen_lib.latent_views import latent_views
     from ezigen_lib.regions import view_region
 
     conds = [[{"uuid": "positive"}], [{"uuid": "negative", "area": (8, 8, 0, 8)}]]

@@ -1,5 +1,5 @@
 """Every sampler the host offers either works in the EZIGen Sampler and EZIGen Edit or is refused before sampling
-with why and what to pick (ezigen_lib/samplers.py); a name newer than the pack is refused, not tried."""
+with why and what to pick (ezigen_lib/sampler_names.py); a name newer than the pack is refused, not tried."""
 import pytest
 import torch
 
@@ -7,11 +7,11 @@ import comfy.samplers
 from comfy.patcher_extension import WrappersMP
 
 from ezigen_lib.autostop import LoopPolicy
-from ezigen_lib.checks import InputValueError
+from ezigen_lib.input_checks import InputValueError
 from ezigen_lib.edit import EditSettings, run_edit
 from ezigen_lib.generate import GenerationSettings, run_generation
-from ezigen_lib.samplers import CHECKED_SAMPLERS, EDIT, SAMPLER, sampler_problem
-from ezigen_lib.sampling import CallCounter
+from ezigen_lib.sampler_names import CHECKED_SAMPLERS, EDIT, SAMPLER, sampler_problem
+from ezigen_lib.stage_sampling import CallCounter
 
 from tiny_models import load_pack, patched_tiny, random_context
 

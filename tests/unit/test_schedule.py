@@ -6,7 +6,7 @@ import comfy.samplers
 from tiny_models import tiny_model
 
 from ezigen_lib.autostop import LoopPolicy
-from ezigen_lib.schedule import (appearance_start_index, ezigen_unet_calls, loop_start_index, loop_step_count,
+from ezigen_lib.step_counts import (appearance_start_index, ezigen_unet_calls, loop_start_index, loop_step_count,
                                  reference_renoise_timestep, reference_unet_calls, renoise_coefficients)
 
 

@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 import comfy.samplers
 
 from ezigen_lib.autostop import LoopPolicy
-from ezigen_lib.checks import InputValueError
+from ezigen_lib.input_checks import InputValueError
 from ezigen_lib.edit import EditSettings, inversion_sigmas, run_edit
 from ezigen_lib.generate import GenerationSettings, run_generation
-from ezigen_lib.sampling import sampling_schedule
-from ezigen_lib.schedule import (SEED_SPACE, appearance_start_index, derive_seed, loop_start_index,
+from ezigen_lib.stage_sampling import sampling_schedule
+from ezigen_lib.step_counts import (SEED_SPACE, appearance_start_index, derive_seed, loop_start_index,
                                  reference_inversion_timesteps, reference_timesteps)
 
 from tiny_models import patched_tiny, random_context, tiny_model

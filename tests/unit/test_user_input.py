@@ -13,7 +13,7 @@ from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.chart import NOTE_Y, similarity_chart
 from ezigen_lib.checkpoint import AdapterFileError, load_adapter, save_adapter, AdapterWeights, AdapterInfo
-from ezigen_lib.checks import InputValueError
+from ezigen_lib.input_checks import InputValueError
 from ezigen_lib.crop import MAX_WORK_PIXELS, processing_size
 from ezigen_lib.edit import EditInputError
 from tiny_models import slot_widths
@@ -287,7 +287,7 @@ def test_loader_errors_name_files_relative_to_the_models_folder(nodes, models_fo
 
 
 def test_torch_advice_to_load_unsafely_is_never_passed_on(tmp_path):
-    from ezigen_lib.checks import exception_text
+    from ezigen_lib.errors import exception_text
     from .checkpoints import _RunsCode
 
     path = tmp_path / "evil.pt"
@@ -377,7 +377,7 @@ def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
     import ezigen_lib
     from execution import full_type_name
 
-    from ezigen_lib.checks import EZIGenError
+    from ezigen_lib.errors import EZIGenError
 
     found, bases = {}, {}
     for info in pkgutil.iter_modules(ezigen_lib.__path__):
@@ -399,7 +399,7 @@ def test_every_error_the_nodes_raise_has_a_short_stable_type_name():
 
 
 def test_values_repeated_in_messages_are_cut_short():
-    from ezigen_lib.checks import require_choice, require_finite
+    from ezigen_lib.input_checks import require_choice, require_finite
 
     with pytest.raises(InputValueError) as info:
         require_choice("mode", "x" * 200_000, ("faithful", "clean"))

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from .checks import public_error
+from .errors import EZIGenError, public_error
 
 log = logging.getLogger("EZIGen")
 
@@ -25,7 +25,7 @@ TESTED_RELEASES = "0.3.75, 0.8.0 and 0.28.2"
 
 
 @public_error
-class CoreChangedError(RuntimeError):
+class CoreChangedError(EZIGenError, RuntimeError):
     """A detail of ComfyUI's core that the pack relies on is missing or changed on this host."""
 
 

@@ -7,9 +7,9 @@ import torch
 import comfy.samplers
 from comfy.patcher_extension import WrappersMP
 
-from .checks import InputValueError
+from .input_checks import InputValueError
 from .inject import gate_subjects
-from .schedule import reference_sigmas, reference_timesteps
+from .step_counts import reference_sigmas, reference_timesteps
 
 COUNTER_KEY = "ezigen_unet_call_counter"
 

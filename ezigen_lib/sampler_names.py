@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import comfy.samplers
 
-from .checks import InputValueError
-from .core import TESTED_RELEASES, comfyui_version
+from .input_checks import InputValueError
+from .core_details import TESTED_RELEASES, comfyui_version
 
 # Every name of comfy.samplers.KSampler.SAMPLERS on ComfyUI 0.3.75, 0.8.0 and 0.28.2 (the same 44), the test hosts.
 CHECKED_SAMPLERS = frozenset({
