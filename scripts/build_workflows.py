@@ -338,6 +338,7 @@ def sdxl_generate() -> WF:
     p["loopneg"] = zero
     sm, _ = ezigen_sampler_part(w, p, p["patch"])
     w.named[sm].update(steps=20, cfg=7.0, split_ratio=0.7, mode="clean")
+    w.named[p["patch"]]["start_percent"] = 0.3  # the same split for a stock KSampler (the EZIGen Sampler sets its own)
     w.nodes[loop_text - 1]["title"] = "Empty prompt (zeroed below)"
     w.node("Note", (0, 760), ["EZIGen on SDXL: decoupled pass + refinement loops with autostop, at SDXL's 1024 px.\n\n"
         "The adapter: upstream published no SDXL weights, so ezigen_sdxl.safetensors is an adapter YOU TRAIN on an SDXL "
