@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,12 @@ CLIP_B32_FILE = {
     "name": "clip_vit_b32.safetensors",
     "url": "https://huggingface.co/openai/clip-vit-base-patch32/resolve/refs%2Fpr%2F66/model.safetensors",
     "directory": "clip_vision",
+}
+# SDXL base 1.0 (Stability AI's public repository; the file upstream's EZIGen-SDXL was trained on).
+SDXL_BASE_FILE = {
+    "name": "sd_xl_base_1.0.safetensors",
+    "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+    "directory": "checkpoints",
 }
 # The EZIGen adapter has no single-file download: the release ships a zip (checkpoint-200000) to convert.
 ADAPTER_NOTE = ("EZIGen adapter: download checkpoint-200000.zip from the EZIGen release (linked from the README of "
@@ -186,12 +193,25 @@ def finish(w, ed, rep):
     return w
 
 
-def subject_pipeline(w: WF, loop_negative: bool = False) -> dict[str, int]:
-    """SD2.1-base checkpoint, prompts, Load EZIGen Encoder -> Encode Subject -> Patch UNet Attention, latent."""
+@dataclass(frozen=True)
+class Base:
+    """The base model a subject pipeline is built for: its checkpoint, the adapter trained on it, its native size."""
+    checkpoint: dict[str, str]  # a one-click download entry (SD21_BASE_FILE)
+    title: str
+    adapter: str
+    size: int  # the subject's encoding size and the latent's side, in pixels
+
+
+SD21 = Base(SD21_BASE_FILE, "SD2.1-base checkpoint", "ezigen_sd21base.safetensors", 512)
+SDXL = Base(SDXL_BASE_FILE, "SDXL base 1.0 checkpoint", "ezigen_sdxl.safetensors", 1024)
+
+
+def subject_pipeline(w: WF, loop_negative: bool = False, base: Base = SD21) -> dict[str, int]:
+    """`base`'s checkpoint, prompts, Load EZIGen Encoder -> Encode Subject -> Patch UNet Attention, latent."""
     ids = {}
-    ids["ckpt"] = ckpt = w.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": "v2-1_512-ema-pruned.safetensors"},
-                                outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title="SD2.1-base checkpoint",
-                                props={"models": [SD21_BASE_FILE]})
+    ids["ckpt"] = ckpt = w.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": base.checkpoint["name"]},
+                                outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], title=base.title,
+                                props={"models": [base.checkpoint]})
     img = w.node("LoadImage", (0, 330), {"image": "ezigen_subject.png"}, outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")],
                  size=(315, 320), title="Subject image")
     subj_txt = w.node("CLIPTextEncode", (380, 0), {"text": "a dog"}, inputs=[("clip", "CLIP")],
@@ -207,15 +227,16 @@ def subject_pipeline(w: WF, loop_negative: bool = False) -> dict[str, int]:
                                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90),
                                 title="Loop negative (empty, as the reference)")
         texts.append(ids["loopneg"])
-    enc = w.node("EZIGenLoadEncoder", (840, 0), {"adapter_name": "ezigen_sd21base.safetensors"}, inputs=[("encoder_model", "MODEL")],
+    enc = w.node("EZIGenLoadEncoder", (840, 0), {"adapter_name": base.adapter}, inputs=[("encoder_model", "MODEL")],
                  outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
-    es = w.node("EZIGenEncodeSubject", (840, 130), {"seed": 0, "resolution": 512},
+    es = w.node("EZIGenEncodeSubject", (840, 130), {"seed": 0, "resolution": base.size},
                 inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
                         ("mask", "MASK")], outputs=[("subject", "EZIGEN_SUBJECT")], size=(340, 170))
     ids["patch"] = pt = w.node("EZIGenPatchUNetAttention", (840, 350), {"strength": 1.0, "start_percent": 0.6, "end_percent": 1.0},
                                inputs=[("model", "MODEL"), ("encoder", "EZIGEN_ENCODER"), ("subject", "EZIGEN_SUBJECT")],
                                outputs=[("MODEL", "MODEL")], size=(340, 150))
-    ids["latent"] = w.node("EmptyLatentImage", (840, 560), {"width": 512, "height": 512, "batch_size": 1}, outputs=[("LATENT", "LATENT")], size=(340, 110))
+    ids["latent"] = w.node("EmptyLatentImage", (840, 560), {"width": base.size, "height": base.size, "batch_size": 1},
+                           outputs=[("LATENT", "LATENT")], size=(340, 110))
     for text in texts:
         w.link(ckpt, 1, text, "clip")
     w.link(ckpt, 0, enc, "encoder_model")
@@ -302,6 +323,35 @@ def generate() -> WF:
         "strength (Patch UNet Attention): 1 = as trained. Its start/end are ignored by the EZIGen Sampler, which "
         "sets the gate from split_ratio.\n"
         "mode faithful = the reference's loop; clean = exact re-noise of the latent."], size=(780, 260), title="How this works")
+    return w
+
+
+def sdxl_generate() -> WF:
+    """The generation graph on SDXL: an SDXL checkpoint, the user's SDXL adapter, SDXL's native 1024 px, the settings
+    of upstream's SDXL generation script, and loops against zeroed negatives as its pipeline gives them."""
+    w = WF("ezigen_sdxl_generate.json")
+    p = subject_pipeline(w, loop_negative=True, base=SDXL)
+    zero = w.node("ConditioningZeroOut", (380, 620), inputs=[("conditioning", "CONDITIONING")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 30), title="Loop negative: zeros (SDXL's empty prompt)")
+    w.link(p["loopneg"], 0, zero, "conditioning")
+    loop_text = p["loopneg"]
+    p["loopneg"] = zero
+    sm, _ = ezigen_sampler_part(w, p, p["patch"])
+    w.named[sm].update(steps=20, cfg=7.0, split_ratio=0.7, mode="clean")
+    w.named[p["patch"]]["start_percent"] = 0.3  # the same split for a stock KSampler (the EZIGen Sampler sets its own)
+    w.nodes[loop_text - 1]["title"] = "Empty prompt (zeroed below)"
+    w.node("Note", (0, 760), ["EZIGen on SDXL: decoupled pass + refinement loops with autostop, at SDXL's 1024 px.\n\n"
+        "The adapter: upstream published no SDXL weights, so ezigen_sdxl.safetensors is an adapter YOU TRAIN on an SDXL "
+        "checkpoint with this pack's trainer (`python -m ezigen_lib.train`, see the README), or upstream's own SDXL "
+        "checkpoint (diffusion_pytorch_model.bin or its accelerate folder) the day one is published; put it in "
+        "models/ezigen. The SD2.1 release does not fit SDXL and is refused. Files: an SDXL base checkpoint in "
+        "models/checkpoints (sd_xl_base_1.0 is offered for download), CLIP ViT-B/32 in models/clip_vision (or bypass "
+        "its loader).\n\n"
+        "Encode Subject at 1024, SDXL's size (70 features: 102,400 tokens per subject). Sampler: upstream's SDXL "
+        "generation settings, 20 steps, cfg 7, split_ratio 0.7 (the subject acts in the last 70% of the steps); mode "
+        "clean, because SDXL's loops re-noise exactly to their first step (SD2.1's 400/381 quirk is gone), against "
+        "zeroed negatives (SDXL's empty prompt). Autostop as in ezigen_generate.json."], size=(780, 300),
+        title="How this works")
     return w
 
 
@@ -423,7 +473,7 @@ def two_subjects() -> WF:
     return w
 
 
-GRAPHS = (single_pass, generate, edit, flux_to_edit, two_subjects)
+GRAPHS = (single_pass, generate, edit, flux_to_edit, two_subjects, sdxl_generate)
 
 
 def named_widgets() -> dict[str, dict[int, dict[str, Any]]]:

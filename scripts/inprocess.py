@@ -40,9 +40,9 @@ def stand_ins(kinds: tuple[str, ...], measured: str) -> dict[str, Path]:
     return make_checkpoints.make_all(only=kinds)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, base: str = "SD2.1-base") -> None:
     """--checkpoint and --adapter, the real files a benchmark runs on (a stand-in for either not given)."""
-    parser.add_argument("--checkpoint", type=Path, help="SD2.1-base checkpoint (default: random stand-in)")
+    parser.add_argument("--checkpoint", type=Path, help=f"{base} checkpoint (default: random stand-in)")
     parser.add_argument("--adapter", type=Path, help="EZIGen adapter file or folder (default: random stand-in)")
 
 
@@ -60,25 +60,29 @@ class Bench:
         return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
 
     def subject(self, resolution: int):
-        """A random subject image encoded at `resolution` with the prompt 'a dog' (Encode Subject)."""
+        """A random subject image encoded at `resolution` with the prompt 'a dog' (Encode Subject, with the
+        prompt's pooled text as Encode Subject passes it: SDXL's subject pass needs it, SD1/SD2 ignore it)."""
         import torch  # noqa: PLC0415
 
-        from ezigen_lib.capture import encode_subject  # noqa: PLC0415
+        from ezigen_lib.capture import encode_subject, subject_pooled  # noqa: PLC0415
 
         with torch.inference_mode():
-            return encode_subject(self.model, self.vae, self.text("a dog")[0][0], torch.rand(1, resolution, resolution, 3),
-                                  None, 0, resolution, self.encoder.info.widths)
+            prompt = self.text("a dog")
+            return encode_subject(self.model, self.vae, prompt[0][0], torch.rand(1, resolution, resolution, 3),
+                                  None, 0, resolution, self.encoder.info.widths, pooled=subject_pooled(prompt))
 
 
-def load_bench(args: argparse.Namespace, measured: str = "speed") -> Bench:
-    """`args.checkpoint` and `args.adapter` loaded (after `start`), stand-ins for those not given."""
+def load_bench(args: argparse.Namespace, measured: str = "speed", kinds: tuple[str, str] = ("sd21base", "ezigen"),
+               model_options: dict | None = None) -> Bench:
+    """`args.checkpoint` and `args.adapter` loaded (after `start`), stand-ins of `kinds` (checkpoint, adapter)
+    for those not given; `model_options` go to ComfyUI's checkpoint loader (e.g. {"dtype": torch.bfloat16})."""
     import comfy.sd  # noqa: PLC0415
 
     from ezigen_lib.encoder import load_encoder  # noqa: PLC0415
 
     checkpoint, adapter = args.checkpoint, args.adapter
     if checkpoint is None or adapter is None:
-        made = stand_ins(("sd21base", "ezigen"), measured)
-        checkpoint, adapter = checkpoint or made["sd21base"], adapter or made["ezigen"]
-    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(checkpoint))
+        made = stand_ins(kinds, measured)
+        checkpoint, adapter = checkpoint or made[kinds[0]], adapter or made[kinds[1]]
+    model, clip, vae, *_ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), model_options=model_options or {})
     return Bench(model, clip, vae, load_encoder(adapter, model), Path(checkpoint))

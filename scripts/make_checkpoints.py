@@ -4,9 +4,11 @@ No PyPI package ships Stable Diffusion or EZIGen weights, and tests must not dow
 so the tests run on files that have the real *format* (keys, shapes, dtypes, file layout) but
 random values:
 
-- ``sd21base_random.safetensors`` / ``sd15_random.safetensors``: full-size single-file
-  checkpoints (UNet + text encoder + KL VAE, fp16) built from ComfyUI's own classes, so
-  ``CheckpointLoaderSimple`` detects them as SD2.x (EPS) and SD1.5.
+- ``sd21base_random.safetensors`` / ``sd15_random.safetensors`` / ``sdxl_random.safetensors``: full-size
+  single-file checkpoints (UNet + text encoder(s) + KL VAE, fp16) built from ComfyUI's own classes, so
+  ``CheckpointLoaderSimple`` detects them as SD2.x (EPS), SD1.5 and SDXL (base, EPS).
+- ``ezigen_sdxl_random.safetensors``: the 70 SDXL adapters and ``learnable_weights`` under upstream's diffusers
+  names (docs: ezigen-sdxl-flux.md A3), fp16, as upstream's SDXL trainer would hold them.
 - ``ezigen-official/checkpoint-200000/model.safetensors``: an EZIGen accelerate checkpoint
   folder as the reference trainer writes it: the whole SD2.1-base UNet under diffusers names plus
   the 16 attention adapters and ``learnable_weights`` (docs/method.md section 5).
@@ -18,7 +20,7 @@ the UNet inside ``sd21base_random.safetensors`` whether or not that file is pass
 Files are written to a temporary name and renamed, so an interrupted run never leaves a file
 that a later run would mistake for a finished one; existing files are skipped.
 
-Usage: ``python scripts/make_checkpoints.py [--out DIR] [--only sd21base,sd15,ezigen] [--verify]``
+Usage: ``python scripts/make_checkpoints.py [--out DIR] [--only sd21base,sd15,ezigen,sdxl,ezigen_sdxl] [--verify]``
 """
 
 from __future__ import annotations
@@ -59,10 +61,12 @@ __all__ = [
     "write_safetensors",
 ]
 
-SdKind = Literal["sd21base", "sd15"]
+SdKind = Literal["sd21base", "sd15", "sdxl"]
 
 DEFAULT_OUT = REPO_ROOT / ".cache" / "models"
-SD_FILE_NAMES: dict[str, str] = {"sd21base": "sd21base_random.safetensors", "sd15": "sd15_random.safetensors"}
+SD_FILE_NAMES: dict[str, str] = {"sd21base": "sd21base_random.safetensors", "sd15": "sd15_random.safetensors",
+                                 "sdxl": "sdxl_random.safetensors"}
+EZIGEN_SDXL_FILE_NAME = "ezigen_sdxl_random.safetensors"
 EZIGEN_FOLDER = Path("ezigen-official") / "checkpoint-200000"
 
 BANNER = (
@@ -337,13 +341,41 @@ def _write_torch_bin(path: Path, tensors: dict[str, TensorSource]) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def _sd_unet_config(kind: SdKind) -> dict[str, Any]:
-    """The SD1.5 / SD2.1-base UNet hyper-parameters in ComfyUI's openaimodel vocabulary.
+# SDXL base's UNet (docs: ezigen-sdxl-flux.md A1): 320 channels x 1,2,4, two res blocks per level, no attention at
+# the first level, SpatialTransformers of 2 and 10 layers below and 10 in the middle, 64-wide heads, 2048-d text
+# context, and the 2816-d added conditioning (pooled bigG text + six size ids) that makes ComfyUI call it SDXL.
+_SDXL_UNET_CONFIG: dict[str, Any] = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "channel_mult": [1, 2, 4],
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_middle": 10,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "num_head_channels": 64,
+    "use_spatial_transformer": True,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "legacy": False,
+    "use_checkpoint": False,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
 
-    Both share the layout (320 channels x 1,2,4,4, two res blocks per level, one transformer block
-    at the first three levels and in the middle); SD2 differs by 1024-d OpenCLIP context, 64-d
-    heads and linear proj_in/proj_out.
+
+def _sd_unet_config(kind: SdKind) -> dict[str, Any]:
+    """The SD1.5 / SD2.1-base / SDXL UNet hyper-parameters in ComfyUI's openaimodel vocabulary.
+
+    SD1.5 and SD2.1 share the layout (320 channels x 1,2,4,4, two res blocks per level, one transformer
+    block at the first three levels and in the middle); SD2 differs by 1024-d OpenCLIP context, 64-d
+    heads and linear proj_in/proj_out. SDXL's is `_SDXL_UNET_CONFIG`.
     """
+    if kind == "sdxl":
+        return json.loads(json.dumps(_SDXL_UNET_CONFIG))  # a copy: ComfyUI's detection may edit it
     sd2 = kind == "sd21base"
     config: dict[str, Any] = {
         "image_size": 32,
@@ -372,9 +404,9 @@ def _sd_unet_config(kind: SdKind) -> dict[str, Any]:
 
 
 _UNET_PREFIX = "model.diffusion_model."  # where single-file SD checkpoints keep the UNet
-_EXPECTED_CONFIG_CLASS: dict[str, str] = {"sd21base": "SD20", "sd15": "SD15"}
+_EXPECTED_CONFIG_CLASS: dict[str, str] = {"sd21base": "SD20", "sd15": "SD15", "sdxl": "SDXL"}
 
-# The KL-f8 autoencoder shared by SD1.x and SD2.x.
+# The KL-f8 autoencoder shared by SD1.x, SD2.x and SDXL (SDXL's differs in its values and latent scale only).
 _KL_VAE_DDCONFIG: dict[str, Any] = {
     "double_z": True,
     "z_channels": 4,
@@ -424,7 +456,7 @@ def state_dict_for_saving(model, clip_state_dict: dict, vae_state_dict: dict) ->
 
 
 def make_sd_checkpoint(kind: str, path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write a random-weight single-file SD1.5 / SD2.1-base checkpoint (fp16) to ``path``.
+    """Write a random-weight single-file SD1.5 / SD2.1-base / SDXL checkpoint (fp16) to ``path``.
 
     Built from ComfyUI's own UNet, text-encoder and VAE classes and saved through the model
     config's ``state_dict_for_saving``, so the keys are exactly what ComfyUI's loader expects.
@@ -522,11 +554,15 @@ def _base_unet_sources(sd21_checkpoint: Path | None, seed: int) -> dict[str, Ten
     }
 
 
-def ezigen_adapter_keys() -> list[tuple[str, tuple[int, ...]]]:
-    """The 113 trained EZIGen tensors (names without DDP prefix) and their shapes, in file order."""
+def ezigen_adapter_keys(layers: Sequence[tuple[str, int]] | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """The trained EZIGen tensors (names without DDP prefix) and their shapes, in file order: 7 per layer of
+    `layers` ((diffusers prefix up to ``transformer_blocks.j``, width), in learnable_weights order; by default
+    SD2.1's 16, i.e. 113 tensors) and ``learnable_weights``."""
+    if layers is None:
+        layers = [(f"{block}.transformer_blocks.0", c) for block, c in EZIGEN_BLOCKS]
     keys: list[tuple[str, tuple[int, ...]]] = []
-    for block, c in EZIGEN_BLOCKS:
-        p = f"{block}.transformer_blocks.0."
+    for prefix, c in layers:
+        p = f"{prefix}."
         keys += [
             (p + "adapter.to_q.weight", (c, c)),
             (p + "adapter.to_k.weight", (c, c)),
@@ -536,7 +572,7 @@ def ezigen_adapter_keys() -> list[tuple[str, tuple[int, ...]]]:
             (p + "adapter_norm.weight", (c,)),
             (p + "adapter_norm.bias", (c,)),
         ]
-    keys.append(("learnable_weights", (len(EZIGEN_BLOCKS),)))
+    keys.append(("learnable_weights", (len(layers),)))
     return keys
 
 
@@ -600,6 +636,44 @@ def make_ezigen_official_folder(
 
 
 # --------------------------------------------------------------------------------------------
+# EZIGen-SDXL adapters in upstream's layout
+# --------------------------------------------------------------------------------------------
+
+
+def sdxl_adapter_layers() -> list[tuple[str, int]]:
+    """SDXL's 70 adapted layers as (diffusers prefix ``...transformer_blocks.j``, width), in learnable_weights order.
+
+    Read off ComfyUI's SDXL UNet (its layers' norm1 widths) and its own diffusers key map, ordered as the pack's
+    loader orders a reference file's layers, so nothing here restates the doc's table (the test does).
+    """
+    from ezigen_lib.checkpoint import reference_layers  # noqa: PLC0415
+
+    bootstrap()
+    import comfy.utils  # noqa: PLC0415
+
+    widths = {p.name: p.shape[0] for p in _plan(_sd_unet_on_meta("sdxl").diffusion_model)}
+    suffix = ".norm1.weight"
+    prefixes = {diffusers.removesuffix(suffix): widths[ldm]
+                for diffusers, ldm in comfy.utils.unet_to_diffusers(_sd_unet_config("sdxl")).items()
+                if ".transformer_blocks." in diffusers and diffusers.endswith(suffix)}
+    return [(prefix, prefixes[prefix]) for prefix in reference_layers([f"{p}.adapter.to_q.weight" for p in prefixes])]
+
+
+def make_ezigen_sdxl_adapter(path: Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write random-weight EZIGen-SDXL adapters as upstream's SDXL trainer holds them: 70 x 7 tensors under diffusers
+    names plus ``learnable_weights`` [70] (491 tensors, 409,849,670 values), fp16 as its fp16 run casts them; none of
+    the pack's format metadata, so loaders read it as upstream's file. Returns ``path``; an existing file is kept unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        return path
+    dtype = torch.float16
+    tensors = {name: TensorSource(shape, dtype, lambda n=name, s=shape: _adapter_value(n, s, seed).to(dtype))
+               for name, shape in ezigen_adapter_keys(sdxl_adapter_layers())}
+    return write_safetensors(path, tensors, {"format": "pt", "ezigen_random_weights": "true", "kind": "ezigen_sdxl",
+                                             "seed": str(seed)})
+
+
+# --------------------------------------------------------------------------------------------
 # Verification through ComfyUI's own loader and sampler
 # --------------------------------------------------------------------------------------------
 
@@ -608,7 +682,8 @@ def verify_sd_checkpoint(path: Path, *, sample: bool = True, seed: int = 0) -> d
     """Load ``path`` with ComfyUI's checkpoint loader and check it behaves like a (noisy) model.
 
     Reports the detected config class and model type, and checks that the text encoder, a VAE
-    decode of a random latent and a 2-step 64x64 Euler sample give finite, non-constant output.
+    decode of a random latent and a 2-step 64x64 Euler sample (SDXL's with the pooled text) give finite,
+    non-constant output.
     Raises AssertionError on any non-finite or degenerate result.
     """
     bootstrap()
@@ -641,8 +716,9 @@ def verify_sd_checkpoint(path: Path, *, sample: bool = True, seed: int = 0) -> d
         check("vae_decode", pixels)
 
         if sample:
-            positive = [[torch.randn(1, 77, context_dim, generator=g), {}]]
-            negative = [[torch.randn(1, 77, context_dim, generator=g), {}]]
+            extra = {"pooled_output": pooled} if model.model.adm_channels else {}  # SDXL's added conditioning
+            positive = [[torch.randn(1, 77, context_dim, generator=g), dict(extra)]]
+            negative = [[torch.randn(1, 77, context_dim, generator=g), dict(extra)]]
             latent = torch.zeros(1, 4, 8, 8)
             noise = torch.randn(1, 4, 8, 8, generator=g)
             t0 = time.perf_counter()
@@ -816,10 +892,15 @@ def make_flux(out: Path = DEFAULT_OUT, *, overwrite: bool = False) -> dict[str, 
 # CLI
 # --------------------------------------------------------------------------------------------
 
-ALL_KINDS = ("sd21base", "sd15", "ezigen", "clip_b32", "flux")
+ALL_KINDS = ("sd21base", "sd15", "ezigen", "clip_b32", "flux", "sdxl", "ezigen_sdxl")
 
 
-DEFAULT_KINDS = ("sd21base", "sd15", "ezigen", "clip_b32")  # FLUX (1.5 GB) only where a test asks for it
+DEFAULT_KINDS = ("sd21base", "sd15", "ezigen", "clip_b32")  # FLUX (1.5 GB), SDXL (7.7 GB) where a test asks
+
+
+def make_sdxl(out: Path = DEFAULT_OUT, *, overwrite: bool = False) -> dict[str, Path]:
+    """The SDXL stand-ins under ``out``: {"sdxl": the checkpoint, "ezigen_sdxl": the adapter file}."""
+    return make_all(out, ("sdxl", "ezigen_sdxl"), overwrite=overwrite)
 
 
 def make_all(out: Path = DEFAULT_OUT, only: Sequence[str] = DEFAULT_KINDS, *, overwrite: bool = False) -> dict[str, Path]:
@@ -840,6 +921,10 @@ def make_all(out: Path = DEFAULT_OUT, only: Sequence[str] = DEFAULT_KINDS, *, ov
         made["clip_b32"] = make_clip_vit_b32(out / CLIP_B32_FILE_NAME, overwrite=overwrite)
     if "flux" in only:
         made.update(make_flux(out, overwrite=overwrite))
+    if "sdxl" in only:
+        made["sdxl"] = make_sd_checkpoint("sdxl", out / SD_FILE_NAMES["sdxl"], overwrite=overwrite)
+    if "ezigen_sdxl" in only:
+        made["ezigen_sdxl"] = make_ezigen_sdxl_adapter(out / EZIGEN_SDXL_FILE_NAME, overwrite=overwrite)
     return made
 
 
@@ -849,7 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"cache folder (default {DEFAULT_OUT})")
     parser.add_argument("--only", default=",".join(ALL_KINDS), help="comma-separated subset of " + ",".join(ALL_KINDS))
     parser.add_argument("--force", action="store_true", help="rewrite files that already exist")
-    parser.add_argument("--verify", action="store_true", help="load the SD checkpoints with ComfyUI and run a 2-step sample")
+    parser.add_argument("--verify", action="store_true", help="load the SD/SDXL checkpoints with ComfyUI and run a 2-step sample")
     args = parser.parse_args(argv)
 
     print(BANNER, file=sys.stderr, flush=True)
@@ -864,7 +949,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[make_checkpoints] done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     if args.verify:
-        for kind in ("sd21base", "sd15"):
+        for kind in ("sd21base", "sd15", "sdxl"):
             if kind in made:
                 print(f"[verify] {kind}: {json.dumps(verify_sd_checkpoint(made[kind]))}", file=sys.stderr, flush=True)
     print(BANNER, file=sys.stderr)

@@ -25,6 +25,18 @@ PACK_NAME = "ComfyUI-EZIGen"
 MODEL_CACHE = REPO / ".cache" / "models"
 
 
+# The SDXL server's flags. ComfyUI runs a UNet in fp32 on the CPU: SDXL's 2.6 B parameters would take 10.3 GB on top
+# of the checkpoint's 6.9 GB being read; bf16 weights (computed in fp32) halve that (measured, 0.3.75: peak RSS
+# 14.7 GB with --bf16-unet, 6.9 GB of it the file's clean page cache, 8.0 GB after loading).
+SDXL_SERVER_FLAGS = ("--bf16-unet",)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The SDXL server's tests first: its module-scoped server (8 GB) is stopped before the session server starts,
+    so a run never holds two ComfyUI servers at once (the CI machine has room for one)."""
+    items.sort(key=lambda item: "sdxl_server" not in getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Make ComfyUI importable in this process (the stand-in makers use its classes).
 
@@ -104,3 +116,25 @@ def flux_server(server: ComfyServer) -> ComfyServer:
     server.add_models("text_encoders", [(made["flux_clip_l"], "clip_l.safetensors")])
     server.add_models("vae", [(made["flux_vae"], "ae.safetensors")])
     return server
+
+
+@pytest.fixture(scope="module")
+def sdxl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    """A ComfyUI (CPU, `SDXL_SERVER_FLAGS`) of its own with a random-weight full-size SDXL checkpoint, random
+    EZIGen-SDXL adapters in upstream's layout and the CLIP ViT-B/32 stand-in under the SDXL workflow's file names,
+    and the demo subject in input/; made once (about a minute, 7.8 GB) and cached under .cache/models."""
+    import make_checkpoints  # noqa: PLC0415
+    from demo_inputs import write_subject_image  # noqa: PLC0415
+
+    made = make_checkpoints.make_all(MODEL_CACHE, ("sdxl", "ezigen_sdxl", "clip_b32"))
+    server = ComfyServer(
+        tmp_path_factory.mktemp("comfy-sdxl-base"),
+        custom_nodes={PACK_NAME: REPO},
+        models={"checkpoints": [(made["sdxl"], "sd_xl_base_1.0.safetensors")],
+                "ezigen": [(made["ezigen_sdxl"], "ezigen_sdxl.safetensors")],
+                "clip_vision": [(made["clip_b32"], "clip_vit_b32.safetensors")]},
+        extra_args=SDXL_SERVER_FLAGS,
+    )
+    with server:
+        write_subject_image(server.base_dir / "input")
+        yield server
