@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ezigen_lib.capture import encode_subject
-from ezigen_lib.subject_file import load_subject
+from ezigen_lib.subject_format import load_subject
 
 from tiny_models import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
 from tiny_sdxl import CLIP_G_WIDTH, CONTEXT_WIDTH, tiny_sdxl_clip
