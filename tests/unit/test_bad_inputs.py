@@ -22,7 +22,7 @@ from ezigen_lib.edit import EditInputError, EditSettings, edit_area, run_edit
 from ezigen_lib.subject_format import SubjectFileError, load_subject
 from ezigen_lib.subject_saving import save_new_subject
 
-from tiny_models import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import random_context, tiny_encoder, tiny_model, tiny_vae
 
 NAN, INF = float("nan"), float("inf")
 SHOWN = "models/ezigen_subjects"
@@ -31,16 +31,6 @@ NEGATIVE = [[random_context(101), {}]]
 EDIT_WIDGETS = dict(seed=1, steps=4, cfg=2.0, sampler_name="euler", scheduler="ddim_uniform", split_ratio=0.5,
                     loops=1, min_loops=1, max_loops=2, sim_threshold=0.99, mode="faithful", inversion="dpmpp_2m",
                     mask_mode="soft", short_side=64, output_size="source")
-
-
-@pytest.fixture(scope="module")
-def nodes():
-    return load_pack().nodes
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return patched_tiny(0.0, 1.0)
 
 
 @pytest.fixture(scope="module")
