@@ -6,7 +6,8 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..ezigen_lib.subject_file import load_subject, require_subject_fits, save_new_subject
+from ..ezigen_lib.subject_format import load_subject, require_subject_fits
+from ..ezigen_lib.subject_saving import save_new_subject
 from .folders import SUBJECTS_FOLDER, check_model_file, model_file_fingerprint, subjects_save_folder
 from .types import EZIGenEncoderType, EZIGenSubjectType
 

@@ -72,7 +72,7 @@ def record() -> dict:
     # the library as the loaded pack imports it: the nodes' classes (a patch's, a subject's) are that copy's
     pack = tiny.load_pack()
     lib = {name: importlib.import_module(f"{pack.__name__}.ezigen_lib.{name}")
-           for name in ("autostop", "checkpoint", "convert", "edit", "encoder", "subject_file")}
+           for name in ("autostop", "checkpoint", "convert", "edit", "encoder", "subject_format", "subject_saving")}
     node = {name: getattr(importlib.import_module(f"{pack.__name__}.nodes.{module}"), name) for module, name in (
         ("subject", "EZIGenEncodeSubject"), ("patch", "EZIGenPatchUNetAttention"), ("sampler", "EZIGenSampler"))}
     checkpoint, edit = lib["checkpoint"], lib["edit"]
@@ -134,8 +134,8 @@ def record() -> dict:
         sampler_node("two_subjects", two, "faithful")
 
     # a saved subject reloaded, used again
-    lib["subject_file"].save_subject(base / "subject.safetensors", subject, "a thing")
-    reloaded, metadata = lib["subject_file"].load_subject(base / "subject.safetensors")
+    lib["subject_saving"].save_subject(base / "subject.safetensors", subject, "a thing")
+    reloaded, metadata = lib["subject_format"].load_subject(base / "subject.safetensors")
     out.update({f"reloaded/features.{k}": f for k, f in enumerate(reloaded.features)})
     out["reloaded/metadata"] = json.dumps(metadata, sort_keys=True)
     out["reloaded/single_pass"] = tiny.sample(patch(model, reloaded), seed=3, steps=10, sampler="ddpm")

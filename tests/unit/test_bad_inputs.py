@@ -13,15 +13,16 @@ import shutil
 import pytest
 import torch
 
-from ezigen_lib import subject_file
+from ezigen_lib import subject_saving
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.errors import exception_text
 from ezigen_lib.crop import MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, crop_box, mask_bounds, processing_size
 from ezigen_lib.edit import EditInputError, EditSettings, edit_area, run_edit
-from ezigen_lib.subject_file import SubjectFileError, load_subject, save_new_subject
+from ezigen_lib.subject_format import SubjectFileError, load_subject
+from ezigen_lib.subject_saving import save_new_subject
 
-from tiny_models import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import random_context, tiny_encoder, tiny_model, tiny_vae
 
 NAN, INF = float("nan"), float("inf")
 SHOWN = "models/ezigen_subjects"
@@ -30,16 +31,6 @@ NEGATIVE = [[random_context(101), {}]]
 EDIT_WIDGETS = dict(seed=1, steps=4, cfg=2.0, sampler_name="euler", scheduler="ddim_uniform", split_ratio=0.5,
                     loops=1, min_loops=1, max_loops=2, sim_threshold=0.99, mode="faithful", inversion="dpmpp_2m",
                     mask_mode="soft", short_side=64, output_size="source")
-
-
-@pytest.fixture(scope="module")
-def nodes():
-    return load_pack().nodes
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return patched_tiny(0.0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +156,7 @@ def test_a_full_disk_is_reported_and_leaves_no_partial_file(tmp_path, subject, m
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device", os.readlink(f"/proc/self/fd/{fd}"))
 
-    monkeypatch.setattr(subject_file.os, "fsync", full)
+    monkeypatch.setattr(subject_saving.os, "fsync", full)
     message = save_failure(folder, "dogs/rex", subject)
     assert message == ("Save EZIGen Subject could not write 'models/ezigen_subjects/dogs/rex_00001.safetensors': the "
                        "disk is full (ENOSPC). Nothing was saved: free some space on the disk, then queue the prompt "
@@ -183,7 +174,7 @@ def test_a_read_only_folder_is_reported(tmp_path, subject, monkeypatch):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(subject_file, "open", read_only, raising=False)
+    monkeypatch.setattr(subject_saving, "open", read_only, raising=False)
     message = save_failure(folder, "rex", subject)
     assert message.startswith("Save EZIGen Subject could not write 'models/ezigen_subjects/rex_00001.safetensors': "
                               "ComfyUI may not write there (a read-only folder?) (EACCES). Nothing was saved: make "
@@ -200,7 +191,7 @@ def test_a_folder_removed_during_the_save_is_reported(tmp_path, subject, monkeyp
         real_fsync(fd)
         shutil.rmtree(folder / "dogs")
 
-    monkeypatch.setattr(subject_file.os, "fsync", remove_folder)
+    monkeypatch.setattr(subject_saving.os, "fsync", remove_folder)
     message = save_failure(folder, "dogs/rex", subject)
     assert message.startswith("Save EZIGen Subject could not write 'models/ezigen_subjects/dogs/rex_00001.safetensors': "
                               "the folder was removed or renamed during the save (ENOENT). Nothing was saved: queue "
@@ -218,7 +209,7 @@ def test_a_folder_that_cannot_be_made_or_listed_is_reported(tmp_path, subject, m
     def unreadable(path):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(subject_file.os, "listdir", unreadable)
+    monkeypatch.setattr(subject_saving.os, "listdir", unreadable)
     assert "could not write into models/ezigen_subjects (filename_prefix 'dogs/rex'): ComfyUI may not write there" \
            in save_failure(folder, "dogs/rex", subject)
     assert leftovers(folder) == ["cats"]

@@ -13,7 +13,7 @@ from ezigen_lib.gate import NEVER_ON
 from ezigen_lib.stage_sampling import CallCounter, with_window
 
 from .reference_scheduler import reference_inverse_levels, reference_inverse_scheduler, reference_inversion_steps
-from tiny_models import patched_tiny, random_context
+from tiny_models import random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
@@ -21,11 +21,6 @@ CONTEXT = random_context(5)
 SOURCE = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(4))
 MASK = torch.zeros(50, 70)
 MASK[10:30, 20:50] = 1
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return patched_tiny(0.0, 1.0)
 
 
 def edit(parts, image=SOURCE, mask=MASK, **kw):

@@ -8,7 +8,7 @@ from ezigen_lib.edit import EditInputError, EditSettings, edit_area, run_edit
 from ezigen_lib.inject import crop_subject_regions, subject_injections
 from ezigen_lib.placement import Placement
 
-from tiny_models import patched_tiny, random_context
+from tiny_models import random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
@@ -17,11 +17,6 @@ SOURCE = torch.rand(1, 120, 200, 3, generator=torch.Generator().manual_seed(7)) 
 MASK = torch.zeros(1, 120, 200)
 MASK[0, 40:60, 110:140] = 1.0
 MASK[0, 38:40, 110:140] = 0.3  # a soft edge: inside the box, blended as today
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return patched_tiny(0.0, 1.0)
 
 
 def edit(parts, image=SOURCE, mask=MASK, model=None, **kw):

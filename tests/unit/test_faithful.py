@@ -23,7 +23,7 @@ from ezigen_lib.gate import NEVER_ON
 from ezigen_lib.stage_sampling import CallCounter, with_window
 
 from .reference_scheduler import reference_inverse_levels
-from tiny_models import patched_tiny, random_context, sample, tiny_encoder, tiny_model
+from tiny_models import random_context, sample, tiny_encoder, tiny_model
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
@@ -62,11 +62,6 @@ class ModelInputs:
 
     def timesteps(self, model_sampling) -> list[int]:
         return [round(float(model_sampling.timestep(t[0]))) for _, t, _ in self.calls]
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return patched_tiny(0.0, 1.0)
 
 
 @pytest.fixture(scope="module")

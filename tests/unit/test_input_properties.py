@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ezigen_lib.capture import encode_subject
-from ezigen_lib.subject_file import load_subject
+from ezigen_lib.subject_format import load_subject
 
-from tiny_models import load_pack, patched_tiny, random_context, tiny_encoder, tiny_model, tiny_vae
+from tiny_models import load_pack, random_context, tiny_encoder, tiny_model, tiny_vae
 from tiny_sdxl import CLIP_G_WIDTH, CONTEXT_WIDTH, tiny_sdxl_clip
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -56,11 +56,6 @@ DISPLAY = {"EZIGenEdit": "EZIGen Edit", "EZIGenEncodeSubject": "Encode Subject (
 @pytest.fixture(scope="module")
 def pack():
     return load_pack()
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return patched_tiny(0.0, 1.0)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.sampler_names import CHECKED_SAMPLERS, EDIT, SAMPLER, sampler_problem
 from ezigen_lib.stage_sampling import CallCounter
 
-from tiny_models import load_pack, patched_tiny, random_context
+from tiny_models import load_pack, random_context
 
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
@@ -23,11 +23,6 @@ MASK[8:32, 16:48] = 1
 STEPS, SPLIT = 4, 0.5
 LOOP_STEPS = STEPS - int(STEPS - SPLIT * STEPS)
 NEW_NAME = "cfgpp_ud10_ab"  # in ComfyUI 0.38.1's list, unknown to the tested hosts
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return patched_tiny(0.0, 1.0)
 
 
 def test_every_sampler_of_this_host_was_checked_with_both_nodes():

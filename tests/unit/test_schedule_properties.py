@@ -16,7 +16,7 @@ from ezigen_lib.stage_sampling import sampling_schedule
 from ezigen_lib.step_counts import (SEED_SPACE, appearance_start_index, derive_seed, loop_start_index,
                                  reference_inversion_timesteps, reference_timesteps)
 
-from tiny_models import patched_tiny, random_context, tiny_model
+from tiny_models import random_context, tiny_model
 
 MODEL_SAMPLING = tiny_model().get_model_object("model_sampling")
 STEPS = st.integers(min_value=1, max_value=1000)  # the nodes' range
@@ -103,11 +103,6 @@ def test_derived_seeds_are_valid_generator_seeds(seed, a, b):
 # --- the largest widget values end to end (issue: seed + k overflowed; 1000 steps gave NaN) ---------------------
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return patched_tiny(0.0, 1.0)
 
 
 @pytest.mark.parametrize("seed", [SEED_SPACE - 1, SEED_SPACE - 2])

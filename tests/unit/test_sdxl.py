@@ -19,7 +19,8 @@ from ezigen_lib.checkpoint import AdapterFileError, AdapterInfo, AdapterWeights,
 from ezigen_lib.encoder import load_encoder
 from ezigen_lib.family import UnsupportedModelError, family_of
 from ezigen_lib.inject import apply_subject
-from ezigen_lib.subject_file import SubjectFileError, load_subject, require_subject_fits, save_subject
+from ezigen_lib.subject_format import SubjectFileError, load_subject, require_subject_fits
+from ezigen_lib.subject_saving import save_subject
 from ezigen_lib.text_encoding import encode_prompts
 
 from tiny_models import random_adapter_state, random_context, sample, tiny_model, tiny_vae

@@ -15,8 +15,8 @@ import comfy.model_management
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.checkpoint import AdapterInfo, AdapterWeights, save_adapter
 from ezigen_lib.inject import apply_subject
-from ezigen_lib.subject_file import (feature_keys, SubjectFileError, load_subject, next_subject_path,
-                                     require_subject_fits, save_new_subject, save_subject)
+from ezigen_lib.subject_format import feature_keys, SubjectFileError, load_subject, require_subject_fits
+from ezigen_lib.subject_saving import next_subject_path, save_new_subject, save_subject
 
 from tiny_models import load_pack, random_adapter_state, random_context, sample, tiny_encoder, tiny_model, tiny_vae
 
@@ -265,7 +265,7 @@ from ezigen_lib.host import bootstrap_inprocess
 bootstrap_inprocess(sys.argv[2])
 import torch
 from ezigen_lib.capture import SubjectFeatures
-from ezigen_lib.subject_file import save_new_subject
+from ezigen_lib.subject_saving import save_new_subject
 features = tuple(torch.ones(1, 4096, 64, dtype=torch.float16) for _ in range(16))  # 8 MiB
 subject = SubjectFeatures(features, 1, 64, "TinySD", "tiny/adapter.safetensors")
 signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # writing past the limit below kills the process, as SIGKILL would

@@ -19,22 +19,12 @@ from ezigen_lib.edit import EditInputError
 from tiny_models import slot_widths
 
 from .checkpoints import write_malicious_pickle
-from tiny_models import (TINY_CHANNELS, load_pack, patched_tiny, random_adapter_state, random_context, tiny_encoder,
+from tiny_models import (TINY_CHANNELS, random_adapter_state, random_context, tiny_encoder,
                    tiny_model, tiny_vae)
 
 NAN, INF = float("nan"), float("inf")
 POSITIVE = [[random_context(100), {}]]
 NEGATIVE = [[random_context(101), {}]]
-
-
-@pytest.fixture(scope="module")
-def nodes():
-    return load_pack().nodes
-
-
-@pytest.fixture(scope="module")
-def parts():
-    return patched_tiny(0.0, 1.0)
 
 
 class CountingVAE:
