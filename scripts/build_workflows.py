@@ -129,7 +129,8 @@ def ezigen_edit_part(w, ckpt, source_image_src, mask_src, x0=840):
                  outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 110), title="Prompt for the edited region")
     neg = w.node("CLIPTextEncode", (x0, 280), {"text": ""}, inputs=[("clip", "CLIP")],
                  outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90), title="Negative (empty, as the reference)")
-    enc = w.node("EZIGenLoadEncoder", (x0 + 460, 0), {"adapter_name": "ezigen_sd21base.safetensors"}, inputs=[("encoder_model", "MODEL")],
+    enc = w.node("EZIGenLoadEncoder", (x0 + 460, 0), {"adapter_name": "ezigen_sd21base.safetensors", "residual": "from file"},
+                 inputs=[("encoder_model", "MODEL")],
                  outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
     es = w.node("EZIGenEncodeSubject", (x0 + 460, 130), {"seed": 0, "resolution": 512},
                 inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
@@ -227,7 +228,8 @@ def subject_pipeline(w: WF, loop_negative: bool = False, base: Base = SD21) -> d
                                 outputs=[("CONDITIONING", "CONDITIONING")], size=(400, 90),
                                 title="Loop negative (empty, as the reference)")
         texts.append(ids["loopneg"])
-    enc = w.node("EZIGenLoadEncoder", (840, 0), {"adapter_name": base.adapter}, inputs=[("encoder_model", "MODEL")],
+    enc = w.node("EZIGenLoadEncoder", (840, 0), {"adapter_name": base.adapter, "residual": "from file"},
+                 inputs=[("encoder_model", "MODEL")],
                  outputs=[("encoder", "EZIGEN_ENCODER")], size=(340, 80))
     es = w.node("EZIGenEncodeSubject", (840, 130), {"seed": 0, "resolution": base.size},
                 inputs=[("encoder", "EZIGEN_ENCODER"), ("vae", "VAE"), ("subject_prompt", "CONDITIONING"), ("image", "IMAGE"),
