@@ -28,8 +28,10 @@ def test_benchmark_sampler_prints_its_ratios(stand_in_models):
 
 def test_benchmark_training_prints_its_speed(stand_in_models):
     out = run_script("benchmark_training.py", "--resolution", "64", "--steps", "1")
-    assert re.search(r"sd15_random\.safetensors: \d+\.\d{3} samples/s", out), out
-    assert re.search(r"sd21base_random\.safetensors: \d+\.\d{3} samples/s", out), out
+    assert re.search(r"sd15_random\.safetensors \(SD15, 16 adapters, double residual, 64 px\): \d+\.\d{3} samples/s"
+                     r", [0-9.]+ s/step, peak memory \d+ MiB", out), out
+    assert re.search(r"sd21base_random\.safetensors \(SD20, 16 adapters, double residual, 64 px\): \d+\.\d{3} "
+                     r"samples/s", out), out
 
 
 def test_benchmark_edit_crop_prints_its_ratios(stand_in_models):
