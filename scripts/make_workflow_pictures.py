@@ -369,12 +369,17 @@ def picture_of_node_docs(browser, server: ComfyServer) -> dict:
         for image in page.locator("img[src*='/extensions/ComfyUI-EZIGen/docs/images/']").all()[:2]:
             page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
                                    timeout=15000)
-        rest_mouse(page)
-        target = OUT / "node_docs.png"
-        assert not page.page_errors, page.page_errors
-        return {"picture": target.name, "bytes": save_png(page.screenshot(), target)}
+        return finished_picture(page, "node_docs.png")
     finally:
         page.context.close()
+
+
+def finished_picture(page, filename: str) -> dict:
+    """The page as it stands, mouse out of the way, saved as OUT/filename once the page logged no error."""
+    rest_mouse(page)
+    target = OUT / filename
+    assert not page.page_errors, page.page_errors
+    return {"picture": target.name, "bytes": save_png(page.screenshot(), target)}
 
 
 def picture_of_missing_models(browser, server: ComfyServer) -> dict:
@@ -390,10 +395,7 @@ def picture_of_missing_models(browser, server: ComfyServer) -> dict:
         page.get_by_text("v2-1_512-ema-pruned.safetensors", exact=False).first.wait_for(timeout=20000)
         edge = widen_side_panel(page, 250)
         page.evaluate(FIT, [LEFT, TOP, width - edge + RIGHT, BOTTOM])
-        rest_mouse(page)
-        target = OUT / "missing_models.png"
-        assert not page.page_errors, page.page_errors
-        return {"picture": target.name, "bytes": save_png(page.screenshot(), target)}
+        return finished_picture(page, "missing_models.png")
     finally:
         page.context.close()
 
