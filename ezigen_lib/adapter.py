@@ -8,7 +8,7 @@ Per transformer layer k of the model's family (family.py), with h1 the block sta
     h1' = h1 + strength * (u + O)                    (double residual: SD2.1's release)
     h1' = h1 + strength * O                          (single residual: upstream's SDXL run)
 Weights cannot tell the two apart (upstream's ``residual_connection``), so the file or the user says which
-(``RESIDUALS``).
+(``family.RESIDUALS``).
 Built from ComfyUI's cast-on-the-fly ops so weights stay in file dtype and any compute dtype works.
 """
 from __future__ import annotations

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..adapter import RESIDUALS, AdapterSet
+from ..adapter import AdapterSet
 from ..checkpoint import AdapterInfo, AdapterWeights
-from ..family import family_of
+from ..family import RESIDUALS, family_of
 from . import checkpoints
 from .data import collate
 from .objective import Objective, TextFeatures, init_adapters_from_unet
@@ -45,7 +45,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     save_every: int = 500
     head_dim: int = 64
-    residual: str | None = None  # adapter.RESIDUALS; None: the family's (SDXL single, SD1.x/SD2.x double)
+    residual: str | None = None  # family.RESIDUALS; None: the family's (SDXL single, SD1.x/SD2.x double)
     staged_timesteps: bool = False  # each example's own timestep range (upstream's SDXL run, data.py)
     text_layers: str = "comfy"  # text_encoding.LAYERS the run's text encoder uses (recorded, not applied here)
     base_model: str = "sd2.1-base"
