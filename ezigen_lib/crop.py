@@ -1,6 +1,7 @@
-"""EZIGen Edit's geometry: the work area (`WorkArea`: the box of the source that is edited, the work size it is
-edited at, how the result is pasted back), made and checked once per edit by `work_area`, for the crop-and-stitch
-box and the whole image alike, with the limits on what may be edited (docs/method.md section 12).
+"""EZIGen Edit's work area (`WorkArea`: the box of the source that is edited, the work size it is edited at, how
+the result is pasted back), made and checked once per edit by `work_area`, for the crop-and-stitch box and the
+whole image alike, with the limits on what may be edited; and the source's pixels taken into it (`work_inputs`,
+ours or the reference's chain) and the edit's taken back out (`back_to_source`) (docs/method.md sections 11-12).
 
 Editing the whole source at short side 512 shrinks a 300 px region of a 2048 px render to 75 px of
 work, and its detail is lost when scaled back. Editing a box around the mask instead keeps the region
@@ -20,13 +21,19 @@ one pass, as on the whole image; for regions far apart, chain two EZIGen Edit no
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from .edit_source import EditInputError, EditSource
 from .errors import EZIGenError, public_error
+
+log = logging.getLogger("EZIGen")
 
 CROP_MODES = ("around mask", "whole image")
 # Each side grows by half the region's longer side: a square region fills half the box's side, about the share
@@ -40,16 +47,13 @@ PAINTED_THRESHOLD = 0.5 / 255
 # at 512 is still allowed.
 MAX_SCALE_UP = 16
 MAX_ASPECT = 16
+# The reference edits the whole source at short side 512 whatever the settings.
+REFERENCE_SHORT_SIDE = 512
 
 
 @public_error
 class CropError(EZIGenError, ValueError):
     pass
-
-
-@public_error
-class EditInputError(EZIGenError, ValueError):
-    """An EZIGen Edit input that cannot be edited (its shape, size or the work area it would need)."""
 
 
 @dataclass(frozen=True)
@@ -251,3 +255,89 @@ def _shape_long_side(start: int, extent: int, limit: int, scale: float) -> tuple
     if wanted > limit:
         return 0, limit, max(8, math.floor(limit * scale / 8 + 1e-9) * 8)
     return _fit(start, extent, wanted, limit), wanted, work
+
+
+def faint_mask_warnings(mask: torch.Tensor, area: WorkArea) -> list[str]:
+    """Say where a faint haze of the mask (values an 8-bit mask stores as 0) was left out of the box: those
+    pixels stay the source's, which is what such values mean, but the user may have meant them (logged too)."""
+    if not area.cropped:
+        return []
+    faint = (mask > 0) & (mask < PAINTED_THRESHOLD)
+    rows, cols = area.box.slices
+    faint[:, rows, cols] = False
+    count = int(faint.sum())
+    if count == 0:
+        return []
+    warning = (f"{count:,} pixels of the mask outside the crop box hold faint values (at most "
+               f"{float(mask[faint].max()):.2g}, below 0.5/255, which an 8-bit mask stores as 0): the box was drawn "
+               "around the painted pixels only and those stay the source's. Threshold the mask (e.g. "
+               "ThresholdMask) or set crop to 'whole image' if they were meant.")
+    log.warning("EZIGen Edit: %s", warning)
+    return [warning]
+
+
+# The source's pixels into the work area, and the edit's back out.
+
+@dataclass(frozen=True)
+class WorkInputs:
+    """The source at the work size, the mask on the latent grid, the size of the result, and whether they were
+    made by the reference's own chain (`reference_inputs`), which takes the result back its own way."""
+    image: torch.Tensor
+    latent_mask: torch.Tensor
+    result_size: tuple[int, int]
+    reference: bool = False
+
+
+def work_inputs(source: EditSource, area: WorkArea, reference: bool) -> WorkInputs:
+    """The edit's inputs at the work size: ours (`area`'s box of the source resized to its work size, the mask as
+    given, soft or hard, bilinearly), or the reference's chain (`reference_inputs`)."""
+    if reference:
+        return reference_inputs(source)
+    image, mask, size = area.cut(source.image), area.cut(source.mask), area.work_size
+    work_mask = F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    latent_mask = F.interpolate(work_mask[:, None], size=(size[0] // 8, size[1] // 8), mode="bilinear",
+                                align_corners=False)
+    return WorkInputs(resize_image(image, size), latent_mask, size)
+
+
+def reference_inputs(source: EditSource) -> WorkInputs:
+    """The reference's own chain, step for step (PIL as it uses it): the 8-bit source and mask resized
+    with PIL's bicubic filter to short side 512; only mask pixels still 255 count; that 0/1 uint8 mask
+    squashed to 512x512 by cv2's bilinear resize, which rounds back to 0/1, and interpolated to the
+    latent grid. Its VAE floors a size that is not a multiple of 8, keeping the top-left latents, so
+    the extra right and bottom pixels are dropped here. The result is the decoded work image resized
+    back to that short-512 size, with no compositing."""
+    height, width = reference_size(*source.size, REFERENCE_SHORT_SIDE)
+    work_image = pil_resize(source.image[0], (height, width))[None]
+    mask = source.mask[0, :, :, None].expand(-1, -1, 3)
+    work_mask = (pil_resize(mask, (height, width))[..., 0] == 1.0).float()[None]
+    square = _binary_linear_resize(work_mask, (REFERENCE_SHORT_SIDE,) * 2)
+    latent_mask = F.interpolate(square[:, None], size=(height // 8, width // 8), mode="bilinear", align_corners=False)
+    return WorkInputs(work_image[:, :height // 8 * 8, :width // 8 * 8], latent_mask, (height, width), reference=True)
+
+
+def _binary_linear_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """cv2.resize(INTER_LINEAR) of a 0/1 uint8 mask: the result is 0/1 again. Where one side keeps its
+    size, as in the reference's squash of a short-512 mask, cv2's fixed-point arithmetic comes to the
+    bilinear value rounded with halves up (checked against cv2 in test_faithful.py)."""
+    return (F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] >= 0.5).float()
+
+
+def pil_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W, 3) in [0, 1] -> 8-bit -> PIL bicubic resize to (height, width) -> (h, w, 3) in [0, 1]."""
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    resized = Image.fromarray(pixels, "RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(resized).copy()).float() / 255
+
+
+def back_to_source(decoded: torch.Tensor, source: EditSource, work: WorkInputs, area: WorkArea,
+                   output_size: str) -> torch.Tensor:
+    """The edit's result. The reference returns the decoded work image at its short-512 size; output_size
+    'reference' the decoded work image as is; ours ('source') pastes the edit into the source at the source size
+    (pixels outside the mask exactly the source's), into the box when cropped (pixels outside the box are the
+    source's own, untouched)."""
+    if work.reference:
+        return pil_resize(decoded[0], work.result_size)[None]
+    if output_size != "source":
+        return decoded
+    return area.paste(decoded, source.image, source.mask)

@@ -24,7 +24,6 @@ from .stage_sampling import CallCounter, require_finite_latent, start_latent, wi
 from .step_counts import (appearance_start_index, derive_seed, reference_unet_calls, renoise_coefficients,
                        sampler_seed, vp_scale)
 from .subject_views import reach_warnings, require_region_batches, subject_reports, subject_views
-from .vae_sample import encode_sample
 
 log = logging.getLogger("EZIGen")
 
@@ -72,10 +71,8 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
 
     def sample_loop(loop: int) -> torch.Tensor:
         """Re-noise the last round to the loop start (a z + b eps) and refine it with the subject."""
-        if settings.faithful:  # the reference re-encodes the decoded image, sampling the posterior
-            z = encode_sample(vae, rounds.last_image[..., :3], derive_seed(settings.seed, "vae", loop))
-        else:
-            z = rounds.last_latent
+        # the reference re-encodes the decoded image, sampling the posterior; clean keeps the latent
+        z = rounds.next_start(vae, derive_seed(settings.seed, "vae", loop) if settings.faithful else None)
         eps = comfy.sample.prepare_noise(z, derive_seed(settings.seed, "renoise", loop), batch_index)
         start = start_latent(model, model.model.process_latent_in(z) * a + eps * b)
         return comfy.sample.sample_custom(loop_model, torch.zeros_like(start), settings.cfg, sampler, plan.loop_sigmas,

@@ -26,6 +26,7 @@ from .core_details import fallback_notes, require_model_sampling
 from .stage_sampling import require_finite_latent, sampling_schedule, schedule_report
 from .step_counts import loop_start_index
 from .similarity import clip_embeddings, cosine
+from .vae_sample import encode_image
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,13 @@ class RoundLog:
             "similarity_metric": "clip_vision_cosine" if self.clip_vision is not None
             else "latent_cosine (no CLIP vision)",
         }
+
+    def next_start(self, vae, sample_seed: int | None) -> torch.Tensor:
+        """The latent the next round starts from: the last image re-encoded with a posterior sample seeded
+        `sample_seed` (the reference's round trip through pixels), or, with None, the last latent as it is."""
+        if sample_seed is None:
+            return self.last_latent
+        return encode_image(vae, self.last_image[..., :3], sample_seed)
 
     def all_images(self) -> torch.Tensor:
         return torch.cat([image[..., :3] for image in self.images], dim=0)

@@ -8,6 +8,10 @@ import torch
 
 from .input_checks import InputValueError
 from .inject import subject_injections
+from .regions import share_outside
+
+NO_EDIT_SUBJECT = ("The MODEL carries no EZIGen patch (connect Patch UNet Attention): editing without a "
+                   "subject.")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,23 @@ def subject_reports(model) -> list[dict]:
                                                              "share": round(float(v.region.mean()), 4)},
              "acted_share": round(v.acted_share, 4)}
             for v in subject_views(model)]
+
+
+def edit_subject_reports(model, mask: torch.Tensor) -> tuple[list[dict], list[str]]:
+    """Each subject's report, with the share of its region outside the edit mask (allowed: it acts only
+    where the edit regenerates; reported so a misplaced mask is seen), and the warnings."""
+    views = subject_views(model)
+    warnings = [] if views else [NO_EDIT_SUBJECT]
+    subjects = subject_reports(model)
+    for k, (view, report) in enumerate(zip(views, subjects), start=1):
+        if view.region is None:
+            continue
+        outside = share_outside(view.region, mask)
+        report["outside_edit_mask"] = round(outside, 4)
+        if outside > 0.005:
+            warnings.append(f"{outside:.0%} of subject {k}'s mask lies outside the edit mask: the subject acts only "
+                            "inside the edit mask.")
+    return subjects, warnings
 
 
 def reach_warnings(model) -> list[str]:

@@ -76,3 +76,9 @@ def encode_sample(vae, pixels: torch.Tensor, seed: int) -> torch.Tensor:
     if not fired:
         raise core_changed(f"VAE.encode calling the KL VAE's {GAUSSIAN} (it returned without running it)", HOOK)
     return latent
+
+
+def encode_image(vae, pixels: torch.Tensor, sample_seed: int | None) -> torch.Tensor:
+    """The latent of `pixels`: a posterior sample seeded `sample_seed` (the reference's encoding), or with None
+    ComfyUI's usual `vae.encode`."""
+    return vae.encode(pixels) if sample_seed is None else encode_sample(vae, pixels, sample_seed)

@@ -6,8 +6,10 @@ from comfy_api.latest import io
 from ..ezigen_lib.autostop import LoopPolicy
 from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.crop import CROP_MODES, DEFAULT_CONTEXT
-from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, check_edit_inputs, run_edit
-from ..ezigen_lib.inversion import SOLVERS, exceptional_text
+from ..ezigen_lib.edit import OUTPUT_SIZES, EditSettings, run_edit
+from ..ezigen_lib.edit_source import edit_source
+from ..ezigen_lib.inversion import SOLVERS
+from ..ezigen_lib.inversion_text import exceptional_text
 from ..ezigen_lib.family import require_conditioning_width, require_text_width
 from .common import MODES, autostop_inputs, require_valid_widgets, similarity_chart_output
 
@@ -114,7 +116,7 @@ class EZIGenEdit(io.ComfyNode):
                               split_ratio=split_ratio, loops=loops, min_loops=min_loops, max_loops=max_loops,
                               sim_threshold=sim_threshold, mode=mode, inversion=inversion, mask_mode=mask_mode,
                               short_side=short_side, output_size=output_size, crop=crop, crop_context=crop_context)
-        check_edit_inputs(image, mask)  # NaN in the image or mask, wrong shapes: refused before the CLIP runs
+        source = edit_source(image, mask)  # NaN in the image or mask, wrong shapes: refused before the CLIP runs
         for name, conditioning in (("positive", positive), ("negative", negative)):
             require_conditioning_width(model, conditioning, name)
         settings = EditSettings(
@@ -126,6 +128,6 @@ class EZIGenEdit(io.ComfyNode):
         inversion_text = exceptional_text(clip)
         require_text_width(model, inversion_text.context.shape[-1], "The CLIP input's text embedding",
                            "connect the CLIP of the MODEL's own checkpoint (SD2.1-base for the official weights).")
-        result = run_edit(model, inversion_text, vae, image, mask, positive, negative, settings, clip_vision)
+        result = run_edit(model, inversion_text, vae, source, positive, negative, settings, clip_vision)
         chart = similarity_chart(result.report.get("similarities", []), sim_threshold, result.report["stop_reason"])
         return io.NodeOutput(result.image, result.round_images, result.report_text(), chart)

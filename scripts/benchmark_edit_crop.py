@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from ezigen_lib.autostop import LoopPolicy
     from ezigen_lib.edit import EditSettings, run_edit
+    from ezigen_lib.edit_source import edit_source
     from ezigen_lib.inject import apply_subject
-    from ezigen_lib.inversion import exceptional_prompt
+    from ezigen_lib.inversion_text import exceptional_prompt
 
     bench = inprocess.load_bench(args)
     model, clip, vae = bench.model, bench.clip, bench.vae
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = EditSettings(seed=0, steps=args.steps, split_ratio=args.split, policy=LoopPolicy(loops=1),
                                 short_side=args.short_side, crop=crop)
         with torch.inference_mode():
-            return run_edit(patched, inversion_context, vae, source, mask, positive, negative, settings).report
+            return run_edit(patched, inversion_context, vae, edit_source(source, mask), positive, negative,
+                            settings).report
 
     edit(args.sizes[0], "around mask", *inputs(args.sizes[0]))  # warm-up: loads everything once
     print(f"{'crop':>12} {'source':>7} {'region work px':>14} {'work size':>10} {'seconds':>8} {'ratio':>6} "

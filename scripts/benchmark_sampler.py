@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from ezigen_lib.autostop import LoopPolicy
     from ezigen_lib.edit import EditSettings, run_edit
+    from ezigen_lib.edit_source import edit_source
     from ezigen_lib.generate import GenerationSettings, run_generation
     from ezigen_lib.inject import apply_subject
-    from ezigen_lib.inversion import exceptional_prompt
+    from ezigen_lib.inversion_text import exceptional_prompt
     from ezigen_lib.step_counts import reference_unet_calls
 
     bench = inprocess.load_bench(args)
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                                  short_side=args.sizes[0])
     with torch.inference_mode():
         t = time.perf_counter()
-        report = run_edit(patched, exceptional_prompt(clip), vae, source, mask, positive, negative, edit_settings).report
+        report = run_edit(patched, exceptional_prompt(clip), vae, edit_source(source, mask), positive, negative,
+                          edit_settings).report
         edit_s = time.perf_counter() - t
     print(f"edit at {args.sizes[0]}px, {args.loops} rounds: {report['unet_evaluations']} CFG evaluations + "
           f"{report['inversion_evaluations']} inversion evaluations (batch 1) in {edit_s:.2f} s; the reference: "

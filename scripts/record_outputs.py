@@ -72,7 +72,8 @@ def record() -> dict:
     # the library as the loaded pack imports it: the nodes' classes (a patch's, a subject's) are that copy's
     pack = tiny.load_pack()
     lib = {name: importlib.import_module(f"{pack.__name__}.ezigen_lib.{name}")
-           for name in ("autostop", "checkpoint", "convert", "edit", "encoder", "subject_format", "subject_saving")}
+           for name in ("autostop", "checkpoint", "convert", "edit", "edit_source", "encoder", "subject_format",
+                        "subject_saving")}
     node = {name: getattr(importlib.import_module(f"{pack.__name__}.nodes.{module}"), name) for module, name in (
         ("subject", "EZIGenEncodeSubject"), ("patch", "EZIGenPatchUNetAttention"), ("sampler", "EZIGenSampler"))}
     checkpoint, edit = lib["checkpoint"], lib["edit"]
@@ -152,15 +153,19 @@ def record() -> dict:
     large_mask[36:38, 110:140] = 0.5
     cases = {"whole_faithful": {"crop": "whole image"}, "whole_clean": {"crop": "whole image", "faithful": False},
              "crop_faithful": {}, "crop_clean_hard": {"faithful": False, "hard_mask": True},
-             "crop_reference": {"reference_output": True, "output_size": "reference"}}
+             "crop_reference": {"reference_output": True, "output_size": "reference"},
+             # three rounds: rounds 2 and 3 start from the inversion of the round before
+             "whole_faithful_3_rounds": {"crop": "whole image", "loops": 3},
+             "crop_clean_3_rounds": {"faithful": False, "loops": 3}}
     for name, extra in cases.items():
+        extra = dict(extra)
         settings = edit.EditSettings(seed=1, steps=10, short_side=64, sampler_name="euler",
-                                     policy=lib["autostop"].LoopPolicy(loops=1), **extra)
+                                     policy=lib["autostop"].LoopPolicy(loops=extra.pop("loops", 1)), **extra)
         whole = name.startswith("whole")
         patched = patch(model, subject, 0.0, mask=None if whole else right)
         with torch.inference_mode():
-            result = edit.run_edit(patched, tiny.random_context(5), vae, small if whole else large,
-                                   small_mask if whole else large_mask, positive, negative, settings)
+            source = lib["edit_source"].edit_source(small if whole else large, small_mask if whole else large_mask)
+            result = edit.run_edit(patched, tiny.random_context(5), vae, source, positive, negative, settings)
         out.update({f"edit_{name}/image": result.image,
                     f"edit_{name}/report": json.dumps(without_timings(result.report), sort_keys=True)})
         if name != "crop_reference":  # its rounds (512 px, the reference's size) differ in the last bit between

@@ -130,7 +130,7 @@ def test_exceptional_prompt_construction(stand_in_models):
     import comfy.sd
     import torch
 
-    from ezigen_lib.inversion import EXCEPTIONAL_TOKEN_ID, exceptional_prompt
+    from ezigen_lib.inversion_text import EXCEPTIONAL_TOKEN_ID, exceptional_prompt
 
     _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(stand_in_models["sd21base"]), output_vae=False,
                                                           output_model=False)
@@ -182,7 +182,7 @@ def test_exceptional_prompt_runs_where_the_core_runs_the_text_encoder(stand_in_m
     import comfy.sd
     import torch
 
-    from ezigen_lib.inversion import exceptional_prompt, text_encoder_device
+    from ezigen_lib.inversion_text import exceptional_prompt, text_encoder_device
 
     _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(stand_in_models["sd21base"]), output_vae=False,
                                                           output_model=False)

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from ezigen_lib.autostop import LoopPolicy  # noqa: E402
 from ezigen_lib.edit import EditSettings, run_edit  # noqa: E402
+from ezigen_lib.edit_source import edit_source  # noqa: E402
 from tiny_models import patched_tiny, random_context  # noqa: E402
 
 SOURCE = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(4))
@@ -39,6 +40,6 @@ for name, extra in CASES.items():
     settings = EditSettings(seed=1, steps=10, short_side=64, sampler_name="euler", policy=LoopPolicy(loops=1),
                             **extra, **crop)
     with torch.inference_mode():
-        results[name] = run_edit(model, random_context(5), vae, SOURCE, MASK, [[random_context(100), {}]],
+        results[name] = run_edit(model, random_context(5), vae, edit_source(SOURCE, MASK), [[random_context(100), {}]],
                                  [[random_context(101), {}]], settings).image.clone()
 torch.save(results, sys.argv[1])

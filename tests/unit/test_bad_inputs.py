@@ -17,8 +17,10 @@ from ezigen_lib import subject_saving
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.errors import exception_text
-from ezigen_lib.crop import MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, crop_box, mask_bounds, processing_size
-from ezigen_lib.edit import EditInputError, EditSettings, edit_area, run_edit
+from ezigen_lib.crop import (DEFAULT_CONTEXT, MAX_ASPECT, MAX_SCALE_UP, PAINTED_THRESHOLD, Box, crop_box, mask_bounds,
+                             processing_size, work_area)
+from ezigen_lib.edit import EditSettings, run_edit
+from ezigen_lib.edit_source import EditInputError, edit_source
 from ezigen_lib.subject_format import SubjectFileError, load_subject
 from ezigen_lib.subject_saving import save_new_subject
 
@@ -107,7 +109,7 @@ def test_edit_ignores_nan_in_the_unused_alpha_channel(parts):
     rgba = torch.cat([image, torch.full((1, 40, 56, 1), NAN)], dim=-1)
     settings = EditSettings(seed=1, steps=4, sampler_name="euler", short_side=64, policy=LoopPolicy(loops=1))
     with torch.inference_mode():
-        result = run_edit(parts[0], random_context(5), parts[1], rgba, mask, POSITIVE, NEGATIVE, settings)
+        result = run_edit(parts[0], random_context(5), parts[1], edit_source(rgba, mask), POSITIVE, NEGATIVE, settings)
     assert bool(torch.isfinite(result.image).all())
 
 
@@ -290,7 +292,8 @@ def test_a_hazy_mask_is_edited_around_its_painted_region_and_the_haze_is_reporte
     settings = EditSettings(seed=1, steps=4, sampler_name="euler", short_side=64, policy=LoopPolicy(loops=1),
                             crop="around mask")
     with torch.inference_mode(), caplog.at_level(logging.WARNING, logger="EZIGen"):
-        result = run_edit(parts[0], random_context(5), parts[1], image, hazy_mask(), POSITIVE, NEGATIVE, settings)
+        result = run_edit(parts[0], random_context(5), parts[1], edit_source(image, hazy_mask()), POSITIVE, NEGATIVE,
+                          settings)
     box, work = crop_box(240, 320, Box(100, 150, 40, 40), 64)
     assert result.report["crop"] == {"box": box.as_list(), "work_size": list(work)}
     (warning,) = [w for w in result.report["warnings"] if "faint" in w]
@@ -299,7 +302,8 @@ def test_a_hazy_mask_is_edited_around_its_painted_region_and_the_haze_is_reporte
     assert "faint values" in caplog.text
     only_haze = torch.full((1, 240, 320), 1e-6)
     with torch.inference_mode():
-        unchanged = run_edit(parts[0], random_context(5), parts[1], image, only_haze, POSITIVE, NEGATIVE, settings)
+        unchanged = run_edit(parts[0], random_context(5), parts[1], edit_source(image, only_haze), POSITIVE, NEGATIVE,
+                             settings)
     assert torch.equal(unchanged.image, image)
     assert unchanged.report["stop_reason"].startswith("empty mask (its largest value, 1e-06, is below 0.5/255")
 
@@ -330,7 +334,7 @@ def test_a_thin_box_is_refused_with_what_to_change(height, width, painted, expec
     mask = torch.zeros(1, height, width)
     mask[0, :, painted] = 1.0
     with pytest.raises(EditInputError, match=expected):
-        edit_area((height, width), mask, EditSettings(seed=1, crop="around mask", short_side=64))
+        work_area((height, width), mask, 64, DEFAULT_CONTEXT, crop=True)
 
 
 def test_a_tiny_or_thin_region_gets_more_surroundings_where_the_source_has_room():

@@ -6,7 +6,9 @@ import torch
 
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.crop import processing_size
-from ezigen_lib.edit import EditInputError, EditSettings, inversion_sigmas, run_edit
+from ezigen_lib.edit import EditSettings, run_edit
+from ezigen_lib.edit_source import EditInputError, edit_source
+from ezigen_lib.inversion import inversion_sigmas
 from ezigen_lib.inversion import invert
 from ezigen_lib.step_counts import loop_start_index, reference_inversion_timesteps, reference_sigmas
 from ezigen_lib.gate import NEVER_ON
@@ -28,7 +30,7 @@ def edit(parts, image=SOURCE, mask=MASK, **kw):
     kw.setdefault("policy", LoopPolicy(loops=1))
     settings = EditSettings(seed=1, steps=10, short_side=64, sampler_name=kw.pop("sampler_name", "euler"), **kw)
     with torch.inference_mode():
-        return run_edit(model, CONTEXT, vae, image, mask, POSITIVE, NEGATIVE, settings)
+        return run_edit(model, CONTEXT, vae, edit_source(image, mask), POSITIVE, NEGATIVE, settings)
 
 
 GRID_STEPS = [10, 20, 25, 30, 50, 100, 1000]

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from ezigen_lib.autostop import LoopPolicy
-from ezigen_lib.crop import Box, crop_box
-from ezigen_lib.edit import EditInputError, EditSettings, edit_area, run_edit
+from ezigen_lib.crop import Box, crop_box, work_area
+from ezigen_lib.edit import EditSettings, run_edit
+from ezigen_lib.edit_source import EditInputError, edit_source
 from ezigen_lib.inject import crop_subject_regions, subject_injections
 from ezigen_lib.placement import Placement
 
@@ -27,7 +28,7 @@ def edit(parts, image=SOURCE, mask=MASK, model=None, **kw):
     kw.setdefault("steps", 10)
     settings = EditSettings(seed=1, sampler_name="euler", **kw)
     with torch.inference_mode():
-        return run_edit(model or tiny_model, CONTEXT, vae, image, mask, POSITIVE, NEGATIVE, settings)
+        return run_edit(model or tiny_model, CONTEXT, vae, edit_source(image, mask), POSITIVE, NEGATIVE, settings)
 
 
 def test_only_the_box_is_edited(parts):
@@ -62,8 +63,9 @@ def test_whole_image_and_reference_mode_keep_the_whole_source(parts):
     whole = edit(parts, crop="whole image")
     assert whole.report["crop"] == "whole image" and whole.report["processing_size"] == [64, 104]
     # the reference mode keeps the reference's own whole-image processing (a full run takes minutes: 512 px)
-    assert not edit_area((120, 200), MASK, EditSettings(seed=1, crop="around mask", reference_output=True)).cropped
-    assert edit_area((120, 200), MASK, EditSettings(seed=1, crop="around mask")).cropped
+    reference = EditSettings(seed=1, crop="around mask", reference_output=True)
+    assert not reference.crops and reference.work_short_side == 512
+    assert EditSettings(seed=1, crop="around mask", short_side=64).crops
 
 
 def test_the_work_pixel_limit_applies_to_the_box(parts):
@@ -83,7 +85,7 @@ def test_a_box_beyond_the_limit_says_what_to_do():
     stripe[0, 2:6, :] = 1.0
     settings = EditSettings(seed=1, crop="around mask", short_side=512)  # 512 x 268800 work pixels
     with pytest.raises(EditInputError, match=r"box around the mask \(8 x 4200 source pixels\).*lower crop_context"):
-        edit_area((8, 4200), stripe, settings)
+        work_area((8, 4200), stripe, settings.short_side, settings.crop_context, crop=True)
 
 
 def test_subject_masks_are_cut_to_the_box(parts):

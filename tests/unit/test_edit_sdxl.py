@@ -15,11 +15,12 @@ from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.capture import encode_subject
 from ezigen_lib.checkpoint import AdapterInfo
 from ezigen_lib.crop import Box, crop_box
-from ezigen_lib.edit import EditInputError, EditSettings, run_edit
+from ezigen_lib.edit import EditSettings, run_edit
+from ezigen_lib.edit_source import EditInputError, edit_source
 from ezigen_lib.encoder import EZIGenEncoder, adapter_patcher
 from ezigen_lib.family import UnsupportedModelError, family_of
 from ezigen_lib.inject import apply_subject
-from ezigen_lib.inversion import EXCEPTIONAL_TOKEN_ID, InversionText, exceptional_text, inversion_conditioning
+from ezigen_lib.inversion_text import EXCEPTIONAL_TOKEN_ID, InversionText, exceptional_text, inversion_conditioning
 
 from tiny_models import init_random, random_adapter_state, tiny_model, tiny_vae
 from tiny_sdxl import CLIP_G_WIDTH, CLIP_L_WIDTH, tiny_sdxl, tiny_sdxl_clip
@@ -58,7 +59,7 @@ def edit(sdxl, crop: str, positive=None, text=None):
     settings = EditSettings(seed=1, sampler_name="euler", steps=6, short_side=64, policy=LoopPolicy(loops=1),
                             crop=crop)
     with torch.inference_mode():
-        return run_edit(model, text or exceptional_text(clip), vae, SOURCE, MASK,
+        return run_edit(model, text or exceptional_text(clip), vae, edit_source(SOURCE, MASK),
                         positive or encode(clip, "a dog on the sofa"), encode(clip, ""), settings)
 
 

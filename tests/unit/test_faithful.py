@@ -16,6 +16,7 @@ from comfy.patcher_extension import WrappersMP
 
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.edit import EditSettings, run_edit
+from ezigen_lib.edit_source import edit_source
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.inject import SubjectInjection
 from ezigen_lib.inversion import invert
@@ -86,7 +87,8 @@ def edit(parts, model=None, steps=30, rounds=1, **kw):
     mask = torch.zeros(64, 64)
     mask[16:48, 8:40] = 1
     with torch.inference_mode():
-        return run_edit(model or parts[0], INVERSION_CONTEXT, parts[1], SOURCE, mask, POSITIVE, NEGATIVE, settings)
+        return run_edit(model or parts[0], INVERSION_CONTEXT, parts[1], edit_source(SOURCE, mask), POSITIVE, NEGATIVE,
+                        settings)
 
 
 # --- 0. start noise -------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
     aligned top left); it returns the decoded image resized (PIL bicubic) to 512x716, not composited."""
     import cv2
 
-    import ezigen_lib.edit as edit_module
+    import ezigen_lib.edit_rounds as edit_module
 
     source = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(8))
     mask = torch.zeros(50, 70)
@@ -265,7 +267,7 @@ def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
     mask[30:40, 20:50] = 0.6  # soft: the reference drops it
     seen, decoded, encoded = {}, [], []
     original_blend, original_decode = edit_module._blend_sampler, type(parts[1]).decode
-    original_encode = edit_module.encode_sample
+    original_encode = edit_module.encode_image
 
     def blend_sampler(step_sampler, background, latent_mask, *args):
         seen["mask"] = latent_mask
@@ -275,17 +277,18 @@ def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
         decoded.append(original_decode(self, x))
         return decoded[-1]
 
-    def encode_sample(vae, pixels, seed):
+    def encode_image(vae, pixels, seed):
         encoded.append(pixels.clone())
         return original_encode(vae, pixels, seed)
 
     monkeypatch.setattr(edit_module, "_blend_sampler", blend_sampler)
-    monkeypatch.setattr(edit_module, "encode_sample", encode_sample)
+    monkeypatch.setattr(edit_module, "encode_image", encode_image)
     monkeypatch.setattr(type(parts[1]), "decode", decode)
     settings = EditSettings(seed=2, steps=10, sampler_name="euler", policy=LoopPolicy(loops=1),
                             faithful=True, reference_output=True, short_side=64, hard_mask=False)
     with torch.inference_mode():
-        result = run_edit(parts[0], INVERSION_CONTEXT, parts[1], source, mask, POSITIVE, NEGATIVE, settings)
+        result = run_edit(parts[0], INVERSION_CONTEXT, parts[1], edit_source(source, mask), POSITIVE, NEGATIVE,
+                          settings)
 
     # the reference's preprocessing, restated with PIL and numpy
     def pil(array01):
@@ -315,7 +318,7 @@ def test_reference_mask_squash_is_cv2s_resize_of_a_01_image(size):
     result is 0/1 again, decided by cv2's fixed-point rounding. Rectangles, a disc, stripes, noise."""
     import cv2
 
-    from ezigen_lib.edit import _binary_linear_resize
+    from ezigen_lib.crop import _binary_linear_resize
 
     g = torch.Generator().manual_seed(sum(size))
     h, w = size

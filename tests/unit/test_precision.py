@@ -12,6 +12,7 @@ import torch
 
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.edit import EditSettings, run_edit
+from ezigen_lib.edit_source import edit_source
 from ezigen_lib.generate import GenerationSettings, run_generation
 
 import comfy.ldm.modules.attention as comfy_attention
@@ -55,7 +56,7 @@ def edit(model_vae):
     settings = EditSettings(seed=3, steps=4, split_ratio=0.5, sampler_name="euler", short_side=48,
                             policy=LoopPolicy(loops=1))
     with torch.inference_mode():
-        return run_edit(model, CONTEXT, vae, SOURCE, MASK, POSITIVE, NEGATIVE, settings)
+        return run_edit(model, CONTEXT, vae, edit_source(SOURCE, MASK), POSITIVE, NEGATIVE, settings)
 
 
 def relative_error(value, reference):

@@ -197,13 +197,14 @@ def test_the_sampler_gates_every_subject_by_the_split_and_reports_each(setup, bl
 def test_edit_reports_a_subject_mask_outside_the_edit_mask(setup):
     from ezigen_lib.autostop import LoopPolicy
     from ezigen_lib.edit import EditSettings, run_edit
+    from ezigen_lib.edit_source import edit_source
 
     source = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(4))
     edit_mask = left_half(64, 64, 32)  # the left half is regenerated: the right subject lies all outside
     settings = EditSettings(seed=1, steps=6, short_side=64, sampler_name="euler", policy=LoopPolicy(loops=0))
     with torch.inference_mode():
-        result = run_edit(two_subject_model(setup), random_context(5), tiny_vae(), source, edit_mask, POSITIVE,
-                          NEGATIVE, settings)
+        result = run_edit(two_subject_model(setup), random_context(5), tiny_vae(), edit_source(source, edit_mask),
+                          POSITIVE, NEGATIVE, settings)
     left, right = result.report["subjects"]
     assert left["outside_edit_mask"] == 0.0 and right["outside_edit_mask"] == 1.0
     assert result.report["warnings"] == ["100% of subject 2's mask lies outside the edit mask: the subject acts only "

@@ -9,6 +9,7 @@ from comfy.patcher_extension import WrappersMP
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.input_checks import InputValueError
 from ezigen_lib.edit import EditSettings, run_edit
+from ezigen_lib.edit_source import edit_source
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.sampler_names import CHECKED_SAMPLERS, EDIT, SAMPLER, sampler_problem
 from ezigen_lib.stage_sampling import CallCounter
@@ -62,7 +63,8 @@ def test_each_host_sampler_runs_ezigen_edit_or_is_refused(parts, name):
             EditSettings(**settings)
         return
     with torch.inference_mode():
-        result = run_edit(model, random_context(5), vae, SOURCE, MASK, POSITIVE, NEGATIVE, EditSettings(**settings))
+        result = run_edit(model, random_context(5), vae, edit_source(SOURCE, MASK), POSITIVE, NEGATIVE,
+                          EditSettings(**settings))
     assert result.image.shape == SOURCE.shape and bool(torch.isfinite(result.image).all())
     assert result.report["loops"] == 1 and result.report["unet_evaluations"] >= LOOP_STEPS
     outside = MASK == 0

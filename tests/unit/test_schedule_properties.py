@@ -10,7 +10,9 @@ import comfy.samplers
 
 from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.input_checks import InputValueError
-from ezigen_lib.edit import EditSettings, inversion_sigmas, run_edit
+from ezigen_lib.edit import EditSettings, run_edit
+from ezigen_lib.edit_source import edit_source
+from ezigen_lib.inversion import inversion_sigmas
 from ezigen_lib.generate import GenerationSettings, run_generation
 from ezigen_lib.stage_sampling import sampling_schedule
 from ezigen_lib.step_counts import (SEED_SPACE, appearance_start_index, derive_seed, loop_start_index,
@@ -113,8 +115,9 @@ def test_largest_seeds_run_every_loop(parts, seed):
                                 GenerationSettings(seed=seed, steps=4, split_ratio=0.5, policy=LoopPolicy(loops=2),
                                                    sampler_name="ddpm"), loop_negative=NEGATIVE)
         assert result.report["loops"] == 2
-        edited = run_edit(model, random_context(5), vae, torch.rand(1, 64, 64, 3), torch.ones(64, 64), POSITIVE,
-                          NEGATIVE, EditSettings(seed=seed, steps=4, short_side=64, policy=LoopPolicy(loops=2)))
+        edited = run_edit(model, random_context(5), vae, edit_source(torch.rand(1, 64, 64, 3), torch.ones(64, 64)),
+                          POSITIVE, NEGATIVE,
+                          EditSettings(seed=seed, steps=4, short_side=64, policy=LoopPolicy(loops=2)))
     assert edited.report["loops"] == 2 and bool(torch.isfinite(edited.image).all())
 
 
@@ -130,6 +133,6 @@ def test_extreme_step_counts_edit_finite_images(parts, steps, scheduler, faithfu
     settings = EditSettings(seed=1, steps=steps, split_ratio=0.05, scheduler=scheduler, faithful=faithful,
                             short_side=64, sampler_name="euler", policy=LoopPolicy(loops=1))
     with torch.inference_mode():
-        result = run_edit(model, random_context(5), vae, torch.rand(1, 64, 64, 3), torch.ones(64, 64), POSITIVE,
-                          NEGATIVE, settings)
+        result = run_edit(model, random_context(5), vae, edit_source(torch.rand(1, 64, 64, 3), torch.ones(64, 64)),
+                          POSITIVE, NEGATIVE, settings)
     assert bool(torch.isfinite(result.image).all()) and result.report["inversion_evaluations"] == inversion_steps

@@ -15,7 +15,7 @@ from ezigen_lib.chart import NOTE_Y, similarity_chart
 from ezigen_lib.checkpoint import AdapterFileError, load_adapter, save_adapter, AdapterWeights, AdapterInfo
 from ezigen_lib.input_checks import InputValueError
 from ezigen_lib.crop import MAX_WORK_PIXELS, processing_size
-from ezigen_lib.edit import EditInputError
+from ezigen_lib.edit_source import EditInputError
 from tiny_models import slot_widths
 
 from .checkpoints import write_malicious_pickle
