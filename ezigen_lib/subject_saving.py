@@ -9,7 +9,9 @@ escape).
 
 The write: a save writes a temporary `.partial` file and links it into place, so a killed save never leaves a
 damaged subject under a listed name, and a save that fails (full disk, read-only folder, folder removed) removes
-it and says why.
+it and says why. ComfyUI lists a models folder again when one of its folders' mtimes changes; where a filesystem
+with coarse mtimes (FAT's 2 s, some network shares) leaves the folder's mtime as it was, the save moves it on by
+one such tick, so Load EZIGen Subject lists the new file at once.
 """
 from __future__ import annotations
 
@@ -68,6 +70,40 @@ def _write_new(path: Path, data: bytes) -> None:
             temp.unlink(missing_ok=True)
         except OSError:  # e.g. the folder went read-only: the error that stopped the save is the one to report
             log.warning("EZIGen: could not remove the temporary file %s", temp.name)
+
+
+# The coarsest mtime step of a common filesystem (FAT): a folder's mtime moved on by it differs from any listing's.
+COARSE_MTIME_TICK_NS = 2_000_000_000
+
+
+def _folder_gaining_an_entry(path: Path, root: Path) -> Path | None:
+    """The folder whose entries a save of `path` changes: its folder, or the deepest one that exists above it
+    inside `root` (a new subfolder is made there); None when `root` itself is new (ComfyUI sees a new root)."""
+    folder = path.parent
+    while not folder.is_dir():
+        if folder == root:
+            return None
+        folder = folder.parent
+    return folder
+
+
+def _mtime_ns(folder: Path | None) -> int | None:
+    try:
+        return None if folder is None else folder.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _show_the_change(folder: Path | None, mtime_before_ns: int | None) -> None:
+    """Move `folder`'s mtime on where adding an entry left it as it was (see the module docstring)."""
+    if folder is None or mtime_before_ns is None:
+        return
+    try:
+        now = folder.stat()
+        if now.st_mtime_ns == mtime_before_ns:
+            os.utime(folder, ns=(now.st_atime_ns, mtime_before_ns + COARSE_MTIME_TICK_NS))
+    except OSError as exc:  # the file is saved; only the dropdown may lag until ComfyUI lists the folder again
+        log.warning("EZIGen: could not update the subjects folder's time (%s)", exc.strerror or exc)
 
 
 def save_subject(path: str | os.PathLike, subject: SubjectFeatures, subject_prompt: str = "") -> None:
@@ -222,6 +258,8 @@ def save_new_subject(folder: str | os.PathLike, prefix: str, subject: SubjectFea
             path, name = next_subject_path(folder, prefix, folder_shown, taken)
         except OSError as exc:  # the subfolder could not be listed
             raise write_error(exc, f"into {folder_shown} (filename_prefix {shown_value(prefix)})") from exc
+        changed = _folder_gaining_an_entry(path, Path(root))
+        mtime_before = _mtime_ns(changed)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -234,6 +272,7 @@ def save_new_subject(folder: str | os.PathLike, prefix: str, subject: SubjectFea
             continue  # written by someone else in between: take the next number
         except OSError as exc:
             raise write_error(exc, f"'{folder_shown}/{cut(name.replace(os.sep, '/'), 300)}'") from exc
+        _show_the_change(changed, mtime_before)
         given = prefix.replace("\\", "/")
         used = "/".join(name.replace(os.sep, "/").split("/")[:-1] + [path.stem.rsplit("_", 1)[0]])
         if given != used:

@@ -52,9 +52,6 @@ class EZIGenSaveSubject(io.ComfyNode):
     def execute(cls, subject, filename_prefix: str, subject_prompt: str = "") -> io.NodeOutput:
         name = save_new_subject(subjects_save_folder(), filename_prefix, subject, subject_prompt or "",
                                 SHOWN_FOLDER, taken=_name_taken)
-        # Folder lists are cached by folder mtime; drop ours so a filesystem with coarse mtimes cannot hide the
-        # new file from the next validation or dropdown refresh.
-        getattr(folder_paths, "filename_list_cache", {}).pop(SUBJECTS_FOLDER, None)
         return io.NodeOutput(name, ui=ui.PreviewText(name))
 
 

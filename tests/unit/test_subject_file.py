@@ -3,6 +3,7 @@ the folder are refused with messages that say what is expected; nothing is ever 
 import dataclasses
 import logging
 import os
+import sys
 
 import folder_paths
 import pytest
@@ -338,7 +339,7 @@ def test_folder_registration_and_missing_file_message(tmp_path):
     folder_paths.folder_names_and_paths["ezigen_subjects"] = (paths[1:], extensions)
 
 
-def test_nodes_save_then_list_then_load(subject, encoder):
+def test_nodes_save_then_list_then_load(subject, encoder, monkeypatch):
     nodes = load_pack().nodes.subject_files
     folder_paths.get_filename_list("ezigen_subjects")  # a cached listing from before the save
     out = nodes.EZIGenSaveSubject.execute(subject=subject, filename_prefix="unit/dog", subject_prompt="a dog")
@@ -348,14 +349,22 @@ def test_nodes_save_then_list_then_load(subject, encoder):
     assert nodes.EZIGenLoadSubject.validate_inputs(subject_name=name) is True
     loaded, prompt = nodes.EZIGenLoadSubject.execute(encoder=encoder, subject_name=name).args
     assert prompt == "a dog" and all(torch.equal(a, b) for a, b in zip(subject.features, loaded.features, strict=True))
-    # a filesystem with coarse mtimes (FAT, some network shares) may leave the folder's mtime as it was, which
-    # ComfyUI's cached list would trust: the node drops the cached list itself
+    # a filesystem with coarse mtimes (FAT, some network shares) may leave the folder's mtime as it was when the
+    # file is added, which ComfyUI's cached list would trust: the save moves the folder's mtime on itself
     folder = os.path.join(folder_paths.models_dir, "ezigen_subjects", "unit")
     before = os.stat(folder)
     folder_paths.get_filename_list("ezigen_subjects")
+    saving = sys.modules[nodes.__name__.rsplit(".", 2)[0] + ".ezigen_lib.subject_saving"]
+    write = saving._write_new
+
+    def write_on_a_coarse_filesystem(path, data):
+        write(path, data)
+        os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))  # the addition did not tick the mtime
+
+    monkeypatch.setattr(saving, "_write_new", write_on_a_coarse_filesystem)
     again = nodes.EZIGenSaveSubject.execute(subject=loaded, filename_prefix="unit/dog").args[0]
-    os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert again != name and again in folder_paths.get_filename_list("ezigen_subjects")
+    assert os.stat(folder).st_mtime_ns == before.st_mtime_ns + saving.COARSE_MTIME_TICK_NS
     with pytest.raises(ValueError, match="encoder of layout SD15"):
         nodes.EZIGenLoadSubject.execute(encoder=encoder, subject_name=nodes.EZIGenSaveSubject.execute(
             subject=dataclasses.replace(subject, family="SD15"), filename_prefix="unit/sd15").args[0])
