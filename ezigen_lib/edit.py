@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -38,16 +39,19 @@ OUTPUT_SIZES = ("source", "reference")
 class EditSettings(LoopSettings):
     cfg: float = 2.0  # the reference's editing guidance
     solver: str = "dpmpp_2m"
-    hard_mask: bool = False
+    mask_mode: str = "soft"  # or "hard": only fully painted pixels count
     short_side: int = 512
     output_size: str = "source"
-    reference_output: bool = False  # the reference's exact pre/post-processing (see `crop.reference_inputs`)
     crop: str = "whole image"  # or "around mask" (the node's default): edit a box around the mask (`crop.py`)
     crop_context: float = DEFAULT_CONTEXT
+    # reference: faithful plus the reference's own pre- and post-processing (`crop.reference_inputs`)
+    MODES: ClassVar[tuple[str, ...]] = ("faithful", "clean", "reference")
+    MASK_MODES: ClassVar[tuple[str, ...]] = ("soft", "hard")
 
     def __post_init__(self):
         require_finite("cfg", self.cfg)
         require_choice("inversion", self.solver, SOLVERS)
+        require_choice("mask_mode", self.mask_mode, self.MASK_MODES)
         require_choice("crop", self.crop, CROP_MODES)
         require_context(self.crop_context)
         if not 0.0 < self.split_ratio <= 1.0:
@@ -58,8 +62,14 @@ class EditSettings(LoopSettings):
         super().__post_init__()
 
     @property
-    def mode(self) -> str:
-        return "reference" if self.reference_output else "faithful" if self.faithful else "clean"
+    def reference_output(self) -> bool:
+        """The reference's exact pre- and post-processing: its sizes, its mask threshold, no compositing."""
+        return self.mode == "reference"
+
+    @property
+    def hard_mask(self) -> bool:
+        """Only fully painted pixels count (the reference mode applies the reference's own threshold)."""
+        return self.mask_mode == "hard" and not self.reference_output
 
     @property
     def work_short_side(self) -> int:
@@ -104,7 +114,7 @@ def run_edit(model, inversion_context: torch.Tensor | InversionText, vae, source
     started = time.perf_counter()
     for name, conditioning in (("positive", positive), ("negative", negative)):
         require_pooled_text(model, conditioning, name)
-    if settings.hard_mask and not settings.reference_output:  # the reference keeps only fully painted pixels
+    if settings.hard_mask:  # the reference keeps only fully painted pixels
         source = EditSource(source.image, (source.mask >= 0.999).float())
     require_region_batches(model, 1)
     reset_subject_reach(model)
@@ -124,8 +134,7 @@ def run_edit(model, inversion_context: torch.Tensor | InversionText, vae, source
     work = work_inputs(source, area, settings.reference_output)
     if area.cropped:
         model = crop_subject_regions(model, area.box, area.source_size)
-    faithful = settings.faithful or settings.reference_output
-    plan = plan_loops(model.get_model_object("model_sampling"), settings, faithful)
+    plan = plan_loops(model.get_model_object("model_sampling"), settings)
     progress = Progress(model, max(1, settings.policy.most_loops) * plan.loop_steps)
     edit = begin_rounds(model, vae, inversion_context, work, plan, settings, clip_vision, progress.callback)
     reason = run_rounds(edit.log, settings.policy, lambda k: edit.sample(k, positive, negative), vae, progress,

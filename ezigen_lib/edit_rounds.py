@@ -95,7 +95,7 @@ def begin_rounds(model, vae, inversion_context: torch.Tensor | InversionText, wo
                  settings, clip_vision, progress_callback) -> EditRounds:
     """An edit's rounds, ready to sample: the source encoded and inverted once (round 1's start, and the
     background every round puts back), the round log started with the source. `settings` is edit.EditSettings."""
-    faithful = settings.faithful or settings.reference_output
+    faithful = settings.faithful
     source_latent = encode_image(vae, work.image, derive_seed(settings.seed, "vae", 0) if faithful else None)
     conditioning = inversion_conditioning(model, inversion_context, tuple(work.image.shape[1:3]))
     inverter = Inverter(model, conditioning, plan, settings.split_ratio, settings.solver, faithful)

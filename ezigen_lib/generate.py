@@ -52,7 +52,7 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
     require_region_batches(model, samples.shape[0])
     reset_subject_reach(model)
     model_sampling = model.get_model_object("model_sampling")
-    plan = plan_loops(model_sampling, settings, settings.faithful)
+    plan = plan_loops(model_sampling, settings)
     warnings = generation_warnings(model, plan, settings)
     loop_negative = choose_loop_negative(loop_negative, negative, plan, settings)
     sampler = comfy.samplers.sampler_object(settings.sampler_name)
@@ -84,9 +84,8 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
         reason = run_rounds(rounds, settings.policy, sample_loop, vae, progress, plan.loop_steps, "loop {}")
     progress.finish()
     details = generation_details(model_sampling, plan, settings, rounds.loops)
-    mode = "faithful" if settings.faithful else "clean"
     subjects = subject_reports(model)
-    report = rounds_report(rounds, reason, counter.calls, details, mode, started, warnings + reach_warnings(model),
+    report = rounds_report(rounds, reason, counter.calls, details, settings.mode, started, warnings + reach_warnings(model),
                            seconds={"decoupled_s": first_pass_s}, subjects=subjects)
     return RoundsResult(latent=rounds.last_latent, image=rounds.last_image, round_images=rounds.all_images(),
                         report=report)

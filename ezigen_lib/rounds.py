@@ -12,7 +12,7 @@ import functools
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -21,7 +21,7 @@ import comfy.utils
 import latent_preview
 
 from .autostop import LoopPolicy
-from .input_checks import require_finite
+from .input_checks import require_choice, require_finite
 from .core_details import fallback_notes, require_model_sampling
 from .stage_sampling import require_finite_latent, sampling_schedule, schedule_report
 from .step_counts import loop_start_index
@@ -39,14 +39,21 @@ class LoopSettings:
     scheduler: str = "ddim_uniform"
     split_ratio: float = 0.4
     policy: LoopPolicy = field(default_factory=LoopPolicy)
-    faithful: bool = True
+    mode: str = "faithful"  # faithful: the reference's maths; clean: the exact form (docs/method.md section 9)
+    MODES: ClassVar[tuple[str, ...]] = ("faithful", "clean")
 
     def __post_init__(self):
+        require_choice("mode", self.mode, self.MODES)
         require_finite("cfg", self.cfg)
         if not 0.0 <= self.split_ratio <= 1.0:
             raise ValueError(f"split_ratio must be in [0, 1], got {self.split_ratio}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+    @property
+    def faithful(self) -> bool:
+        """Every mode but clean follows the reference's maths."""
+        return self.mode != "clean"
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,10 @@ class LoopPlan:
         return schedule_report(model_sampling, self.sigmas, self.schedule_name, requested_steps)
 
 
-def plan_loops(model_sampling, settings: LoopSettings, faithful: bool) -> LoopPlan:
+def plan_loops(model_sampling, settings: LoopSettings) -> LoopPlan:
     require_model_sampling(model_sampling, "sigma", "timestep", "sigma_min",
                            purpose="the schedule's timesteps, the loops' re-noise and the inversion's levels")
-    sigmas, name = sampling_schedule(model_sampling, settings.scheduler, settings.steps, faithful)
+    sigmas, name = sampling_schedule(model_sampling, settings.scheduler, settings.steps, settings.faithful)
     return LoopPlan(sigmas, name, loop_start_index(len(sigmas) - 1, settings.split_ratio))
 
 

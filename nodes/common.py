@@ -6,8 +6,6 @@ from comfy_api.latest import io
 from ..ezigen_lib.autostop import DEFAULT_MAX_LOOPS, DEFAULT_MIN_LOOPS, DEFAULT_THRESHOLD
 from ..ezigen_lib.input_checks import InputValueError, require_choice, require_range
 
-MODES = ["faithful", "clean"]
-
 
 def autostop_inputs(unit: str, fewest: int) -> list:
     """loops / min_loops / max_loops / sim_threshold; `unit` names what repeats ("loops" or "rounds")."""

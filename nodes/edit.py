@@ -11,10 +11,7 @@ from ..ezigen_lib.edit_source import edit_source
 from ..ezigen_lib.inversion import SOLVERS
 from ..ezigen_lib.inversion_text import exceptional_text
 from ..ezigen_lib.family import require_conditioning_width, require_text_width
-from .common import MODES, autostop_inputs, require_valid_widgets, similarity_chart_output
-
-MASK_MODES = ["soft", "hard"]
-EDIT_MODES = [*MODES, "reference"]
+from .common import autostop_inputs, require_valid_widgets, similarity_chart_output
 
 
 class EZIGenEdit(io.ComfyNode):
@@ -57,7 +54,7 @@ class EZIGenEdit(io.ComfyNode):
                                tooltip="How deep to invert: the last split_ratio of the steps are regenerated. "
                                        "Larger = more change in the masked region."),
                 *autostop_inputs("rounds", fewest=1),
-                io.Combo.Input("mode", options=EDIT_MODES, default="faithful",
+                io.Combo.Input("mode", options=list(EditSettings.MODES), default="faithful",
                                tooltip="faithful: the reference's maths (its timesteps for every step count with "
                                        "ddim_uniform, inversion steps t = 0, 20, ..., 400 handed to the editing start, "
                                        "one-step-late background, "
@@ -70,7 +67,7 @@ class EZIGenEdit(io.ComfyNode):
                                        "just reached."),
                 io.Combo.Input("inversion", options=list(SOLVERS), default="dpmpp_2m",
                                tooltip="dpmpp_2m: the reference's DPM-Solver++ inverse. euler: DDIM inversion."),
-                io.Combo.Input("mask_mode", options=MASK_MODES, default="soft",
+                io.Combo.Input("mask_mode", options=list(EditSettings.MASK_MODES), default="soft",
                                tooltip="soft: use the mask as painted. hard: only fully painted pixels count "
                                        "(the reference's == 255 threshold)."),
                 io.Int.Input("short_side", default=512, min=64, max=2048, step=8,
@@ -122,8 +119,7 @@ class EZIGenEdit(io.ComfyNode):
         settings = EditSettings(
             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, split_ratio=split_ratio,
             policy=LoopPolicy(loops=loops, min_loops=min_loops, max_loops=max_loops, threshold=sim_threshold),
-            faithful=mode != "clean", reference_output=mode == "reference", solver=inversion,
-            hard_mask=mask_mode == "hard", short_side=short_side,
+            mode=mode, solver=inversion, mask_mode=mask_mode, short_side=short_side,
             output_size=output_size, crop=crop, crop_context=crop_context)
         inversion_text = exceptional_text(clip)
         require_text_width(model, inversion_text.context.shape[-1], "The CLIP input's text embedding",

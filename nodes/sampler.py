@@ -8,7 +8,7 @@ from ..ezigen_lib.chart import similarity_chart
 from ..ezigen_lib.input_checks import latent_warnings
 from ..ezigen_lib.generate import GenerationSettings, run_generation
 from ..ezigen_lib.family import require_conditioning_width
-from .common import MODES, autostop_inputs, require_valid_widgets, similarity_chart_output
+from .common import autostop_inputs, require_valid_widgets, similarity_chart_output
 
 
 class EZIGenSampler(io.ComfyNode):
@@ -43,7 +43,7 @@ class EZIGenSampler(io.ComfyNode):
                                tooltip="Share of the steps that transfer the subject's appearance (the rest is "
                                        "text-only layout); the loops re-run this last share. 0 = plain text-to-image."),
                 *autostop_inputs("loops", fewest=0),
-                io.Combo.Input("mode", options=MODES, default="faithful",
+                io.Combo.Input("mode", options=list(GenerationSettings.MODES), default="faithful",
                                tooltip="faithful: the reference's method (unit-variance start noise, its timesteps, "
                                        "sampled VAE round trip, noise to t=400 but denoise from t=381, the empty "
                                        "prompt as the loops' negative: wire it into loop_negative). clean: re-noise "
@@ -78,7 +78,7 @@ class EZIGenSampler(io.ComfyNode):
         settings = GenerationSettings(
             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, split_ratio=split_ratio,
             policy=LoopPolicy(loops=loops, min_loops=min_loops, max_loops=max_loops, threshold=sim_threshold),
-            faithful=mode == "faithful")
+            mode=mode)
         result = run_generation(model, positive, negative, latent_image, vae, settings, loop_negative, clip_vision)
         result.report["warnings"] = latent_warnings(latent_image) + result.report.get("warnings", [])
         out_latent = {k: v for k, v in latent_image.items() if k != "noise_mask"}

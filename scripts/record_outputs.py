@@ -151,12 +151,12 @@ def record() -> dict:
     large_mask = torch.zeros(120, 200)
     large_mask[38:60, 110:140] = 1
     large_mask[36:38, 110:140] = 0.5
-    cases = {"whole_faithful": {"crop": "whole image"}, "whole_clean": {"crop": "whole image", "faithful": False},
-             "crop_faithful": {}, "crop_clean_hard": {"faithful": False, "hard_mask": True},
-             "crop_reference": {"reference_output": True, "output_size": "reference"},
+    cases = {"whole_faithful": {"crop": "whole image"}, "whole_clean": {"crop": "whole image", "mode": "clean"},
+             "crop_faithful": {}, "crop_clean_hard": {"mode": "clean", "mask_mode": "hard"},
+             "crop_reference": {"mode": "reference", "output_size": "reference"},
              # three rounds: rounds 2 and 3 start from the inversion of the round before
              "whole_faithful_3_rounds": {"crop": "whole image", "loops": 3},
-             "crop_clean_3_rounds": {"faithful": False, "loops": 3}}
+             "crop_clean_3_rounds": {"mode": "clean", "loops": 3}}
     for name, extra in cases.items():
         extra = dict(extra)
         settings = edit.EditSettings(seed=1, steps=10, short_side=64, sampler_name="euler",

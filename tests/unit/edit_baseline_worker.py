@@ -29,8 +29,8 @@ MASK[10:30, 20:50] = 1
 MASK[8:10, 20:50] = 0.5  # a soft edge
 CASES = {  # name: settings besides the shared ones
     "faithful": {},
-    "clean": {"faithful": False},
-    "faithful_hard_mask_output_reference": {"hard_mask": True, "output_size": "reference"},
+    "clean": {"mode": "clean"},
+    "faithful_hard_mask_output_reference": {"mask_mode": "hard", "output_size": "reference"},
 }
 
 model, vae = patched_tiny(0.0, 1.0)

@@ -171,7 +171,7 @@ def test_a_fallback_is_logged_once_and_listed_in_every_report(setup, caplog, mon
 def test_a_report_lists_no_fallback_on_this_core(setup):
     base, encoder, subject = setup
     model = apply_subject(base, encoder, subject, 1.0, 0.0, 1.0, torch.ones(1, 8, 8))
-    settings = GenerationSettings(seed=1, steps=2, sampler_name="euler", policy=LoopPolicy(loops=1), faithful=False)
+    settings = GenerationSettings(seed=1, steps=2, sampler_name="euler", policy=LoopPolicy(loops=1), mode="clean")
     with torch.inference_mode():
         result = run_generation(model, POSITIVE, NEGATIVE, {"samples": torch.zeros(1, 4, 8, 8)}, tiny_vae(), settings,
                                 loop_negative=NEGATIVE)
@@ -281,7 +281,7 @@ def test_encoding_needs_sigma(setup):
 def test_the_schedule_needs_its_model_sampling_attributes(setup, missing):
     settings = GenerationSettings(seed=1, steps=4, sampler_name="euler")
     with core_changed(f"model_sampling.{missing}"):
-        plan_loops(ChangedSampling(setup[0].get_model_object("model_sampling"), missing), settings, True)
+        plan_loops(ChangedSampling(setup[0].get_model_object("model_sampling"), missing), settings)
 
 
 def test_the_trainer_needs_the_noise_levels(tmp_path):

@@ -106,7 +106,7 @@ def test_inversion_trajectory_length_and_levels(parts, solver):
 
 def test_background_outside_the_mask_is_kept_exactly(parts):
     model, vae = parts
-    result = edit(parts, faithful=False)
+    result = edit(parts, mode="clean")
     outside = MASK == 0
     assert torch.equal(result.image[0][outside], SOURCE[0][outside])  # pixels: taken from the source
     assert (result.image[0][~outside] - SOURCE[0][~outside]).abs().mean() > 0.01
@@ -150,8 +150,8 @@ def test_empty_and_full_masks(parts):
 
 def test_soft_and_hard_masks(parts):
     soft_mask = MASK * 0.5
-    soft = edit(parts, mask=soft_mask, faithful=False)
-    hard = edit(parts, mask=soft_mask, faithful=False, hard_mask=True)
+    soft = edit(parts, mask=soft_mask, mode="clean")
+    hard = edit(parts, mask=soft_mask, mode="clean", mask_mode="hard")
     assert torch.equal(hard.image, SOURCE)  # no pixel fully painted: nothing to change
     assert not torch.equal(soft.image, SOURCE)
 

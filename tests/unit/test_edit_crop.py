@@ -63,7 +63,7 @@ def test_whole_image_and_reference_mode_keep_the_whole_source(parts):
     whole = edit(parts, crop="whole image")
     assert whole.report["crop"] == "whole image" and whole.report["processing_size"] == [64, 104]
     # the reference mode keeps the reference's own whole-image processing (a full run takes minutes: 512 px)
-    reference = EditSettings(seed=1, crop="around mask", reference_output=True)
+    reference = EditSettings(seed=1, crop="around mask", mode="reference")
     assert not reference.crops and reference.work_short_side == 512
     assert EditSettings(seed=1, crop="around mask", short_side=64).crops
 

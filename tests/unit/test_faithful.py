@@ -104,7 +104,7 @@ def test_first_pass_starts_from_unit_variance_noise(parts, steps):
 
 def test_clean_mode_keeps_comfyuis_start(parts):
     spy = ModelInputs(parts[0])
-    generate(parts, model=spy.model, steps=10, policy=LoopPolicy(loops=0), faithful=False)
+    generate(parts, model=spy.model, steps=10, policy=LoopPolicy(loops=0), mode="clean")
     x, sigma, _ = spy.calls[0]
     noise = torch.randn((1, 4, 8, 8), generator=torch.manual_seed(3))
     torch.testing.assert_close(x, (noise * sigma[0]).expand_as(x), atol=1e-6, rtol=1e-6)
@@ -211,7 +211,7 @@ def test_faithful_loops_need_and_use_the_empty_prompt(parts):
 
 def test_clean_loops_fall_back_to_the_negative(parts):
     with torch.inference_mode():
-        settings = GenerationSettings(seed=1, steps=4, split_ratio=0.5, policy=LoopPolicy(loops=1), faithful=False,
+        settings = GenerationSettings(seed=1, steps=4, split_ratio=0.5, policy=LoopPolicy(loops=1), mode="clean",
                                       sampler_name="euler")
         fallback = run_generation(parts[0], POSITIVE, NEGATIVE, {"samples": torch.zeros(1, 4, 8, 8)}, parts[1],
                                   settings)
@@ -285,7 +285,7 @@ def test_reference_mode_returns_what_the_reference_returns(parts, monkeypatch):
     monkeypatch.setattr(edit_module, "encode_image", encode_image)
     monkeypatch.setattr(type(parts[1]), "decode", decode)
     settings = EditSettings(seed=2, steps=10, sampler_name="euler", policy=LoopPolicy(loops=1),
-                            faithful=True, reference_output=True, short_side=64, hard_mask=False)
+                            mode="reference", short_side=64, mask_mode="soft")
     with torch.inference_mode():
         result = run_edit(parts[0], INVERSION_CONTEXT, parts[1], edit_source(source, mask), POSITIVE, NEGATIVE,
                           settings)

@@ -65,7 +65,7 @@ def test_unet_evaluations_are_n_plus_loops_times_loop_steps(parts, steps, split,
 
 def test_counts_use_the_schedule_actually_sampled(parts):
     # clean mode samples ComfyUI's ddim_uniform, which has 7 steps for 6
-    result = generate(parts, steps=6, split_ratio=0.5, policy=LoopPolicy(loops=1), faithful=False)
+    result = generate(parts, steps=6, split_ratio=0.5, policy=LoopPolicy(loops=1), mode="clean")
     assert result.report["schedule_steps"] == 7 and result.report["loop_steps"] == 4
     assert result.report["unet_evaluations"] == 7 + 4
     # faithful mode samples the reference's 6 timesteps
@@ -85,7 +85,7 @@ def test_deterministic_per_seed_and_modes_differ(parts):
     kw = dict(steps=4, split_ratio=0.5, policy=LoopPolicy(loops=1), sampler_name="ddpm")
     a, b, c = generate(parts, seed=5, **kw), generate(parts, seed=5, **kw), generate(parts, seed=6, **kw)
     assert torch.equal(a.latent, b.latent) and not torch.equal(a.latent, c.latent)
-    clean = generate(parts, seed=5, faithful=False, **kw)
+    clean = generate(parts, seed=5, mode="clean", **kw)
     assert not torch.equal(a.latent, clean.latent) and clean.report["mode"] == "clean"
 
 

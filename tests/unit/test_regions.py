@@ -176,7 +176,7 @@ def test_the_sampler_gates_every_subject_by_the_split_and_reports_each(setup, bl
 
     import comfy.samplers
 
-    settings = GenerationSettings(seed=1, steps=6, split_ratio=0.5, sampler_name="euler", faithful=False,
+    settings = GenerationSettings(seed=1, steps=6, split_ratio=0.5, sampler_name="euler", mode="clean",
                                   policy=LoopPolicy(min_loops=1, max_loops=2, threshold=2.0))
     model = two_subject_model(setup)
     with torch.inference_mode():
@@ -426,7 +426,7 @@ def test_the_sampler_with_an_area_outside_the_mask_equals_the_unpatched_model_an
     from ezigen_lib.autostop import LoopPolicy
     from ezigen_lib.generate import GenerationSettings, run_generation
 
-    settings = GenerationSettings(seed=1, steps=4, cfg=1.0, split_ratio=0.5, sampler_name="euler", faithful=False,
+    settings = GenerationSettings(seed=1, steps=4, cfg=1.0, split_ratio=0.5, sampler_name="euler", mode="clean",
                                   policy=LoopPolicy(loops=1))
     positive = right_half_area(POSITIVE)
 

@@ -121,16 +121,16 @@ def test_largest_seeds_run_every_loop(parts, seed):
     assert edited.report["loops"] == 2 and bool(torch.isfinite(edited.image).all())
 
 
-@pytest.mark.parametrize("steps,scheduler,faithful,inversion_steps", [
-    pytest.param(1000, "normal", True, 50, marks=pytest.mark.slow),
-    pytest.param(1000, "ddim_uniform", True, 50, marks=pytest.mark.slow),
+@pytest.mark.parametrize("steps,scheduler,mode,inversion_steps", [
+    pytest.param(1000, "normal", "faithful", 50, marks=pytest.mark.slow),
+    pytest.param(1000, "ddim_uniform", "faithful", 50, marks=pytest.mark.slow),
     # karras ends at sigma_min itself: the clean latent is placed there, one step fewer
-    pytest.param(1000, "karras", False, 49, marks=pytest.mark.slow),
-    (10, "karras", False, 0),  # one editing step, from sigma_min: nothing to invert
+    pytest.param(1000, "karras", "clean", 49, marks=pytest.mark.slow),
+    (10, "karras", "clean", 0),  # one editing step, from sigma_min: nothing to invert
 ])
-def test_extreme_step_counts_edit_finite_images(parts, steps, scheduler, faithful, inversion_steps):
+def test_extreme_step_counts_edit_finite_images(parts, steps, scheduler, mode, inversion_steps):
     model, vae = parts
-    settings = EditSettings(seed=1, steps=steps, split_ratio=0.05, scheduler=scheduler, faithful=faithful,
+    settings = EditSettings(seed=1, steps=steps, split_ratio=0.05, scheduler=scheduler, mode=mode,
                             short_side=64, sampler_name="euler", policy=LoopPolicy(loops=1))
     with torch.inference_mode():
         result = run_edit(model, random_context(5), vae, edit_source(torch.rand(1, 64, 64, 3), torch.ones(64, 64)),
