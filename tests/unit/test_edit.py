@@ -8,8 +8,9 @@ from ezigen_lib.autostop import LoopPolicy
 from ezigen_lib.crop import processing_size
 from ezigen_lib.edit import EditSettings, run_edit
 from ezigen_lib.edit_source import EditInputError, edit_source
-from ezigen_lib.inversion import inversion_sigmas
-from ezigen_lib.inversion import invert
+from ezigen_lib.generate import GenerationSettings
+from ezigen_lib.input_checks import InputValueError
+from ezigen_lib.inversion import inversion_sigmas, invert
 from ezigen_lib.step_counts import loop_start_index, reference_inversion_timesteps, reference_sigmas
 from ezigen_lib.gate import NEVER_ON
 from ezigen_lib.stage_sampling import CallCounter, with_window
@@ -31,6 +32,19 @@ def edit(parts, image=SOURCE, mask=MASK, **kw):
     settings = EditSettings(seed=1, steps=10, short_side=64, sampler_name=kw.pop("sampler_name", "euler"), **kw)
     with torch.inference_mode():
         return run_edit(model, CONTEXT, vae, edit_source(image, mask), POSITIVE, NEGATIVE, settings)
+
+
+def test_modes_are_named_and_each_says_what_it_switches():
+    assert EditSettings(seed=1).faithful and not EditSettings(seed=1, mode="clean").faithful
+    reference = EditSettings(seed=1, mode="reference", mask_mode="hard")
+    assert reference.faithful and reference.reference_output and not reference.hard_mask  # its own threshold
+    assert EditSettings(seed=1, mask_mode="hard").hard_mask and not EditSettings(seed=1).hard_mask
+    with pytest.raises(InputValueError, match="mode must be one of faithful, clean, reference; got 'exact'"):
+        EditSettings(seed=1, mode="exact")
+    with pytest.raises(InputValueError, match="mask_mode must be one of soft, hard; got 'firm'"):
+        EditSettings(seed=1, mask_mode="firm")
+    with pytest.raises(InputValueError, match="mode must be one of faithful, clean; got 'reference'"):
+        GenerationSettings(seed=1, mode="reference")  # the reference's own processing is editing's
 
 
 GRID_STEPS = [10, 20, 25, 30, 50, 100, 1000]
