@@ -1,9 +1,9 @@
 """EZIGen editing: invert a source image, then regenerate only the masked region with the subject.
 
-Each round: invert the current image up to the loop's start (unpatched model, exceptional prompt,
-no CFG); denoise the last n_l steps with the subject injected at every step; after every step put
-the background back from the first round's inversion trajectory. Rounds repeat under the same
-autostop rule as generation. Work happens at the reference resolution (short side 512; SDXL, native 1024,
+Each round (`edit_rounds.py`): invert the current image up to the loop's start (unpatched model, exceptional
+prompt, no CFG; `inversion.py`); denoise the last n_l steps with the subject injected at every step; after every
+step put the background back from the first round's inversion trajectory. Rounds repeat under the same autostop
+rule as generation. Work happens at the reference resolution (short side 512; SDXL, native 1024,
 is edited at the same `short_side` and a warning logged when that is half its native size or less), on a box
 around the mask (crop-and-stitch, `crop.py`) or on the whole image; the result is scaled back and
 pasted into the source inside the mask (docs/method.md sections 11 to 13).
