@@ -47,10 +47,6 @@ def _gaussian_regularizer(vae):
     raise core_changed(f"the KL VAE's {GAUSSIAN} (this VAE's regularizer is {name})", HOOK)
 
 
-def has_posterior(vae) -> bool:
-    return _gaussian_regularizer(vae) is not None
-
-
 def encode_sample(vae, pixels: torch.Tensor, seed: int) -> torch.Tensor:
     """`vae.encode(pixels)` with the latent drawn from the posterior, mean + std * n, n seeded."""
     regularization = _gaussian_regularizer(vae)
