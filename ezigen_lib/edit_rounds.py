@@ -66,7 +66,7 @@ class EditRounds:
         if k == 1:
             start = self.first_start
         else:  # faithful re-encodes the decoded image, clean keeps the latent
-            latent = self.log.next_start(self.vae, derive_seed(seed, "vae", k - 1) if self.inverter.faithful else None)
+            latent = self.log.next_start(self.vae, derive_seed(seed, "vae", k - 1) if self.settings.faithful else None)
             start = self.inverter.start(self.inverter.trajectory(latent), k - 1)
         sampler = _blend_sampler(comfy.samplers.ksampler(self.settings.sampler_name), self.background,
                                  self.work.latent_mask, seed, k - 1)

@@ -55,6 +55,7 @@ def edit_source(image: torch.Tensor, mask: torch.Tensor) -> EditSource:
                 f"{tuple(image.shape[1:3])} (H, W). Right-click the Load Image node, open in MaskEditor and paint "
                 "where the subject goes, then save; or connect a MASK of the source's size (e.g. from a "
                 "segmentation node) to EZIGen Edit's mask input")
-        raise EditInputError(f"mask size {tuple(mask.shape[1:])} differs from the source size {tuple(image.shape[1:3])} "
-                             "(H, W): paint the mask on the source or resize it to the source")
+        raise EditInputError(f"mask size {tuple(mask.shape[1:])} differs from the source size "
+                             f"{tuple(image.shape[1:3])} (H, W): paint the mask on the source or resize it to the "
+                             "source")
     return EditSource(image[..., :3].float(), mask.float().clamp(0, 1))

@@ -85,8 +85,8 @@ def run_generation(model, positive, negative, latent: dict, vae, settings: Gener
     progress.finish()
     details = generation_details(model_sampling, plan, settings, rounds.loops)
     subjects = subject_reports(model)
-    report = rounds_report(rounds, reason, counter.calls, details, settings.mode, started, warnings + reach_warnings(model),
-                           seconds={"decoupled_s": first_pass_s}, subjects=subjects)
+    report = rounds_report(rounds, reason, counter.calls, details, settings.mode, started,
+                           warnings + reach_warnings(model), seconds={"decoupled_s": first_pass_s}, subjects=subjects)
     return RoundsResult(latent=rounds.last_latent, image=rounds.last_image, round_images=rounds.all_images(),
                         report=report)
 

@@ -117,7 +117,6 @@ class Inverter:
 
     def __init__(self, model, conditioning: list, plan: LoopPlan, split_ratio: float, solver: str, faithful: bool):
         self.model, self.conditioning, self.plan, self.solver = model, conditioning, plan, solver
-        self.faithful = faithful
         self.model_sampling = model.get_model_object("model_sampling")
         self.levels = inversion_sigmas(self.model_sampling, plan.loop_sigmas, plan.steps, split_ratio, faithful)
         self.counter = CallCounter()

@@ -26,7 +26,7 @@ from .core_details import fallback_notes, require_model_sampling
 from .stage_sampling import require_finite_latent, sampling_schedule, schedule_report
 from .step_counts import loop_start_index
 from .similarity import clip_embeddings, cosine
-from .vae_sample import encode_image
+from .vae_sample import encode_sample
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class RoundLog:
         `sample_seed` (the reference's round trip through pixels), or, with None, the last latent as it is."""
         if sample_seed is None:
             return self.last_latent
-        return encode_image(vae, self.last_image[..., :3], sample_seed)
+        return encode_sample(vae, self.last_image[..., :3], sample_seed)
 
     def all_images(self) -> torch.Tensor:
         return torch.cat([image[..., :3] for image in self.images], dim=0)
