@@ -39,6 +39,7 @@ from playwright.sync_api import sync_playwright
 import inprocess  # noqa: I001 - first: it makes ezigen_lib importable, which comfy_host needs
 from comfy_host import ComfyServer
 from demo_inputs import write_second_subject_image, write_source_image, write_subject_image
+from editor_page import open_editor as open_editor_at
 
 REPO = inprocess.REPO
 WORKFLOWS = REPO / "workflows"
@@ -69,9 +70,6 @@ def log(*args: object) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # page scripts
 # --------------------------------------------------------------------------------------------------------------------
-
-READY = ("() => window.app && window.app.graph && window.LiteGraph "
-         "&& Object.keys(LiteGraph.registered_node_types).length > 300")
 
 OPEN_AS_FILE = """async ([workflow, name]) => {  // as a drop of the file does: a tab named after it, then only that tab
     await app.loadGraphData(workflow, true, true, name);
@@ -202,11 +200,7 @@ def prompt_ids(server: ComfyServer) -> set[str]:
 
 
 def open_editor(browser, url: str, width: int = WIDTH, height: int = MIN_HEIGHT):
-    page = browser.new_context(viewport={"width": width, "height": height}).new_page()
-    page.page_errors = []
-    page.on("pageerror", lambda exc: page.page_errors.append(str(exc)))
-    page.goto(url, wait_until="domcontentloaded")
-    page.wait_for_function(READY, timeout=120000)
+    page = open_editor_at(browser, url, width, height, timeout_s=120)
     # let the start-up graph's own model checks finish first: late, they would list its models with ours
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(2000)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfy_host import PromptRejected
+from editor_page import open_editor as open_editor_at
 
 from ezigen_prompts import WORKFLOWS
 
@@ -31,13 +32,7 @@ GRAPH_STATE = """() => app.graph._nodes.map(n => ({
 
 
 def open_editor(browser, url: str):
-    pg = browser.new_context(viewport={"width": 2400, "height": 1200}).new_page()
-    pg.page_errors = []
-    pg.on("pageerror", lambda exc: pg.page_errors.append(str(exc)))
-    pg.goto(url, wait_until="domcontentloaded")
-    pg.wait_for_function("() => window.app && window.app.graph && window.LiteGraph "
-                         "&& Object.keys(LiteGraph.registered_node_types).length > 300", timeout=60000)
-    return pg
+    return open_editor_at(browser, url, width=2400, height=1200)
 
 
 @pytest.fixture(scope="module")
@@ -218,20 +213,33 @@ def test_missing_models_are_offered_for_download(page, tmp_path):
     """On a host without the models, opening a shipped workflow lists SD2.1-base and CLIP ViT-B/32 in the
     frontend's missing-models dialog (1.32) / errors panel (1.45) / issues panel (1.58) with a download; the EZIGen adapter, which has no
     single-file download, gets none."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     from comfy_host import ComfyServer
 
     with ComfyServer(tmp_path / "bare", custom_nodes={PACK: REPO}) as bare:
         editor = open_editor(page.browser, bare.url)
         try:
-            editor.evaluate("async (wf) => { await app.loadGraphData(wf); }",
-                            json.loads((WORKFLOWS / "ezigen_generate.json").read_text()))
             # newer frontends show an errors overlay first: "View details" (1.58), "See Errors" (1.45, 0.28.2's)
             names = ["v2-1_512-ema-pruned.safetensors", "clip_vit_b32.safetensors"]
             details = editor.get_by_text("View details").or_(editor.get_by_text("See Errors"))
             listed = editor.get_by_text(names[0], exact=False)
-            # whichever comes first (1.32 opens its Missing Models dialog by itself); on a loaded machine the
-            # overlay can take longer than a fixed wait, so wait for either rather than try a click and move on
-            details.or_(listed).first.wait_for(timeout=30000)
+            workflow = json.loads((WORKFLOWS / "ezigen_generate.json").read_text())
+            # Wait for whichever comes first (1.32 opens its Missing Models dialog by itself). Once, in a CI run on
+            # 0.28.2, neither came within 30 s; it never has here (every run, some under CPU load). The frontend
+            # checks in the background and abandons a check when another load overlaps it, so the workflow gets
+            # one more load (the same asserts follow), keeping what the page showed and logged the first time.
+            for attempt in (1, 2):
+                editor.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+                try:
+                    details.or_(listed).first.wait_for(timeout=30000)
+                    break
+                except PlaywrightTimeout:
+                    if attempt == 2:
+                        raise
+                    editor.screenshot(path=str(SCREENSHOTS / "missing_models_first_load.png"))
+                    print("no missing-models overlay after the first load; console:", *editor.console_lines[-20:],
+                          sep="\n  ")
             if details.first.is_visible():
                 details.first.click(timeout=10000)
             listed.first.wait_for(timeout=20000)
