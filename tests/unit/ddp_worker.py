@@ -1,4 +1,6 @@
 """Run by torchrun from the two-process tests: one tiny training run per process (ARGV: out, data, [sdxl])."""
+import atexit
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -11,7 +13,9 @@ sys.path.append(str(REPO))  # appended: the repo's nodes/ must not shadow ComfyU
 
 from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
-bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-ddp-")))
+BASE_DIR = Path(tempfile.mkdtemp(prefix="ezigen-ddp-"))
+atexit.register(shutil.rmtree, BASE_DIR, ignore_errors=True)  # each run starts workers: leave nothing in /tmp
+bootstrap_inprocess(BASE_DIR)
 
 import torch  # noqa: E402
 

@@ -2,6 +2,8 @@
 
 A fresh process, because a thread count chosen at start-up changes the order of some sums (the last bits
 differ after torch.set_num_threads(1) in a process started with two)."""
+import atexit
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -14,7 +16,9 @@ sys.path.append(str(REPO))  # appended: the repo's nodes/ must not shadow ComfyU
 
 from ezigen_lib.host import bootstrap_inprocess  # noqa: E402
 
-bootstrap_inprocess(Path(tempfile.mkdtemp(prefix="ezigen-baseline-")))
+BASE_DIR = Path(tempfile.mkdtemp(prefix="ezigen-baseline-"))
+atexit.register(shutil.rmtree, BASE_DIR, ignore_errors=True)  # each run starts workers: leave nothing in /tmp
+bootstrap_inprocess(BASE_DIR)
 
 import torch  # noqa: E402
 
