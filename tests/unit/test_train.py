@@ -106,7 +106,9 @@ def run_two_processes(out, folder, *worker_args: str) -> list[dict]:
     from pathlib import Path
 
     worker = Path(__file__).with_name("ddp_worker.py")
+    # its logs under out: by default torchrun leaves a torchelastic_* folder in /tmp at every run
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "--log-dir", str(out / "torchrun-logs"),
                           str(worker), str(out), str(folder), *worker_args], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
